@@ -1,0 +1,136 @@
+// The adaptive batcher: a bounded queue in front of an abstract executor. It knows no model, no
+// network and no CUDA; the node agent wraps each request in a Task and each runtime in an
+// Executor.
+//
+// A batch departs when an executor slot is free and either the queue holds the current target
+// size (in cost units) or the oldest request has used its delay budget: min(maxQueueDelay,
+// deadline - predicted execution time). A batch never exceeds max_batch_size cost units (a
+// single task larger than that is rejected at Submit). The target size adapts by AIMD against
+// the latency SLO (policy kAimd), stays at max_batch_size (kFixed), or is 1 with no delay (kOff).
+// An online linear model of execution time (a * cost + b) predicts when a batch will finish.
+#ifndef FERRY_BATCHING_BATCHER_H_
+#define FERRY_BATCHING_BATCHER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "ferry/clock.h"
+
+namespace ferry::batching {
+
+// Timing of one task, reported to Task::Finish.
+struct TaskTiming {
+  int64_t queue_us = 0;    // Submit -> batch departure
+  int64_t compute_us = 0;  // executor time of the batch the task ran in (0 if it never ran)
+  int64_t batch_cost = 0;  // total cost of that batch (0 if it never ran)
+  int64_t batch_tasks = 0;  // number of tasks in that batch
+};
+
+// One unit of work. Owned by the batcher from Submit until Finish returns, then destroyed.
+class Task {
+ public:
+  virtual ~Task() = default;
+  // Batch units this task uses (rows, or tokens for text); >= 1. Must not change after Submit.
+  virtual int64_t cost() const = 0;
+  // Absolute deadline on the batcher's clock, microseconds; 0 = none.
+  virtual int64_t deadline_us() const { return 0; }
+  // Called exactly once per submitted task, on a batcher thread (or inline in Submit when the
+  // task is rejected), with OK or the reason it failed: ResourceExhausted (queue full, retry),
+  // DeadlineExceeded (could not meet its deadline), Unavailable (batcher stopping) or the
+  // executor's error. Must not block for long and must not call back into the batcher.
+  virtual void Finish(absl::Status status, const TaskTiming& timing) = 0;
+};
+
+// Runs batches. Thread-safety: Execute is called from up to BatcherOptions::num_executors
+// threads at once.
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  // Runs `batch` (in submission order). `task_status` has one entry per task, preset to OK; the
+  // executor sets an entry to fail only that task. A non-OK return fails the whole batch (and
+  // nothing else).
+  virtual absl::Status Execute(absl::Span<Task* const> batch,
+                               absl::Span<absl::Status> task_status) = 0;
+};
+
+enum class Policy { kAimd, kFixed, kOff };
+
+struct AimdOptions {
+  int64_t additive_increase = 2;        // added while batch latency < (1 - hold_band) * SLO
+  double hold_band = 0.10;              // hold the size within this fraction below the SLO
+  double multiplicative_decrease = 0.9;  // multiply on an SLO miss; never below 1
+};
+
+struct BatcherOptions {
+  std::string name;  // for messages
+  Policy policy = Policy::kAimd;
+  int64_t max_batch_size = 32;       // cost units, >= 1
+  int64_t max_queue_delay_us = 1000;  // >= 0
+  int64_t max_queue_size = 1024;     // tasks waiting (not counting running), >= 1
+  int64_t slo_us = 0;                // batch latency target for AIMD; 0 = none (grow to max)
+  int64_t initial_batch_size = 0;    // AIMD start; 0 = 1
+  AimdOptions aimd;
+  int num_executors = 1;             // batches in flight at once, >= 1
+  Clock* clock = nullptr;            // not owned; nullptr = RealClock::Get()
+  // false: no threads are started; the caller drives the batcher with RunOnce() (tests, with a
+  // FakeClock).
+  bool start_threads = true;
+};
+
+struct BatcherStats {
+  int64_t queued_tasks = 0;
+  int64_t queued_cost = 0;
+  int64_t running_batches = 0;
+  int64_t target_batch_size = 0;
+  // Linear execution-time model: predicted_us(cost) = slope_us * cost + intercept_us.
+  double model_slope_us = 0;
+  double model_intercept_us = 0;
+};
+
+class Batcher {
+ public:
+  // Validates options (InvalidArgument naming the bad field). `executor` is not owned and must
+  // outlive the batcher.
+  static absl::StatusOr<std::unique_ptr<Batcher>> Create(const BatcherOptions& options,
+                                                         Executor* executor);
+  // Stops accepting, lets every accepted task finish (runs what is queued), joins threads.
+  ~Batcher();
+
+  Batcher(const Batcher&) = delete;
+  Batcher& operator=(const Batcher&) = delete;
+
+  // Thread-safe, never blocks on execution. Takes the task. Returns OK if queued. Otherwise the
+  // task is finished inline with the returned status before Submit returns:
+  // ResourceExhausted when the queue is full, InvalidArgument when its cost exceeds
+  // max_batch_size, DeadlineExceeded when it cannot meet its deadline even if run alone now,
+  // Unavailable once Shutdown began.
+  absl::Status Submit(std::unique_ptr<Task> task);
+
+  // Stops accepting and drains: every queued task still runs. Blocks until the queue is empty
+  // and no batch is running. Idempotent.
+  void Shutdown();
+
+  // Manual mode (start_threads == false) only: if a batch is due at clock->NowMicros(), forms it
+  // and executes it on the calling thread, then returns true; else false.
+  bool RunOnce();
+  // Manual mode: the clock time at which the oldest queued task's delay budget runs out, or -1
+  // when the queue is empty.
+  int64_t NextDepartureUs() const;
+
+  BatcherStats stats() const;
+  int64_t target_batch_size() const;
+
+ private:
+  class Impl;
+  explicit Batcher(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ferry::batching
+
+#endif  // FERRY_BATCHING_BATCHER_H_

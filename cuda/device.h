@@ -1,0 +1,32 @@
+// GPU discovery, as plain C++ (no CUDA headers), so the agent and runtimes can ask what is there
+// whether or not the build has CUDA.
+#ifndef FERRY_CUDA_DEVICE_H_
+#define FERRY_CUDA_DEVICE_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace ferry::cuda {
+
+struct GpuInfo {
+  int index = 0;
+  std::string name;
+  int compute_capability_major = 0;
+  int compute_capability_minor = 0;
+  int64_t total_memory_bytes = 0;
+  int64_t free_memory_bytes = 0;
+};
+
+// true when this binary was built with the CUDA backend.
+bool BuiltWithCuda();
+
+// The GPUs this process can use. FailedPrecondition with the reason when there are none
+// (built without CUDA, no driver, no device), so callers can log why and serve on CPU.
+absl::StatusOr<std::vector<GpuInfo>> ListGpus();
+
+}  // namespace ferry::cuda
+
+#endif  // FERRY_CUDA_DEVICE_H_

@@ -1,0 +1,67 @@
+// What the protocol front ends (HTTP: KServe v2 + Clipper predict; gRPC: KServe v2) see of the
+// node agent: health, metadata and asynchronous inference. Front ends translate wire formats
+// into ferry::InferenceRequest and errors into protocol codes (see status_codes.h); they hold
+// no model state.
+#ifndef FERRY_NODE_AGENT_SERVING_CORE_H_
+#define FERRY_NODE_AGENT_SERVING_CORE_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "ferry/inference.h"
+#include "kernels/runtime.h"
+
+namespace ferry::agent {
+
+struct ServerMetadata {
+  std::string name = "ferry";
+  std::string version;
+  std::vector<std::string> extensions;
+};
+
+struct ModelMetadata {
+  std::string name;
+  std::vector<std::string> versions;
+  std::string platform;
+  // Shapes as clients should send them: a batched model's leading dim is -1.
+  std::vector<kernels::TensorSpec> inputs;
+  std::vector<kernels::TensorSpec> outputs;
+  // Manifest facts front ends need (Clipper predict, limits).
+  int64_t max_batch_size = 0;
+  bool batched = true;
+  bool has_default_output = false;  // SLO onOverload: default-output is configured
+};
+
+// Called exactly once per Infer call: inline (validation errors, overload) or later from a
+// batcher thread. Must not block.
+using InferDone = std::function<void(absl::StatusOr<InferenceResponse>)>;
+
+// Thread-safe.
+class ServingCore {
+ public:
+  virtual ~ServingCore() = default;
+
+  virtual bool IsLive() const = 0;
+  // Every function loaded and the agent not stopping.
+  virtual bool IsReady() const = 0;
+  virtual ServerMetadata GetServerMetadata() const = 0;
+  // NotFound for an unknown model or version.
+  virtual absl::StatusOr<ModelMetadata> GetModelMetadata(const std::string& name,
+                                                         const std::string& version) const = 0;
+  // OK when ready; NotFound (unknown) or Unavailable (loading, stopping).
+  virtual absl::Status ModelReady(const std::string& name, const std::string& version) const = 0;
+
+  // Validates and enqueues. Errors: NotFound (model), InvalidArgument (inputs; the message
+  // names the tensor), ResourceExhausted (queue full or deadline cannot be met: retry later),
+  // Unavailable (stopping), or the runtime's error. With the SLO's onOverload: default-output,
+  // overload answers OK with InferenceResponse::is_default set instead.
+  virtual void Infer(std::unique_ptr<InferenceRequest> request, InferDone done) = 0;
+};
+
+}  // namespace ferry::agent
+
+#endif  // FERRY_NODE_AGENT_SERVING_CORE_H_

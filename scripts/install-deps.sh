@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent dependency installer for ferry, used by `make up` and `make test`.
+# Debian packages come from apt-get; Python test clients go into a virtualenv under the build
+# folder. Nothing else is downloaded.
+set -euo pipefail
+
+BUILD_DIR="${1:-build}"
+DEB_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git curl
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  nlohmann-json3-dev libyaml-cpp-dev libboost-dev libopenblas-dev prometheus-cpp-dev
+  libsqlite3-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev wrk python3-venv
+)
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing Debian packages: ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "install-deps: Debian packages present"
+fi
+
+VENV="$BUILD_DIR/venv"
+PY_PACKAGES=("tritonclient[http,grpc]==2.*" numpy pytest requests)
+if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.ferry-ok" ]; then
+  echo "install-deps: creating Python virtualenv in $VENV"
+  mkdir -p "$BUILD_DIR"
+  python3 -m venv "$VENV" || /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q "${PY_PACKAGES[@]}"
+  touch "$VENV/.ferry-ok"
+else
+  echo "install-deps: Python virtualenv present"
+fi

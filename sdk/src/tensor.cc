@@ -1,0 +1,148 @@
+#include "ferry/tensor.h"
+
+#include <array>
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace ferry {
+namespace {
+
+struct TypeInfo {
+  DataType dtype;
+  std::string_view name;
+  int64_t size_bytes;
+};
+
+constexpr std::array<TypeInfo, 14> kTypes = {{
+    {DataType::kBool, "BOOL", 1},
+    {DataType::kUint8, "UINT8", 1},
+    {DataType::kUint16, "UINT16", 2},
+    {DataType::kUint32, "UINT32", 4},
+    {DataType::kUint64, "UINT64", 8},
+    {DataType::kInt8, "INT8", 1},
+    {DataType::kInt16, "INT16", 2},
+    {DataType::kInt32, "INT32", 4},
+    {DataType::kInt64, "INT64", 8},
+    {DataType::kFp16, "FP16", 2},
+    {DataType::kBf16, "BF16", 2},
+    {DataType::kFp32, "FP32", 4},
+    {DataType::kFp64, "FP64", 8},
+    {DataType::kBytes, "BYTES", 0},
+}};
+
+}  // namespace
+
+std::string_view DataTypeName(DataType dtype) {
+  for (const auto& t : kTypes) {
+    if (t.dtype == dtype) return t.name;
+  }
+  return "INVALID";
+}
+
+DataType DataTypeFromName(std::string_view name) {
+  for (const auto& t : kTypes) {
+    if (t.name == name) return t.dtype;
+  }
+  return DataType::kInvalid;
+}
+
+int64_t DataTypeSizeBytes(DataType dtype) {
+  for (const auto& t : kTypes) {
+    if (t.dtype == dtype) return t.size_bytes;
+  }
+  return 0;
+}
+
+int64_t ElementCount(const std::vector<int64_t>& shape) {
+  int64_t count = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return -1;
+    if (d != 0 && count > std::numeric_limits<int64_t>::max() / d) return -1;
+    count *= d;
+  }
+  return count;
+}
+
+std::string ShapeToString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+}
+
+absl::Status Tensor::CheckConsistent() const {
+  if (dtype == DataType::kInvalid) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': invalid datatype"));
+  }
+  const int64_t count = ElementCount(shape);
+  if (count < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "': invalid shape ", ShapeToString(shape)));
+  }
+  if (dtype == DataType::kBytes) {
+    if (static_cast<int64_t>(bytes.size()) != count) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "': shape ",
+                                                     ShapeToString(shape), " needs ", count,
+                                                     " BYTES elements, got ", bytes.size()));
+    }
+    return absl::OkStatus();
+  }
+  const int64_t want = count * DataTypeSizeBytes(dtype);
+  if (static_cast<int64_t>(data.size()) != want) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", name, "': shape ", ShapeToString(shape), " of ",
+        std::string(DataTypeName(dtype)), " needs ", want, " bytes, got ", data.size()));
+  }
+  return absl::OkStatus();
+}
+
+std::string EncodeBytesElements(const std::vector<std::string>& elements) {
+  size_t total = 0;
+  for (const auto& e : elements) total += 4 + e.size();
+  std::string out;
+  out.resize(total);
+  char* p = out.data();
+  for (const auto& e : elements) {
+    const uint32_t n = static_cast<uint32_t>(e.size());
+    const unsigned char len[4] = {static_cast<unsigned char>(n), static_cast<unsigned char>(n >> 8),
+                                  static_cast<unsigned char>(n >> 16),
+                                  static_cast<unsigned char>(n >> 24)};
+    std::memcpy(p, len, 4);
+    std::memcpy(p + 4, e.data(), e.size());
+    p += 4 + e.size();
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::string>> DecodeBytesElements(std::string_view raw,
+                                                             int64_t expected_count,
+                                                             std::string_view what) {
+  std::vector<std::string> out;
+  if (expected_count > 0) out.reserve(static_cast<size_t>(expected_count));
+  size_t pos = 0;
+  while (pos < raw.size()) {
+    if (raw.size() - pos < 4) {
+      return absl::InvalidArgumentError(absl::StrCat(std::string(what), ": BYTES element ",
+                                                     out.size(),
+                                                     " has a truncated 4-byte length prefix"));
+    }
+    const auto* p = reinterpret_cast<const unsigned char*>(raw.data() + pos);
+    const uint64_t n =
+        uint64_t{p[0]} | (uint64_t{p[1]} << 8) | (uint64_t{p[2]} << 16) | (uint64_t{p[3]} << 24);
+    pos += 4;
+    if (raw.size() - pos < n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(std::string(what), ": BYTES element ", out.size(), " declares ", n,
+                       " bytes but only ", raw.size() - pos, " remain"));
+    }
+    out.emplace_back(raw.substr(pos, n));
+    pos += n;
+  }
+  if (expected_count >= 0 && static_cast<int64_t>(out.size()) != expected_count) {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(what), ": expected ", expected_count,
+                                                   " BYTES elements, got ", out.size()));
+  }
+  return out;
+}
+
+}  // namespace ferry
