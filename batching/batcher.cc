@@ -1,1 +1,408 @@
-// placeholder
+#include "batching/batcher.h"
+
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace ferry::batching {
+namespace {
+
+// Exponential forgetting of the execution-time model: each new sample multiplies the weight of
+// all older ones by this factor, so the fit follows slow drift (thermal throttling, a co-tenant)
+// while ~20 recent batches dominate.
+constexpr double kModelForgetting = 0.95;
+// Admission control trusts the model only after this many batches.
+constexpr int64_t kMinSamplesForAdmission = 3;
+// Upper bound on one timed wait of a worker, so that a clock that is not the real one (or a
+// steady clock that jumps) cannot park a worker for long with work queued.
+constexpr int64_t kMaxWaitUs = 50'000;
+
+// Weighted least squares of y = slope * x + intercept with exponential forgetting.
+class LinearModel {
+ public:
+  void Observe(double x, double y) {
+    sw_ = sw_ * kModelForgetting + 1;
+    swx_ = swx_ * kModelForgetting + x;
+    swy_ = swy_ * kModelForgetting + y;
+    swxx_ = swxx_ * kModelForgetting + x * x;
+    swxy_ = swxy_ * kModelForgetting + x * y;
+    ++samples_;
+    Fit();
+  }
+  int64_t samples() const { return samples_; }
+  double slope() const { return slope_; }
+  double intercept() const { return intercept_; }
+  // 0 before the first sample; never negative.
+  int64_t Predict(int64_t x) const {
+    if (samples_ == 0) return 0;
+    return std::max<int64_t>(0, std::llround(slope_ * static_cast<double>(x) + intercept_));
+  }
+
+ private:
+  void Fit() {
+    const double det = sw_ * swxx_ - swx_ * swx_;
+    // All (weighted) samples at one cost: the slope is unknown, so predict the mean. A negative
+    // slope is noise (a bigger batch is never cheaper), so flatten it the same way.
+    double slope = 0;
+    if (det > 1e-9 * std::max(1.0, sw_ * swxx_)) slope = (sw_ * swxy_ - swx_ * swy_) / det;
+    if (slope < 0) slope = 0;
+    slope_ = slope;
+    intercept_ = (swy_ - slope * swx_) / sw_;
+  }
+
+  double sw_ = 0, swx_ = 0, swy_ = 0, swxx_ = 0, swxy_ = 0;
+  double slope_ = 0, intercept_ = 0;
+  int64_t samples_ = 0;
+};
+
+std::string Prefix(const std::string& name) {
+  return name.empty() ? std::string("batcher: ") : absl::StrCat("batcher '", name, "': ");
+}
+
+}  // namespace
+
+class Batcher::Impl {
+ public:
+  Impl(const BatcherOptions& options, Executor* executor)
+      : options_(options),
+        executor_(executor),
+        clock_(options.clock != nullptr ? options.clock : RealClock::Get()),
+        prefix_(Prefix(options.name)) {
+    switch (options_.policy) {
+      case Policy::kAimd:
+        target_ = options_.initial_batch_size > 0 ? options_.initial_batch_size : 1;
+        delay_us_ = options_.max_queue_delay_us;
+        break;
+      case Policy::kFixed:
+        target_ = options_.max_batch_size;
+        delay_us_ = options_.max_queue_delay_us;
+        break;
+      case Policy::kOff:
+        target_ = 1;
+        delay_us_ = 0;
+        break;
+    }
+  }
+
+  void Start() {
+    if (!options_.start_threads) return;
+    threads_.reserve(options_.num_executors);
+    for (int i = 0; i < options_.num_executors; ++i) {
+      threads_.emplace_back([this] { WorkerLoop(); });
+    }
+  }
+
+  absl::Status Submit(std::unique_ptr<Task> task) {
+    if (task == nullptr) return absl::InvalidArgumentError(prefix_ + "null task");
+    absl::Status status;
+    const int64_t cost = task->cost();
+    if (cost < 1 || cost > options_.max_batch_size) {
+      status = absl::InvalidArgumentError(
+          absl::StrCat(prefix_, "task cost ", cost,
+                       " outside [1, max_batch_size=", options_.max_batch_size, "]"));
+    } else {
+      absl::MutexLock lock(&mu_);
+      const int64_t now = clock_->NowMicros();
+      const int64_t deadline = task->deadline_us();
+      if (stopping_) {
+        status = absl::UnavailableError(prefix_ + "shutting down");
+      } else if (static_cast<int64_t>(queue_.size()) >= options_.max_queue_size) {
+        status = absl::ResourceExhaustedError(
+            absl::StrCat(prefix_, "queue full (", queue_.size(), " tasks): retry later"));
+      } else if (deadline != 0 &&
+                 (deadline <= now || (model_.samples() >= kMinSamplesForAdmission &&
+                                      now + model_.Predict(cost) > deadline))) {
+        status = absl::DeadlineExceededError(
+            absl::StrCat(prefix_, "cannot meet deadline: ", deadline - now,
+                         " us left, predicted execution ", model_.Predict(cost), " us"));
+      } else {
+        queued_cost_ += cost;
+        queue_.push_back(Entry{std::move(task), now});
+        cv_.SignalAll();
+        return absl::OkStatus();
+      }
+    }
+    // Rejected: answer inline, outside the lock (Finish may take its own locks).
+    task->Finish(status, TaskTiming{});
+    return status;
+  }
+
+  void Shutdown() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+      cv_.SignalAll();
+    }
+    if (options_.start_threads) {
+      // Workers drain the queue (everything is due once stopping) and exit when it is empty.
+      absl::MutexLock lock(&join_mu_);
+      for (std::thread& t : threads_) t.join();
+      threads_.clear();
+      return;
+    }
+    // Manual mode: the caller's thread drains. Another thread may hold executor slots in
+    // RunOnce; wait for it to hand one back.
+    while (true) {
+      if (RunOnce()) continue;
+      absl::MutexLock lock(&mu_);
+      if (queue_.empty() && running_ == 0) return;
+      if (!queue_.empty() && running_ < options_.num_executors) continue;
+      cv_.Wait(&mu_);
+    }
+  }
+
+  bool RunOnceManual() { return options_.start_threads ? false : RunOnce(); }
+
+  bool RunOnce() {
+    Batch batch;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!TakeBatchLocked(clock_->NowMicros(), &batch)) return false;
+    }
+    RunBatch(batch);
+    return true;
+  }
+
+  int64_t NextDepartureUs() const {
+    absl::MutexLock lock(&mu_);
+    if (queue_.empty()) return -1;
+    return DepartureLocked();
+  }
+
+  BatcherStats stats() const {
+    absl::MutexLock lock(&mu_);
+    BatcherStats s;
+    s.queued_tasks = static_cast<int64_t>(queue_.size());
+    s.queued_cost = queued_cost_;
+    s.running_batches = running_;
+    s.target_batch_size = target_;
+    s.model_slope_us = model_.slope();
+    s.model_intercept_us = model_.intercept();
+    return s;
+  }
+
+  int64_t target_batch_size() const {
+    absl::MutexLock lock(&mu_);
+    return target_;
+  }
+
+ private:
+  struct Entry {
+    std::unique_ptr<Task> task;
+    int64_t enqueue_us = 0;
+  };
+  struct Batch {
+    std::vector<Entry> run;      // executed, in submission order
+    std::vector<Entry> expired;  // deadline passed before departure; never executed
+    int64_t cost = 0;
+    int64_t depart_us = 0;
+    // The target when the batch departed: "full" means it reached this.
+    int64_t target = 0;
+  };
+
+  // The clock time at which the oldest task's delay budget runs out. Only the oldest task is
+  // considered (FIFO): a younger task with a tighter deadline waits behind it, which keeps the
+  // check O(1); deadline admission keeps such tasks rare.
+  int64_t DepartureLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const Entry& oldest = queue_.front();
+    int64_t departure = oldest.enqueue_us + delay_us_;
+    const int64_t deadline = oldest.task->deadline_us();
+    if (deadline != 0) {
+      // Predict with the batch that would leave: what waits, capped at the target.
+      departure = std::min(departure, deadline - model_.Predict(std::min(queued_cost_, target_)));
+    }
+    return departure;
+  }
+
+  // If a batch is due at `now` and an executor slot is free, moves it out of the queue, claims
+  // the slot and returns true. The batch may hold only expired tasks (nothing to execute, no
+  // slot claimed); that still counts as progress for RunOnce.
+  bool TakeBatchLocked(int64_t now, Batch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (queue_.empty() || running_ >= options_.num_executors) return false;
+    const bool by_size = queued_cost_ >= target_;
+    if (!by_size && !stopping_ && now < DepartureLocked()) return false;
+    // By size the batch is the target; by delay (or when draining) it is whatever waits, up to
+    // the hard cap, as in continuous batching.
+    const int64_t limit = (by_size && !stopping_) ? target_ : options_.max_batch_size;
+    batch->depart_us = now;
+    batch->target = target_;
+    while (!queue_.empty()) {
+      Entry& front = queue_.front();
+      const int64_t cost = front.task->cost();
+      const int64_t deadline = front.task->deadline_us();
+      if (deadline != 0 && deadline < now) {
+        queued_cost_ -= cost;
+        batch->expired.push_back(std::move(front));
+        queue_.pop_front();
+        continue;
+      }
+      // Never split a task; the first one always fits (cost <= max_batch_size at Submit).
+      if (!batch->run.empty() && batch->cost + cost > limit) break;
+      queued_cost_ -= cost;
+      batch->cost += cost;
+      batch->run.push_back(std::move(front));
+      queue_.pop_front();
+    }
+    if (!batch->run.empty()) ++running_;
+    return true;
+  }
+
+  // Executes `batch` (if it has anything to run) and finishes every task in it. Called without
+  // the lock; Finish is never called under it.
+  void RunBatch(Batch& batch) {
+    for (Entry& e : batch.expired) {
+      TaskTiming timing;
+      timing.queue_us = batch.depart_us - e.enqueue_us;
+      e.task->Finish(absl::DeadlineExceededError(absl::StrCat(prefix_, "deadline passed after ",
+                                                              timing.queue_us, " us in queue")),
+                     timing);
+      e.task.reset();
+    }
+    if (batch.run.empty()) return;
+
+    std::vector<Task*> tasks;
+    tasks.reserve(batch.run.size());
+    for (Entry& e : batch.run) tasks.push_back(e.task.get());
+    std::vector<absl::Status> task_status(tasks.size());
+
+    const int64_t start_us = clock_->NowMicros();
+    absl::Status batch_status =
+        executor_->Execute(absl::MakeConstSpan(tasks), absl::MakeSpan(task_status));
+    const int64_t exec_us = clock_->NowMicros() - start_us;
+
+    TaskTiming timing;
+    timing.compute_us = exec_us;
+    timing.batch_cost = batch.cost;
+    timing.batch_tasks = static_cast<int64_t>(tasks.size());
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      timing.queue_us = batch.depart_us - batch.run[i].enqueue_us;
+      tasks[i]->Finish(batch_status.ok() ? std::move(task_status[i]) : batch_status, timing);
+      batch.run[i].task.reset();
+    }
+
+    absl::MutexLock lock(&mu_);
+    --running_;
+    // A failed batch says nothing about how long a good one takes (it may have failed fast), so
+    // neither the model nor the target learns from it.
+    if (batch_status.ok()) {
+      model_.Observe(static_cast<double>(batch.cost), static_cast<double>(exec_us));
+      UpdateTargetLocked(batch, exec_us);
+    }
+    cv_.SignalAll();
+  }
+
+  // AIMD after one batch. Growth needs evidence: only a batch that reached the target shows the
+  // target is sustainable, so a lightly loaded replica (batches leave by delay, below target)
+  // keeps its size instead of drifting to the maximum. A miss shrinks the target regardless.
+  void UpdateTargetLocked(const Batch& batch, int64_t latency_us)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (options_.policy != Policy::kAimd) return;
+    const AimdOptions& aimd = options_.aimd;
+    const int64_t slo = options_.slo_us;
+    const bool full = batch.cost >= batch.target;
+    if (slo > 0 && latency_us > slo) {
+      // The epsilon keeps e.g. 30 * 0.9 from rounding down to 26.
+      const auto shrunk = static_cast<int64_t>(
+          std::floor(static_cast<double>(target_) * aimd.multiplicative_decrease + 1e-9));
+      target_ = std::max<int64_t>(1, shrunk);
+      return;
+    }
+    if (!full) return;
+    if (slo == 0 ||
+        static_cast<double>(latency_us) < (1.0 - aimd.hold_band) * static_cast<double>(slo)) {
+      target_ = std::min(options_.max_batch_size, target_ + aimd.additive_increase);
+    }
+  }
+
+  void WorkerLoop() {
+    absl::MutexLock lock(&mu_);
+    while (!(stopping_ && queue_.empty())) {
+      Batch batch;
+      if (TakeBatchLocked(clock_->NowMicros(), &batch)) {
+        mu_.Unlock();
+        RunBatch(batch);
+        mu_.Lock();
+        continue;
+      }
+      if (queue_.empty() || running_ >= options_.num_executors) {
+        // Idle: no timer, a Submit (or a finished batch) wakes us.
+        cv_.Wait(&mu_);
+      } else {
+        const int64_t wait_us =
+            std::clamp<int64_t>(DepartureLocked() - clock_->NowMicros(), 1, kMaxWaitUs);
+        cv_.WaitWithTimeout(&mu_, absl::Microseconds(wait_us));
+      }
+    }
+  }
+
+  const BatcherOptions options_;
+  Executor* const executor_;
+  Clock* const clock_;
+  const std::string prefix_;
+  int64_t delay_us_ = 0;  // the policy's queue delay
+
+  mutable absl::Mutex mu_;
+  // Signalled on Submit, batch completion and Shutdown; workers and a draining Shutdown wait.
+  absl::CondVar cv_;
+  std::deque<Entry> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_cost_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t target_ ABSL_GUARDED_BY(mu_) = 1;
+  LinearModel model_ ABSL_GUARDED_BY(mu_);
+
+  absl::Mutex join_mu_;  // serializes concurrent Shutdown calls around join
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(join_mu_);
+};
+
+absl::StatusOr<std::unique_ptr<Batcher>> Batcher::Create(const BatcherOptions& options,
+                                                         Executor* executor) {
+  const std::string p = Prefix(options.name);
+  auto bad = [&p](const std::string& what) { return absl::InvalidArgumentError(p + what); };
+  if (executor == nullptr) return bad("executor must not be null");
+  if (options.max_batch_size < 1) return bad("max_batch_size must be >= 1");
+  if (options.max_queue_delay_us < 0) return bad("max_queue_delay_us must be >= 0");
+  if (options.max_queue_size < 1) return bad("max_queue_size must be >= 1");
+  if (options.slo_us < 0) return bad("slo_us must be >= 0");
+  if (options.initial_batch_size < 0 || options.initial_batch_size > options.max_batch_size) {
+    return bad("initial_batch_size must be in [0, max_batch_size]");
+  }
+  if (options.aimd.additive_increase < 1) return bad("aimd.additive_increase must be >= 1");
+  if (!(options.aimd.hold_band >= 0 && options.aimd.hold_band < 1)) {
+    return bad("aimd.hold_band must be in [0, 1)");
+  }
+  if (!(options.aimd.multiplicative_decrease > 0 && options.aimd.multiplicative_decrease < 1)) {
+    return bad("aimd.multiplicative_decrease must be in (0, 1)");
+  }
+  if (options.num_executors < 1 || options.num_executors > 1024) {
+    return bad("num_executors must be in [1, 1024]");
+  }
+  auto impl = std::make_unique<Impl>(options, executor);
+  impl->Start();
+  return std::unique_ptr<Batcher>(new Batcher(std::move(impl)));
+}
+
+Batcher::Batcher(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Batcher::~Batcher() { impl_->Shutdown(); }
+
+absl::Status Batcher::Submit(std::unique_ptr<Task> task) { return impl_->Submit(std::move(task)); }
+
+void Batcher::Shutdown() { impl_->Shutdown(); }
+
+bool Batcher::RunOnce() { return impl_->RunOnceManual(); }
+
+int64_t Batcher::NextDepartureUs() const { return impl_->NextDepartureUs(); }
+
+BatcherStats Batcher::stats() const { return impl_->stats(); }
+
+int64_t Batcher::target_batch_size() const { return impl_->target_batch_size(); }
+
+}  // namespace ferry::batching

@@ -1,1 +1,642 @@
-// placeholder
+#include "batching/batcher.h"
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "ferry/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace ferry::batching {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr int64_t kStart = 1'000'000;
+
+struct Finished {
+  int id;
+  absl::Status status;
+  TaskTiming timing;
+};
+
+// Records every Finish, in call order.
+class Recorder {
+ public:
+  void Add(Finished f) {
+    absl::MutexLock lock(&mu_);
+    finished_.push_back(std::move(f));
+  }
+  std::vector<Finished> finished() const {
+    absl::MutexLock lock(&mu_);
+    return finished_;
+  }
+  std::vector<int> ids() const {
+    std::vector<int> out;
+    for (const Finished& f : finished()) out.push_back(f.id);
+    return out;
+  }
+  // The single record for `id`; fails the test if there is not exactly one.
+  Finished Get(int id) const {
+    std::vector<Finished> hits;
+    for (const Finished& f : finished()) {
+      if (f.id == id) hits.push_back(f);
+    }
+    EXPECT_EQ(hits.size(), 1u) << "task " << id;
+    return hits.empty() ? Finished{id, absl::UnknownError("never finished"), {}} : hits[0];
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<Finished> finished_ ABSL_GUARDED_BY(mu_);
+};
+
+class TestTask : public Task {
+ public:
+  TestTask(int id, int64_t cost, Recorder* recorder, int64_t deadline_us = 0)
+      : id_(id), cost_(cost), deadline_us_(deadline_us), recorder_(recorder) {}
+  int64_t cost() const override { return cost_; }
+  int64_t deadline_us() const override { return deadline_us_; }
+  void Finish(absl::Status status, const TaskTiming& timing) override {
+    recorder_->Add({id_, std::move(status), timing});
+  }
+  int id() const { return id_; }
+
+ private:
+  int id_;
+  int64_t cost_;
+  int64_t deadline_us_;
+  Recorder* recorder_;
+};
+
+// Runs batches in zero real time, advancing a FakeClock by exec_us(cost) to simulate latency.
+class FakeExecutor : public Executor {
+ public:
+  explicit FakeExecutor(FakeClock* clock) : clock_(clock) {}
+
+  absl::Status Execute(absl::Span<Task* const> batch,
+                       absl::Span<absl::Status> task_status) override {
+    int64_t cost = 0;
+    std::vector<int> ids;
+    for (Task* t : batch) {
+      cost += t->cost();
+      ids.push_back(static_cast<TestTask*>(t)->id());
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      if (fail_ids.count(ids[i]) > 0) task_status[i] = absl::InternalError("bad row");
+    }
+    batches.push_back(ids);
+    batch_costs.push_back(cost);
+    clock_->AdvanceMicros(exec_us(cost));
+    if (!batch_errors.empty()) {
+      absl::Status s = batch_errors.front();
+      batch_errors.erase(batch_errors.begin());
+      return s;
+    }
+    return absl::OkStatus();
+  }
+
+  std::function<int64_t(int64_t)> exec_us = [](int64_t) { return 100; };
+  std::vector<absl::Status> batch_errors;  // returned by successive batches, then OK
+  std::map<int, int> fail_ids;             // ids whose task_status is set to an error
+  std::vector<std::vector<int>> batches;
+  std::vector<int64_t> batch_costs;
+
+ private:
+  FakeClock* clock_;
+};
+
+class BatcherTest : public ::testing::Test {
+ protected:
+  BatcherTest() : clock_(kStart), executor_(&clock_) {
+    options_.name = "test";
+    options_.clock = &clock_;
+    options_.start_threads = false;
+  }
+
+  std::unique_ptr<Batcher> Make() {
+    auto b = Batcher::Create(options_, &executor_);
+    EXPECT_TRUE(b.ok()) << b.status();
+    return b.ok() ? std::move(*b) : nullptr;
+  }
+
+  absl::Status Submit(Batcher& b, int id, int64_t cost = 1, int64_t deadline_us = 0) {
+    return b.Submit(std::make_unique<TestTask>(id, cost, &recorder_, deadline_us));
+  }
+
+  // Submits `n` cost-1 tasks with ids starting at `first_id` and runs the batch that is due.
+  void RunFullBatch(Batcher& b, int first_id, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(Submit(b, first_id + static_cast<int>(i)).ok());
+    ASSERT_TRUE(b.RunOnce());
+  }
+
+  FakeClock clock_;
+  FakeExecutor executor_;
+  Recorder recorder_;
+  BatcherOptions options_;
+};
+
+TEST_F(BatcherTest, CreateValidatesOptions) {
+  struct Case {
+    std::function<void(BatcherOptions&)> mutate;
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {[](BatcherOptions& o) { o.max_batch_size = 0; }, "max_batch_size"},
+      {[](BatcherOptions& o) { o.max_queue_delay_us = -1; }, "max_queue_delay_us"},
+      {[](BatcherOptions& o) { o.max_queue_size = 0; }, "max_queue_size"},
+      {[](BatcherOptions& o) { o.slo_us = -5; }, "slo_us"},
+      {[](BatcherOptions& o) { o.initial_batch_size = 64; }, "initial_batch_size"},
+      {[](BatcherOptions& o) { o.aimd.additive_increase = 0; }, "additive_increase"},
+      {[](BatcherOptions& o) { o.aimd.hold_band = 1.0; }, "hold_band"},
+      {[](BatcherOptions& o) { o.aimd.multiplicative_decrease = 1.0; }, "multiplicative_decrease"},
+      {[](BatcherOptions& o) { o.num_executors = 0; }, "num_executors"},
+  };
+  for (const Case& c : cases) {
+    BatcherOptions o = options_;
+    c.mutate(o);
+    auto b = Batcher::Create(o, &executor_);
+    ASSERT_FALSE(b.ok()) << c.field;
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(b.status().message()), HasSubstr(c.field));
+  }
+  EXPECT_FALSE(Batcher::Create(options_, nullptr).ok());
+}
+
+TEST_F(BatcherTest, DepartsWhenTargetSizeReached) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 4;
+  options_.max_queue_delay_us = 1000;
+  auto b = Make();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Submit(*b, i).ok());
+  EXPECT_FALSE(b->RunOnce());
+  EXPECT_EQ(b->stats().queued_cost, 3);
+  ASSERT_TRUE(Submit(*b, 3).ok());
+  EXPECT_TRUE(b->RunOnce());  // no clock advance needed
+  ASSERT_EQ(executor_.batches.size(), 1u);
+  EXPECT_THAT(executor_.batches[0], ElementsAre(0, 1, 2, 3));
+  EXPECT_FALSE(b->RunOnce());
+  EXPECT_EQ(b->NextDepartureUs(), -1);
+}
+
+TEST_F(BatcherTest, DepartsWhenDelayBudgetUsed) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 8;
+  options_.max_queue_delay_us = 1000;
+  auto b = Make();
+  ASSERT_TRUE(Submit(*b, 1).ok());
+  clock_.AdvanceMicros(300);
+  ASSERT_TRUE(Submit(*b, 2, 2).ok());
+  EXPECT_EQ(b->NextDepartureUs(), kStart + 1000);  // the oldest task decides
+  clock_.AdvanceMicros(699);
+  EXPECT_FALSE(b->RunOnce());
+  clock_.AdvanceMicros(1);
+  EXPECT_TRUE(b->RunOnce());
+  ASSERT_EQ(executor_.batches.size(), 1u);
+  EXPECT_THAT(executor_.batches[0], ElementsAre(1, 2));
+  EXPECT_EQ(recorder_.Get(1).timing.queue_us, 1000);
+  EXPECT_EQ(recorder_.Get(2).timing.queue_us, 700);
+}
+
+TEST_F(BatcherTest, AimdGrowsAdditivelyOnFullBatchesUnderSlo) {
+  options_.policy = Policy::kAimd;
+  options_.max_batch_size = 8;
+  options_.slo_us = 1000;
+  executor_.exec_us = [](int64_t) { return 100; };  // well under the SLO
+  auto b = Make();
+  EXPECT_EQ(b->target_batch_size(), 1);
+  RunFullBatch(*b, 0, 1);
+  EXPECT_EQ(b->target_batch_size(), 3);
+  RunFullBatch(*b, 10, 3);
+  EXPECT_EQ(b->target_batch_size(), 5);
+  RunFullBatch(*b, 20, 5);
+  EXPECT_EQ(b->target_batch_size(), 7);
+  RunFullBatch(*b, 30, 7);
+  EXPECT_EQ(b->target_batch_size(), 8);  // capped at max_batch_size
+  EXPECT_EQ(executor_.batch_costs, (std::vector<int64_t>{1, 3, 5, 7}));
+
+  // A batch that leaves by delay below the target is no evidence: the target holds.
+  ASSERT_TRUE(Submit(*b, 40).ok());
+  EXPECT_FALSE(b->RunOnce());
+  clock_.AdvanceMicros(options_.max_queue_delay_us);
+  EXPECT_TRUE(b->RunOnce());
+  EXPECT_EQ(b->target_batch_size(), 8);
+}
+
+TEST_F(BatcherTest, AimdLightLoadDoesNotGrow) {
+  options_.policy = Policy::kAimd;
+  options_.max_batch_size = 8;
+  options_.initial_batch_size = 4;
+  options_.slo_us = 1000;
+  auto b = Make();
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(Submit(*b, i).ok());
+    clock_.AdvanceMicros(options_.max_queue_delay_us);
+    ASSERT_TRUE(b->RunOnce());
+  }
+  EXPECT_EQ(b->target_batch_size(), 4);
+}
+
+TEST_F(BatcherTest, AimdHoldsWithinBandBelowSlo) {
+  options_.policy = Policy::kAimd;
+  options_.max_batch_size = 16;
+  options_.initial_batch_size = 4;
+  options_.slo_us = 1000;
+  executor_.exec_us = [](int64_t) { return 950; };  // in [900, 1000]: hold
+  auto b = Make();
+  RunFullBatch(*b, 0, 4);
+  EXPECT_EQ(b->target_batch_size(), 4);
+  executor_.exec_us = [](int64_t) { return 1000; };  // exactly the SLO is not a miss
+  RunFullBatch(*b, 10, 4);
+  EXPECT_EQ(b->target_batch_size(), 4);
+  executor_.exec_us = [](int64_t) { return 899; };
+  RunFullBatch(*b, 20, 4);
+  EXPECT_EQ(b->target_batch_size(), 6);
+}
+
+TEST_F(BatcherTest, AimdDecreasesMultiplicativelyOnMissAndFloorsAtOne) {
+  options_.policy = Policy::kAimd;
+  options_.max_batch_size = 32;
+  options_.initial_batch_size = 30;
+  options_.slo_us = 1000;
+  executor_.exec_us = [](int64_t) { return 1500; };
+  auto b = Make();
+  RunFullBatch(*b, 0, 30);
+  EXPECT_EQ(b->target_batch_size(), 27);  // floor(30 * 0.9)
+  RunFullBatch(*b, 100, 27);
+  EXPECT_EQ(b->target_batch_size(), 24);  // floor(24.3)
+  // A miss shrinks the target even when the batch was not full.
+  ASSERT_TRUE(Submit(*b, 200).ok());
+  clock_.AdvanceMicros(options_.max_queue_delay_us);
+  ASSERT_TRUE(b->RunOnce());
+  EXPECT_EQ(b->target_batch_size(), 21);  // floor(21.6)
+  int id = 300;
+  for (int i = 0; i < 40; ++i) {
+    const int64_t target = b->target_batch_size();
+    RunFullBatch(*b, id, target);
+    id += static_cast<int>(target);
+  }
+  EXPECT_EQ(b->target_batch_size(), 1);
+}
+
+TEST_F(BatcherTest, AimdWithoutSloGrowsToMax) {
+  options_.policy = Policy::kAimd;
+  options_.max_batch_size = 5;
+  options_.slo_us = 0;
+  executor_.exec_us = [](int64_t) { return 1'000'000; };  // no SLO: latency is irrelevant
+  auto b = Make();
+  RunFullBatch(*b, 0, 1);
+  RunFullBatch(*b, 10, 3);
+  EXPECT_EQ(b->target_batch_size(), 5);
+  RunFullBatch(*b, 20, 5);
+  EXPECT_EQ(b->target_batch_size(), 5);
+}
+
+TEST_F(BatcherTest, FixedPolicyKeepsMaxBatchSize) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 4;
+  options_.slo_us = 100;
+  executor_.exec_us = [](int64_t) { return 5000; };  // misses the SLO every time
+  auto b = Make();
+  EXPECT_EQ(b->target_batch_size(), 4);
+  RunFullBatch(*b, 0, 4);
+  RunFullBatch(*b, 10, 4);
+  EXPECT_EQ(b->target_batch_size(), 4);
+  EXPECT_EQ(b->stats().target_batch_size, 4);
+}
+
+TEST_F(BatcherTest, OffPolicyRunsEachTaskAloneWithoutDelay) {
+  options_.policy = Policy::kOff;
+  options_.max_batch_size = 8;
+  options_.max_queue_delay_us = 5000;
+  auto b = Make();
+  EXPECT_EQ(b->target_batch_size(), 1);
+  ASSERT_TRUE(Submit(*b, 1, 3).ok());
+  ASSERT_TRUE(Submit(*b, 2).ok());
+  ASSERT_TRUE(Submit(*b, 3).ok());
+  EXPECT_EQ(b->NextDepartureUs(), kStart);
+  EXPECT_TRUE(b->RunOnce());
+  EXPECT_TRUE(b->RunOnce());
+  EXPECT_TRUE(b->RunOnce());
+  EXPECT_FALSE(b->RunOnce());
+  EXPECT_EQ(executor_.batches, (std::vector<std::vector<int>>{{1}, {2}, {3}}));
+  EXPECT_EQ(b->target_batch_size(), 1);
+}
+
+TEST_F(BatcherTest, NeverExceedsMaxBatchSizeAndRejectsOversizedTasks) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 4;
+  auto b = Make();
+  absl::Status s = Submit(*b, 99, 5);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(recorder_.Get(99).status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Submit(*b, 98, 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(recorder_.Get(98).status.code(), absl::StatusCode::kInvalidArgument);
+
+  const std::vector<int64_t> costs = {3, 2, 3, 1, 4, 2, 2, 1, 1, 3};
+  for (size_t i = 0; i < costs.size(); ++i) {
+    ASSERT_TRUE(Submit(*b, static_cast<int>(i), costs[i]).ok());
+  }
+  clock_.AdvanceMicros(options_.max_queue_delay_us);
+  while (b->RunOnce()) {
+  }
+  // FIFO, tasks never split, each batch as large as fits.
+  EXPECT_EQ(executor_.batches,
+            (std::vector<std::vector<int>>{{0}, {1}, {2, 3}, {4}, {5, 6}, {7, 8}, {9}}));
+  for (int64_t c : executor_.batch_costs) EXPECT_LE(c, 4);
+  EXPECT_EQ(recorder_.finished().size(), costs.size() + 2);
+}
+
+TEST_F(BatcherTest, QueueFullIsRejectedInlineExactlyOnce) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 8;
+  options_.max_queue_size = 2;
+  auto b = Make();
+  ASSERT_TRUE(Submit(*b, 1).ok());
+  ASSERT_TRUE(Submit(*b, 2).ok());
+  absl::Status s = Submit(*b, 3);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("queue full (2 tasks): retry later"));
+  // Finished before Submit returned, with the same status, and only once.
+  EXPECT_THAT(recorder_.ids(), ElementsAre(3));
+  EXPECT_EQ(recorder_.Get(3).status, s);
+  clock_.AdvanceMicros(options_.max_queue_delay_us);
+  EXPECT_TRUE(b->RunOnce());
+  EXPECT_TRUE(Submit(*b, 4).ok());  // room again
+  b.reset();
+  EXPECT_THAT(recorder_.ids(), ElementsAre(3, 1, 2, 4));
+}
+
+TEST_F(BatcherTest, ResponsesReachTheirOwnCallersInOrderWithTiming) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 4;
+  options_.max_queue_delay_us = 1000;
+  executor_.exec_us = [](int64_t cost) { return 10 * cost + 50; };
+  auto b = Make();
+  ASSERT_TRUE(Submit(*b, 1).ok());
+  clock_.AdvanceMicros(100);
+  ASSERT_TRUE(Submit(*b, 2, 2).ok());
+  clock_.AdvanceMicros(100);
+  ASSERT_TRUE(Submit(*b, 3).ok());  // cost 4 reached: departs now
+  ASSERT_TRUE(Submit(*b, 4).ok());
+  ASSERT_TRUE(b->RunOnce());
+  EXPECT_THAT(recorder_.ids(), ElementsAre(1, 2, 3));
+  Finished f1 = recorder_.Get(1), f2 = recorder_.Get(2), f3 = recorder_.Get(3);
+  EXPECT_EQ(f1.timing.queue_us, 200);
+  EXPECT_EQ(f2.timing.queue_us, 100);
+  EXPECT_EQ(f3.timing.queue_us, 0);
+  for (const Finished& f : {f1, f2, f3}) {
+    EXPECT_TRUE(f.status.ok());
+    EXPECT_EQ(f.timing.compute_us, 90);
+    EXPECT_EQ(f.timing.batch_cost, 4);
+    EXPECT_EQ(f.timing.batch_tasks, 3);
+  }
+  // Task 4 was enqueued at kStart + 200; the clock is now kStart + 290.
+  clock_.AdvanceMicros(910);
+  ASSERT_TRUE(b->RunOnce());
+  Finished f4 = recorder_.Get(4);
+  EXPECT_EQ(f4.timing.queue_us, 1000);
+  EXPECT_EQ(f4.timing.compute_us, 60);
+  EXPECT_EQ(f4.timing.batch_tasks, 1);
+}
+
+TEST_F(BatcherTest, ExecutorErrorFailsOnlyItsBatch) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 2;
+  executor_.batch_errors = {absl::UnavailableError("device lost")};
+  auto b = Make();
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(Submit(*b, i).ok());
+  ASSERT_TRUE(b->RunOnce());
+  ASSERT_TRUE(b->RunOnce());
+  EXPECT_EQ(recorder_.Get(0).status, absl::UnavailableError("device lost"));
+  EXPECT_EQ(recorder_.Get(1).status, absl::UnavailableError("device lost"));
+  EXPECT_TRUE(recorder_.Get(2).status.ok());
+  EXPECT_TRUE(recorder_.Get(3).status.ok());
+  EXPECT_EQ(recorder_.Get(0).timing.batch_tasks, 2);
+}
+
+TEST_F(BatcherTest, PerTaskFailureFailsOnlyThatTask) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 3;
+  executor_.fail_ids = {{1, 1}};
+  auto b = Make();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Submit(*b, i).ok());
+  ASSERT_TRUE(b->RunOnce());
+  EXPECT_TRUE(recorder_.Get(0).status.ok());
+  EXPECT_EQ(recorder_.Get(1).status, absl::InternalError("bad row"));
+  EXPECT_TRUE(recorder_.Get(2).status.ok());
+}
+
+TEST_F(BatcherTest, ExpiredTasksGetDeadlineExceededAndDoNotRun) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 8;
+  options_.max_queue_delay_us = 1000;
+  auto b = Make();
+  ASSERT_TRUE(Submit(*b, 1, 1, kStart + 500).ok());
+  ASSERT_TRUE(Submit(*b, 2).ok());
+  // The oldest task's deadline shortens its delay budget.
+  EXPECT_EQ(b->NextDepartureUs(), kStart + 500);
+  // A deadline that has already passed cannot be met even if run alone now.
+  EXPECT_EQ(Submit(*b, 3, 1, kStart).code(), absl::StatusCode::kDeadlineExceeded);
+  clock_.AdvanceMicros(600);  // e.g. the executor was busy elsewhere
+  ASSERT_TRUE(b->RunOnce());
+  ASSERT_EQ(executor_.batches.size(), 1u);
+  EXPECT_THAT(executor_.batches[0], ElementsAre(2));
+  Finished f1 = recorder_.Get(1);
+  EXPECT_EQ(f1.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(f1.timing.queue_us, 600);
+  EXPECT_EQ(f1.timing.compute_us, 0);
+  EXPECT_TRUE(recorder_.Get(2).status.ok());
+  EXPECT_EQ(recorder_.Get(3).status.code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(BatcherTest, AdmissionUsesLearnedLinearModel) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 8;
+  options_.max_queue_delay_us = 0;  // whatever waits departs at once
+  executor_.exec_us = [](int64_t cost) { return 10 * cost + 100; };
+  auto b = Make();
+  // Untrained: a tight deadline is admitted.
+  ASSERT_TRUE(Submit(*b, 0, 4, clock_.NowMicros() + 1).ok());
+  ASSERT_TRUE(b->RunOnce());
+  int id = 1;
+  for (int64_t n : {1, 2, 8, 3, 5}) {
+    for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(Submit(*b, id++).ok());
+    ASSERT_TRUE(b->RunOnce());
+  }
+  BatcherStats st = b->stats();
+  EXPECT_NEAR(st.model_slope_us, 10.0, 0.5);
+  EXPECT_NEAR(st.model_intercept_us, 100.0, 2.0);
+  // Predicted 10 * 4 + 100 = 140 us.
+  const int64_t now = clock_.NowMicros();
+  absl::Status s = Submit(*b, 100, 4, now + 130);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(recorder_.Get(100).status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(Submit(*b, 101, 4, now + 150).ok());
+  // The deadline also shortens the delay budget by the predicted time of the waiting batch.
+  EXPECT_EQ(b->NextDepartureUs(), now);  // delay 0 dominates here
+}
+
+TEST_F(BatcherTest, DeadlineBudgetSubtractsPredictedExecution) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 8;
+  options_.max_queue_delay_us = 10'000;
+  executor_.exec_us = [](int64_t cost) { return 100 * cost + 200; };
+  auto b = Make();
+  for (int64_t n : {1, 2, 4, 8}) {
+    for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(Submit(*b, static_cast<int>(n * 10 + i)).ok());
+    clock_.AdvanceMicros(options_.max_queue_delay_us);
+    ASSERT_TRUE(b->RunOnce());
+  }
+  const int64_t now = clock_.NowMicros();
+  ASSERT_TRUE(Submit(*b, 1, 2, now + 5000).ok());
+  // Predicted for the waiting cost 2: 400 us, so it must leave by deadline - 400.
+  EXPECT_EQ(b->NextDepartureUs(), now + 5000 - 400);
+  clock_.AdvanceMicros(4599);
+  EXPECT_FALSE(b->RunOnce());
+  clock_.AdvanceMicros(1);
+  EXPECT_TRUE(b->RunOnce());
+  EXPECT_TRUE(recorder_.Get(1).status.ok());
+}
+
+TEST_F(BatcherTest, ShutdownDrainsQueueThenRejects) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 2;
+  options_.max_queue_delay_us = 1'000'000;
+  auto b = Make();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Submit(*b, i).ok());
+  b->Shutdown();  // no clock advance: draining ignores the delay
+  EXPECT_EQ(executor_.batches, (std::vector<std::vector<int>>{{0, 1}, {2}}));
+  EXPECT_THAT(recorder_.ids(), ElementsAre(0, 1, 2));
+  for (const Finished& f : recorder_.finished()) EXPECT_TRUE(f.status.ok());
+  absl::Status s = Submit(*b, 9);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(recorder_.Get(9).status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(b->stats().queued_tasks, 0);
+  b->Shutdown();  // idempotent
+}
+
+// Real threads and the real clock: every task is answered exactly once, batches stay bounded.
+class CountingTask : public Task {
+ public:
+  CountingTask(int64_t cost, std::atomic<int>* finish_count, std::atomic<int>* errors,
+               absl::Mutex* mu, int* done)
+      : cost_(cost), finish_count_(finish_count), errors_(errors), mu_(mu), done_(done) {}
+  int64_t cost() const override { return cost_; }
+  void Finish(absl::Status status, const TaskTiming& timing) override {
+    if (!status.ok() || timing.batch_tasks < 1) errors_->fetch_add(1);
+    finish_count_->fetch_add(1);
+    absl::MutexLock lock(mu_);
+    ++*done_;
+  }
+
+ private:
+  int64_t cost_;
+  std::atomic<int>* finish_count_;
+  std::atomic<int>* errors_;
+  absl::Mutex* mu_;
+  int* done_;
+};
+
+class BoundCheckingExecutor : public Executor {
+ public:
+  explicit BoundCheckingExecutor(int64_t max) : max_(max) {}
+  absl::Status Execute(absl::Span<Task* const> batch, absl::Span<absl::Status>) override {
+    const int now = in_flight_.fetch_add(1) + 1;
+    int prev = max_in_flight_.load();
+    while (now > prev && !max_in_flight_.compare_exchange_weak(prev, now)) {
+    }
+    int64_t cost = 0;
+    for (Task* t : batch) cost += t->cost();
+    if (cost > max_) over_max_.fetch_add(1);
+    batches_.fetch_add(1);
+    in_flight_.fetch_sub(1);
+    return absl::OkStatus();
+  }
+  int64_t max_;
+  std::atomic<int> in_flight_{0}, max_in_flight_{0}, over_max_{0}, batches_{0};
+};
+
+TEST(BatcherThreadedTest, ManySubmittersEveryTaskFinishedExactlyOnce) {
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 2000;
+  constexpr int kTotal = kThreads * kPerThread;
+  BatcherOptions options;
+  options.name = "threaded";
+  options.policy = Policy::kAimd;
+  options.max_batch_size = 8;
+  options.max_queue_delay_us = 200;
+  options.max_queue_size = kTotal;
+  options.slo_us = 10'000;
+  options.num_executors = 2;
+  BoundCheckingExecutor executor(options.max_batch_size);
+  auto b = Batcher::Create(options, &executor);
+  ASSERT_TRUE(b.ok()) << b.status();
+
+  std::vector<std::atomic<int>> counts(kTotal);
+  std::atomic<int> errors{0};
+  absl::Mutex mu;
+  int done = 0;
+  std::vector<std::thread> submitters;
+  for (int t = 0; t < kThreads; ++t) {
+    submitters.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const int idx = t * kPerThread + i;
+        absl::Status s = (*b)->Submit(
+            std::make_unique<CountingTask>(1 + idx % 3, &counts[idx], &errors, &mu, &done));
+        if (!s.ok()) errors.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& t : submitters) t.join();
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(
+                                        +[](int* d) { return *d == kTotal; }, &done),
+                                    absl::Seconds(30)));
+  }
+  for (int i = 0; i < kTotal; ++i) ASSERT_EQ(counts[i].load(), 1) << "task " << i;
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(executor.over_max_.load(), 0);
+  EXPECT_LE(executor.max_in_flight_.load(), options.num_executors);
+  EXPECT_LT(executor.batches_.load(), kTotal);  // some batching happened
+  BatcherStats st = (*b)->stats();
+  EXPECT_EQ(st.queued_tasks, 0);
+  EXPECT_EQ(st.queued_cost, 0);
+  b->reset();
+  for (int i = 0; i < kTotal; ++i) ASSERT_EQ(counts[i].load(), 1) << "task " << i;
+}
+
+TEST(BatcherThreadedTest, DestructorDrainsWithoutWaitingForDelay) {
+  BatcherOptions options;
+  options.policy = Policy::kFixed;
+  options.max_batch_size = 1000;
+  options.max_queue_delay_us = 3'600'000'000;  // an hour: only draining can send these
+  options.num_executors = 3;
+  BoundCheckingExecutor executor(options.max_batch_size);
+  std::atomic<int> errors{0};
+  std::vector<std::atomic<int>> counts(10);
+  absl::Mutex mu;
+  int done = 0;
+  {
+    auto b = Batcher::Create(options, &executor);
+    ASSERT_TRUE(b.ok()) << b.status();
+    for (int i = 0; i < 10; ++i) {
+      ASSERT_TRUE(
+          (*b)->Submit(std::make_unique<CountingTask>(1, &counts[i], &errors, &mu, &done)).ok());
+    }
+  }  // ~Batcher drains and joins
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(counts[i].load(), 1);
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_GE(executor.batches_.load(), 1);
+}
+
+}  // namespace
+}  // namespace ferry::batching

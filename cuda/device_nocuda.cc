@@ -1,1 +1,13 @@
-// placeholder
+// The CPU-only build: the same API, reporting that there is no GPU backend.
+#include "absl/status/status.h"
+#include "cuda/device.h"
+
+namespace ferry::cuda {
+
+bool BuiltWithCuda() { return false; }
+
+absl::StatusOr<std::vector<GpuInfo>> ListGpus() {
+  return absl::FailedPreconditionError("ferry was built without CUDA");
+}
+
+}  // namespace ferry::cuda

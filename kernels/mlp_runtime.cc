@@ -1,1 +1,404 @@
-// placeholder
+#include "kernels/mlp_runtime.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/config_util.h"
+#include "kernels/safetensors.h"
+
+namespace ferry::kernels {
+namespace {
+
+constexpr std::pair<std::string_view, Activation> kActivations[] = {
+    {"none", Activation::kNone},       {"relu", Activation::kRelu},
+    {"gelu", Activation::kGelu},       {"tanh", Activation::kTanh},
+    {"sigmoid", Activation::kSigmoid}, {"softmax", Activation::kSoftmax},
+};
+
+void Apply(Activation activation, float* x, int64_t rows, int64_t cols) {
+  const int64_t n = rows * cols;
+  switch (activation) {
+    case Activation::kNone:
+      return;
+    case Activation::kRelu:
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+      return;
+    case Activation::kGelu:
+      for (int64_t i = 0; i < n; ++i) {
+        x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * static_cast<float>(M_SQRT1_2)));
+      }
+      return;
+    case Activation::kTanh:
+      for (int64_t i = 0; i < n; ++i) x[i] = std::tanh(x[i]);
+      return;
+    case Activation::kSigmoid:
+      for (int64_t i = 0; i < n; ++i) x[i] = 1.0f / (1.0f + std::exp(-x[i]));
+      return;
+    case Activation::kSoftmax:
+      for (int64_t r = 0; r < rows; ++r) {
+        float* row = x + r * cols;
+        const float max = *std::max_element(row, row + cols);
+        float sum = 0.0f;
+        for (int64_t c = 0; c < cols; ++c) {
+          row[c] = std::exp(row[c] - max);
+          sum += row[c];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t c = 0; c < cols; ++c) row[c] *= inv;
+      }
+      return;
+  }
+}
+
+// "layers.<i>.weight" / "layers.<i>.bias" -> i and which; false for any other name.
+bool ParseLayerTensorName(std::string_view name, int64_t* index, bool* is_weight) {
+  constexpr std::string_view kPrefix = "layers.";
+  if (name.substr(0, kPrefix.size()) != kPrefix) return false;
+  name.remove_prefix(kPrefix.size());
+  const size_t dot = name.find('.');
+  if (dot == std::string_view::npos || dot == 0) return false;
+  const std::string_view digits = name.substr(0, dot);
+  const std::string_view which = name.substr(dot + 1);
+  if (which != "weight" && which != "bias") return false;
+  // Canonical decimal only, so "layers.01.weight" cannot alias layer 1.
+  if (digits.size() > 1 && digits[0] == '0') return false;
+  for (char c : digits) {
+    if (c < '0' || c > '9') return false;
+  }
+  if (digits.size() > 6) return false;
+  *index = 0;
+  for (char c : digits) *index = *index * 10 + (c - '0');
+  *is_weight = which == "weight";
+  return true;
+}
+
+// Per-thread scratch: the stacked input and the ping-pong activations. Executor threads are
+// long-lived, so these grow to the largest batch once and are reused.
+thread_local std::vector<float> tls_current;
+thread_local std::vector<float> tls_next;
+
+}  // namespace
+
+std::string_view ActivationName(Activation a) {
+  for (const auto& [name, value] : kActivations) {
+    if (value == a) return name;
+  }
+  return "none";
+}
+
+bool ActivationFromName(std::string_view name, Activation* out) {
+  for (const auto& [n, value] : kActivations) {
+    if (n == name) {
+      *out = value;
+      return true;
+    }
+  }
+  return false;
+}
+
+absl::StatusOr<MlpRuntime::Options> MlpRuntime::ParseOptions(const FunctionSpec& spec) {
+  if (absl::Status s = config::CheckKeys(spec, {"activations", "inputName", "outputName"});
+      !s.ok()) {
+    return s;
+  }
+  Options options;
+  if (spec.model_path.empty()) {
+    return config::Error(spec, "spec.model.uri",
+                         "the mlp runtime needs a model: a file:// URI of a .safetensors file "
+                         "with tensors layers.{i}.weight and layers.{i}.bias");
+  }
+  options.model_path = spec.model_path;
+  absl::StatusOr<std::optional<std::vector<std::string>>> activations =
+      config::GetStringList(spec, "activations");
+  if (!activations.ok()) return activations.status();
+  if (activations->has_value()) {
+    const std::vector<std::string>& names = **activations;
+    for (size_t i = 0; i < names.size(); ++i) {
+      Activation a;
+      if (!ActivationFromName(names[i], &a)) {
+        return config::Error(spec, absl::StrCat(config::Field("activations"), "[", i, "]"),
+                             absl::StrCat("unknown activation '", names[i],
+                                          "'; expected relu, gelu, tanh, sigmoid, none or "
+                                          "softmax"));
+      }
+      if (a == Activation::kSoftmax && i + 1 != names.size()) {
+        return config::Error(spec, absl::StrCat(config::Field("activations"), "[", i, "]"),
+                             "softmax is allowed only on the last layer");
+      }
+      options.activations.push_back(a);
+    }
+    if (options.activations.empty()) {
+      return config::Error(spec, config::Field("activations"),
+                           "expected one activation per layer, got an empty list");
+    }
+  }
+  absl::StatusOr<std::string> input = config::GetString(spec, "inputName", "input");
+  if (!input.ok()) return input.status();
+  absl::StatusOr<std::string> output = config::GetString(spec, "outputName", "output");
+  if (!output.ok()) return output.status();
+  if (input->empty()) {
+    return config::Error(spec, config::Field("inputName"), "expected a non-empty name");
+  }
+  if (output->empty()) {
+    return config::Error(spec, config::Field("outputName"), "expected a non-empty name");
+  }
+  options.input_name = *std::move(input);
+  options.output_name = *std::move(output);
+  return options;
+}
+
+absl::StatusOr<std::unique_ptr<MlpRuntime>> MlpRuntime::Create(const Options& options) {
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(options.model_path);
+  if (!file.ok()) return file.status();
+  const std::string where = absl::StrCat("mlp model '", options.model_path, "': ");
+
+  std::map<int64_t, std::pair<const SafetensorsTensor*, const SafetensorsTensor*>> found;
+  for (const SafetensorsTensor& t : (*file)->tensors()) {
+    int64_t index = 0;
+    bool is_weight = false;
+    if (!ParseLayerTensorName(t.name, &index, &is_weight)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "unexpected tensor '", t.name,
+                       "'; expected only layers.{i}.weight [out, in] and layers.{i}.bias [out]"));
+    }
+    (is_weight ? found[index].first : found[index].second) = &t;
+  }
+  if (found.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, "no tensors; expected layers.0.weight and layers.0.bias, ..."));
+  }
+  const int64_t layer_count = static_cast<int64_t>(found.size());
+  if (found.rbegin()->first != layer_count - 1) {
+    for (int64_t i = 0; i < layer_count; ++i) {
+      if (!found.contains(i)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, "layer ", i, " is missing (layers must be numbered 0..L-1 without gaps)"));
+      }
+    }
+  }
+  if (!options.activations.empty() &&
+      static_cast<int64_t>(options.activations.size()) != layer_count) {
+    return absl::InvalidArgumentError(absl::StrCat(where, "the model has ", layer_count,
+                                                   " layers but ", options.activations.size(),
+                                                   " activations are configured"));
+  }
+  for (size_t i = 0; i < options.activations.size(); ++i) {
+    if (options.activations[i] == Activation::kSoftmax &&
+        static_cast<int64_t>(i) + 1 != layer_count) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "softmax is allowed only on the last layer"));
+    }
+  }
+  if (options.input_name.empty() || options.output_name.empty()) {
+    return absl::InvalidArgumentError("mlp: input and output names must not be empty");
+  }
+
+  std::unique_ptr<MlpRuntime> rt(new MlpRuntime());
+  rt->options_ = options;
+  for (int64_t i = 0; i < layer_count; ++i) {
+    const auto [weight, bias] = found[i];
+    if (weight == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(where, "layers.", i, ".weight is missing"));
+    }
+    if (bias == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(where, "layers.", i, ".bias is missing"));
+    }
+    if (weight->shape.size() != 2 || weight->shape[0] < 1 || weight->shape[1] < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(where, "layers.", i, ".weight has shape [",
+                                                     absl::StrJoin(weight->shape, ","),
+                                                     "]; expected [out, in] with out, in >= 1"));
+    }
+    Layer layer;
+    layer.out = weight->shape[0];
+    layer.in = weight->shape[1];
+    if (bias->shape != std::vector<int64_t>{layer.out}) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "layers.", i, ".bias has shape [", absl::StrJoin(bias->shape, ","),
+                       "]; expected [", layer.out, "] to match layers.", i, ".weight [", layer.out,
+                       ",", layer.in, "]"));
+    }
+    if (i > 0 && layer.in != rt->layers_.back().out) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, "layers.", i, ".weight takes ", layer.in, " inputs but layers.", i - 1,
+          " produces ", rt->layers_.back().out, " (weight shapes [out, in] must chain)"));
+    }
+    absl::StatusOr<std::vector<float>> w = (*file)->ReadFloat32(*weight);
+    if (!w.ok()) return w.status();
+    absl::StatusOr<std::vector<float>> b = (*file)->ReadFloat32(*bias);
+    if (!b.ok()) return b.status();
+    layer.weight = *std::move(w);
+    layer.bias = *std::move(b);
+    if (options.activations.empty()) {
+      layer.activation = i + 1 == layer_count ? Activation::kNone : Activation::kRelu;
+    } else {
+      layer.activation = options.activations[i];
+    }
+    rt->layers_.push_back(std::move(layer));
+  }
+
+  if (options.use_gpu) {
+    if (options.gpu_max_rows < 1) {
+      return absl::InvalidArgumentError("mlp: gpu_max_rows must be >= 1");
+    }
+    std::vector<cuda::GpuMlp::Layer> gpu_layers;
+    for (const Layer& layer : rt->layers_) {
+      cuda::GpuMlp::Layer g;
+      g.weight = layer.weight;
+      g.bias = layer.bias;
+      g.in = layer.in;
+      g.out = layer.out;
+      switch (layer.activation) {
+        case Activation::kNone:
+          g.act = cuda::Activation::kNone;
+          break;
+        case Activation::kRelu:
+          g.act = cuda::Activation::kRelu;
+          break;
+        case Activation::kGelu:
+          g.act = cuda::Activation::kGelu;
+          break;
+        case Activation::kTanh:
+          g.act = cuda::Activation::kTanh;
+          break;
+        case Activation::kSigmoid:
+          g.act = cuda::Activation::kSigmoid;
+          break;
+        case Activation::kSoftmax:
+          g.act = cuda::Activation::kNone;
+          g.softmax = true;
+          break;
+      }
+      gpu_layers.push_back(std::move(g));
+    }
+    absl::StatusOr<std::unique_ptr<cuda::GpuMlp>> gpu =
+        cuda::GpuMlp::Create(options.gpu_index, std::move(gpu_layers), options.gpu_max_rows);
+    if (!gpu.ok()) {
+      return absl::Status(gpu.status().code(),
+                          absl::StrCat("mlp: GPU path not available on GPU ", options.gpu_index,
+                                       ": ", gpu.status().message()));
+    }
+    rt->gpu_ = *std::move(gpu);
+  }
+
+  rt->signature_.platform = "ferry_mlp";
+  rt->signature_.batched = true;
+  rt->signature_.inputs.push_back(
+      TensorSpec{options.input_name, DataType::kFp32, {-1, rt->layers_.front().in}});
+  rt->signature_.outputs.push_back(
+      TensorSpec{options.output_name, DataType::kFp32, {-1, rt->layers_.back().out}});
+  return rt;
+}
+
+absl::Status MlpRuntime::Execute(absl::Span<RuntimeCall> batch) {
+  const int64_t in = layers_.front().in;
+  const int64_t out = layers_.back().out;
+  // Per-call row offsets into the stacked matrix; -1 marks a call that failed its own check.
+  thread_local std::vector<int64_t> offsets;
+  std::vector<float>& current = tls_current;
+  std::vector<float>& next = tls_next;
+  offsets.assign(batch.size(), -1);
+
+  int64_t total_rows = 0;
+  std::vector<const Tensor*> inputs(batch.size(), nullptr);
+  for (size_t c = 0; c < batch.size(); ++c) {
+    const Tensor* x = nullptr;
+    for (const Tensor& t : batch[c].request->inputs) {
+      if (t.name == options_.input_name) x = &t;
+    }
+    if (x == nullptr || x->dtype != DataType::kFp32 || x->shape.size() != 2 || x->shape[1] != in ||
+        x->shape[0] < 0 || static_cast<int64_t>(x->data.size()) != x->shape[0] * in * 4) {
+      batch[c].status = absl::InvalidArgumentError(
+          absl::StrCat("input '", options_.input_name, "' must be FP32 [-1, ", in, "]"));
+      continue;
+    }
+    inputs[c] = x;
+    offsets[c] = total_rows;
+    total_rows += x->shape[0];
+  }
+  if (total_rows == 0) {
+    for (size_t c = 0; c < batch.size(); ++c) {
+      if (inputs[c] == nullptr) continue;
+      Tensor y{options_.output_name, DataType::kFp32, {0, out}, {}, {}};
+      batch[c].response->outputs.push_back(std::move(y));
+    }
+    return absl::OkStatus();
+  }
+
+  current.resize(static_cast<size_t>(total_rows * in));
+  for (size_t c = 0; c < batch.size(); ++c) {
+    if (inputs[c] == nullptr) continue;
+    std::memcpy(current.data() + offsets[c] * in, inputs[c]->data.data(), inputs[c]->data.size());
+  }
+
+  if (gpu_ != nullptr) {
+    next.resize(static_cast<size_t>(total_rows * out));
+    if (absl::Status s = gpu_->Forward(current.data(), total_rows, next.data()); !s.ok()) {
+      return s;
+    }
+    std::swap(current, next);
+  } else {
+    RunCpu(total_rows);
+  }
+
+  for (size_t c = 0; c < batch.size(); ++c) {
+    if (inputs[c] == nullptr) continue;
+    const int64_t rows = inputs[c]->shape[0];
+    Tensor y;
+    y.name = options_.output_name;
+    y.dtype = DataType::kFp32;
+    y.shape = {rows, out};
+    y.data.assign(reinterpret_cast<const char*>(current.data() + offsets[c] * out),
+                  static_cast<size_t>(rows * out) * sizeof(float));
+    batch[c].response->outputs.push_back(std::move(y));
+  }
+  return absl::OkStatus();
+}
+
+void MlpRuntime::RunCpu(int64_t total_rows) const {
+  std::vector<float>& current = tls_current;
+  std::vector<float>& next = tls_next;
+  for (const Layer& layer : layers_) {
+    next.resize(static_cast<size_t>(total_rows * layer.out));
+    for (int64_t r = 0; r < total_rows; ++r) {
+      std::memcpy(next.data() + r * layer.out, layer.bias.data(), layer.out * sizeof(float));
+    }
+    // next[rows, out] = current[rows, in] * weight[out, in]^T + next (the bias rows).
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(total_rows),
+                static_cast<blasint>(layer.out), static_cast<blasint>(layer.in), 1.0f,
+                current.data(), static_cast<blasint>(layer.in), layer.weight.data(),
+                static_cast<blasint>(layer.in), 1.0f, next.data(), static_cast<blasint>(layer.out));
+    Apply(layer.activation, next.data(), total_rows, layer.out);
+    std::swap(current, next);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Runtime>> CreateMlpRuntime(const FunctionSpec& spec,
+                                                          const RuntimeContext& context) {
+  absl::StatusOr<MlpRuntime::Options> options = MlpRuntime::ParseOptions(spec);
+  if (!options.ok()) return options.status();
+  options->use_gpu = context.use_gpu;
+  options->gpu_index = context.gpu_index;
+  options->gpu_max_rows = std::max<int64_t>(1, spec.batching.max_batch_size);
+  absl::StatusOr<std::unique_ptr<MlpRuntime>> runtime = MlpRuntime::Create(*options);
+  if (!runtime.ok()) {
+    // Model problems are never FailedPrecondition; that code means the GPU is unusable.
+    const bool gpu_problem =
+        options->use_gpu && runtime.status().code() == absl::StatusCode::kFailedPrecondition;
+    return absl::Status(
+        runtime.status().code(),
+        absl::StrCat(config::Where(spec),
+                     gpu_problem ? "spec.hardware.accelerator: " : "spec.model.uri: ",
+                     runtime.status().message()));
+  }
+  return std::unique_ptr<Runtime>(*std::move(runtime));
+}
+
+}  // namespace ferry::kernels

@@ -1,1 +1,247 @@
-// placeholder
+#include "node-agent/function_host.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace ferry::agent {
+namespace {
+
+// Set while this thread is inside Batcher::Submit, so Task::Finish can tell an admission
+// rejection (answered inline: overload, 429) from a failure after queueing.
+thread_local bool tls_in_submit = false;
+
+batching::Policy ToPolicy(BatchPolicy p) {
+  switch (p) {
+    case BatchPolicy::kFixed:
+      return batching::Policy::kFixed;
+    case BatchPolicy::kOff:
+      return batching::Policy::kOff;
+    case BatchPolicy::kAimd:
+      break;
+  }
+  return batching::Policy::kAimd;
+}
+
+// AIMD steers the batch execution time; the queue delay is spent before execution, so the
+// execution budget is the SLO minus that delay (but never less than half the SLO, so a large
+// delay setting cannot starve batching).
+int64_t BatchLatencyTargetUs(const FunctionSpec& spec) {
+  const int64_t slo_us = spec.slo.latency_target_us();
+  if (slo_us <= 0) return 0;
+  return std::max(slo_us / 2, slo_us - spec.batching.max_queue_delay_us);
+}
+
+}  // namespace
+
+class FunctionHost::Task final : public batching::Task {
+ public:
+  Task(FunctionHost* host, std::unique_ptr<InferenceRequest> request, InferDone done,
+       int64_t cost, int64_t deadline_us, int64_t start_us)
+      : host_(host),
+        request_(std::move(request)),
+        done_(std::move(done)),
+        cost_(cost),
+        deadline_us_(deadline_us),
+        start_us_(start_us) {}
+
+  int64_t cost() const override { return cost_; }
+  int64_t deadline_us() const override { return deadline_us_; }
+  const InferenceRequest& request() const { return *request_; }
+  InferenceResponse* response() { return &response_; }
+
+  void Finish(absl::Status status, const batching::TaskTiming& timing) override {
+    FunctionMetrics* metrics = host_->metrics_;
+    metrics->AddPending(-1);
+    const int64_t request_us = host_->clock_->NowMicros() - start_us_;
+    if (status.ok()) {
+      response_.model_name = host_->spec_.name;
+      response_.model_version = kDefaultVersion;
+      response_.id = request_->id;
+      if (!request_->outputs.empty()) {
+        // Keep only the requested outputs, in the order they were asked for (validated
+        // earlier, so each exists).
+        std::vector<Tensor> kept;
+        kept.reserve(request_->outputs.size());
+        for (const RequestedOutput& want : request_->outputs) {
+          for (Tensor& t : response_.outputs) {
+            if (t.name == want.name) {
+              kept.push_back(std::move(t));
+              break;
+            }
+          }
+        }
+        response_.outputs = std::move(kept);
+      }
+      metrics->RecordSuccess(request_us, timing.queue_us, timing.compute_us);
+      done_(std::move(response_));
+      return;
+    }
+    const bool admission = tls_in_submit && (absl::IsResourceExhausted(status) ||
+                                             absl::IsDeadlineExceeded(status));
+    if (admission) {
+      if (host_->spec_.slo.on_overload == OverloadAction::kDefaultOutput) {
+        host_->AnswerDefault(*request_, done_);
+        return;
+      }
+      metrics->RecordFailure(FailureReason::kOverload, request_us);
+      done_(absl::ResourceExhaustedError(
+          absl::StrCat("function '", host_->spec_.name, "' is overloaded: ", status.message())));
+      return;
+    }
+    FailureReason reason = FailureReason::kInternal;
+    if (absl::IsDeadlineExceeded(status)) {
+      reason = FailureReason::kTimeout;
+    } else if (absl::IsUnavailable(status)) {
+      reason = FailureReason::kUnavailable;
+    } else if (absl::IsInvalidArgument(status)) {
+      reason = FailureReason::kInvalid;
+    }
+    metrics->RecordFailure(reason, request_us);
+    done_(std::move(status));
+  }
+
+ private:
+  FunctionHost* const host_;
+  std::unique_ptr<InferenceRequest> request_;
+  InferDone done_;
+  InferenceResponse response_;
+  const int64_t cost_;
+  const int64_t deadline_us_;
+  const int64_t start_us_;
+};
+
+// Adapts the runtime to the batcher's executor interface and meters each batch.
+class FunctionHost::Executor final : public batching::Executor {
+ public:
+  explicit Executor(FunctionHost* host) : host_(host) {}
+
+  absl::Status Execute(absl::Span<batching::Task* const> batch,
+                       absl::Span<absl::Status> task_status) override {
+    std::vector<kernels::RuntimeCall> calls(batch.size());
+    int64_t rows = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      auto* task = static_cast<FunctionHost::Task*>(batch[i]);
+      calls[i].request = &task->request();
+      calls[i].response = task->response();
+      rows += task->cost();
+    }
+    const int64_t t0 = host_->clock_->NowMicros();
+    absl::Status status = host_->runtime_->Execute(absl::MakeSpan(calls));
+    const int64_t compute_us = host_->clock_->NowMicros() - t0;
+    for (size_t i = 0; i < batch.size(); ++i) task_status[i] = std::move(calls[i].status);
+    host_->metrics_->RecordBatch(rows, static_cast<int64_t>(batch.size()), compute_us);
+    if (host_->batcher_ != nullptr) {
+      host_->metrics_->SetTargetBatchSize(host_->batcher_->target_batch_size());
+    }
+    return status;
+  }
+
+ private:
+  FunctionHost* const host_;
+};
+
+FunctionHost::FunctionHost(FunctionSpec spec, std::unique_ptr<kernels::Runtime> runtime,
+                           FunctionMetrics* metrics, Clock* clock)
+    : spec_(std::move(spec)), runtime_(std::move(runtime)), metrics_(metrics), clock_(clock) {}
+
+absl::StatusOr<std::unique_ptr<FunctionHost>> FunctionHost::Create(
+    const FunctionHostOptions& options, std::unique_ptr<kernels::Runtime> runtime,
+    FunctionMetrics* metrics) {
+  if (runtime == nullptr || metrics == nullptr) {
+    return absl::InvalidArgumentError("FunctionHost needs a runtime and metrics");
+  }
+  Clock* clock = options.clock != nullptr ? options.clock : RealClock::Get();
+  std::unique_ptr<FunctionHost> host(
+      new FunctionHost(options.spec, std::move(runtime), metrics, clock));
+
+  const kernels::ModelSignature& sig = host->runtime_->signature();
+  ModelMetadata& md = host->metadata_;
+  md.name = host->spec_.name;
+  md.versions = {kDefaultVersion};
+  md.platform = sig.platform;
+  md.inputs = sig.inputs;
+  md.outputs = sig.outputs;
+  md.max_batch_size = host->spec_.batching.max_batch_size;
+  md.batched = sig.batched;
+  md.has_default_output = host->spec_.slo.on_overload == OverloadAction::kDefaultOutput;
+  if (md.has_default_output) host->default_output_json_ = host->spec_.slo.default_output.dump();
+
+  batching::BatcherOptions bo;
+  bo.name = host->spec_.name;
+  bo.policy = ToPolicy(host->spec_.batching.policy);
+  bo.max_batch_size = host->spec_.batching.max_batch_size;
+  bo.max_queue_delay_us = host->spec_.batching.max_queue_delay_us;
+  bo.max_queue_size = host->spec_.batching.max_queue_size;
+  bo.slo_us = BatchLatencyTargetUs(host->spec_);
+  bo.aimd.additive_increase = host->spec_.batching.aimd.additive_increase;
+  bo.aimd.hold_band = host->spec_.batching.aimd.hold_band;
+  bo.aimd.multiplicative_decrease = host->spec_.batching.aimd.multiplicative_decrease;
+  bo.num_executors = static_cast<int>(host->spec_.batching.instances);
+  bo.clock = clock;
+  bo.start_threads = options.start_threads;
+
+  host->executor_ = std::make_unique<Executor>(host.get());
+  auto batcher = batching::Batcher::Create(bo, host->executor_.get());
+  if (!batcher.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(host->spec_.source, ": function '",
+                                                   host->spec_.name, "': ",
+                                                   batcher.status().message()));
+  }
+  host->batcher_ = *std::move(batcher);
+  metrics->SetTargetBatchSize(host->batcher_->target_batch_size());
+  return host;
+}
+
+FunctionHost::~FunctionHost() { Drain(); }
+
+void FunctionHost::Drain() {
+  if (batcher_ != nullptr) batcher_->Shutdown();
+}
+
+void FunctionHost::AnswerDefault(const InferenceRequest& request, const InferDone& done) {
+  metrics_->RecordDefaultOutput();
+  InferenceResponse response;
+  response.model_name = spec_.name;
+  response.model_version = kDefaultVersion;
+  response.id = request.id;
+  response.is_default = true;
+  response.parameters["default_output"] = default_output_json_;
+  done(std::move(response));
+}
+
+void FunctionHost::Infer(std::unique_ptr<InferenceRequest> request, InferDone done) {
+  const int64_t now_us = clock_->NowMicros();
+  const kernels::ModelSignature& sig = runtime_->signature();
+  if (absl::Status s = kernels::ValidateRequest(sig, *request); !s.ok()) {
+    metrics_->RecordFailure(FailureReason::kInvalid, 0);
+    done(absl::InvalidArgumentError(
+        absl::StrCat("function '", spec_.name, "': ", s.message())));
+    return;
+  }
+  const int64_t cost = kernels::RequestCost(sig, *request);
+  if (cost > spec_.batching.max_batch_size) {
+    metrics_->RecordFailure(FailureReason::kInvalid, 0);
+    done(absl::InvalidArgumentError(absl::StrCat(
+        "function '", spec_.name, "': request batch size ", cost,
+        " exceeds maxBatchSize ", spec_.batching.max_batch_size)));
+    return;
+  }
+  // A request may shorten, never lengthen, the configured timeout.
+  int64_t timeout_us = spec_.batching.timeout_us;
+  if (request->timeout_us > 0 && (timeout_us == 0 || request->timeout_us < timeout_us)) {
+    timeout_us = request->timeout_us;
+  }
+  const int64_t deadline_us = timeout_us > 0 ? now_us + timeout_us : 0;
+  metrics_->AddPending(1);
+  auto task = std::make_unique<Task>(this, std::move(request), std::move(done), cost,
+                                     deadline_us, now_us);
+  tls_in_submit = true;
+  // Any rejection is answered inside Submit through Task::Finish.
+  (void)batcher_->Submit(std::move(task));
+  tls_in_submit = false;
+}
+
+}  // namespace ferry::agent

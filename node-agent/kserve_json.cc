@@ -1,1 +1,1394 @@
-// placeholder
+#include "node-agent/kserve_json.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace ferry::agent {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Writing JSON. Responses are written by hand rather than through a json DOM: building a DOM for
+// every output element and dumping it costs several times more than appending to one string.
+
+void AppendString(std::string* out, std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out->push_back('"');
+  size_t run = 0;  // start of the pending run of characters that need no escaping
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out->append(s.data() + run, i - run);
+    run = i + 1;
+    switch (c) {
+      case '"':
+        out->append("\\\"");
+        break;
+      case '\\':
+        out->append("\\\\");
+        break;
+      case '\n':
+        out->append("\\n");
+        break;
+      case '\r':
+        out->append("\\r");
+        break;
+      case '\t':
+        out->append("\\t");
+        break;
+      case '\b':
+        out->append("\\b");
+        break;
+      case '\f':
+        out->append("\\f");
+        break;
+      default: {
+        const char esc[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 0xf]};
+        out->append(esc, 6);
+      }
+    }
+  }
+  out->append(s.data() + run, s.size() - run);
+  out->push_back('"');
+}
+
+template <typename T>
+void AppendNumber(std::string* out, T value) {
+  if constexpr (std::is_floating_point_v<T>) {
+    // JSON has no NaN or infinity; null is what other JSON encoders emit for them.
+    if (!std::isfinite(value)) {
+      out->append("null");
+      return;
+    }
+  }
+  char buf[64];
+  const auto res = std::to_chars(buf, buf + sizeof(buf), value);
+  out->append(buf, res.ptr - buf);
+}
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t sign = (h >> 15) & 1u;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t mant = h & 0x3ffu;
+  float value;
+  if (exp == 0) {
+    value = std::ldexp(static_cast<float>(mant), -24);  // zero or subnormal
+  } else if (exp == 31) {
+    value = mant == 0 ? std::numeric_limits<float>::infinity()
+                      : std::numeric_limits<float>::quiet_NaN();
+  } else {
+    const uint32_t bits = ((exp - 15 + 127) << 23) | (mant << 13);
+    std::memcpy(&value, &bits, sizeof(value));
+  }
+  return sign ? -value : value;
+}
+
+float Bf16ToFloat(uint16_t h) {
+  const uint32_t bits = uint32_t{h} << 16;
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+template <typename T>
+T Load(const Tensor& t, int64_t i) {
+  T v;
+  std::memcpy(&v, t.data.data() + i * sizeof(T), sizeof(T));
+  return v;
+}
+
+// Appends element `i` of `t` as a JSON value (FP16/BF16 widen to float).
+void AppendElement(std::string* out, const Tensor& t, int64_t i) {
+  switch (t.dtype) {
+    case DataType::kBool:
+      out->append(t.data[i] != 0 ? "true" : "false");
+      break;
+    case DataType::kUint8:
+      AppendNumber(out, Load<uint8_t>(t, i));
+      break;
+    case DataType::kUint16:
+      AppendNumber(out, Load<uint16_t>(t, i));
+      break;
+    case DataType::kUint32:
+      AppendNumber(out, Load<uint32_t>(t, i));
+      break;
+    case DataType::kUint64:
+      AppendNumber(out, Load<uint64_t>(t, i));
+      break;
+    case DataType::kInt8:
+      AppendNumber(out, Load<int8_t>(t, i));
+      break;
+    case DataType::kInt16:
+      AppendNumber(out, Load<int16_t>(t, i));
+      break;
+    case DataType::kInt32:
+      AppendNumber(out, Load<int32_t>(t, i));
+      break;
+    case DataType::kInt64:
+      AppendNumber(out, Load<int64_t>(t, i));
+      break;
+    case DataType::kFp16:
+      AppendNumber(out, HalfToFloat(Load<uint16_t>(t, i)));
+      break;
+    case DataType::kBf16:
+      AppendNumber(out, Bf16ToFloat(Load<uint16_t>(t, i)));
+      break;
+    case DataType::kFp32:
+      AppendNumber(out, Load<float>(t, i));
+      break;
+    case DataType::kFp64:
+      AppendNumber(out, Load<double>(t, i));
+      break;
+    case DataType::kBytes:
+      AppendString(out, t.bytes[i]);
+      break;
+    case DataType::kInvalid:
+      out->append("null");
+      break;
+  }
+}
+
+// Number of elements the tensor actually holds, so that a malformed runtime output can never
+// make the encoder read past its payload.
+int64_t AvailableElements(const Tensor& t) {
+  if (t.dtype == DataType::kBytes) return static_cast<int64_t>(t.bytes.size());
+  const int64_t size = DataTypeSizeBytes(t.dtype);
+  return size > 0 ? static_cast<int64_t>(t.data.size()) / size : 0;
+}
+
+void AppendFlatData(std::string* out, const Tensor& t) {
+  const int64_t n = AvailableElements(t);
+  out->push_back('[');
+  for (int64_t i = 0; i < n; ++i) {
+    if (i > 0) out->push_back(',');
+    AppendElement(out, t, i);
+  }
+  out->push_back(']');
+}
+
+void AppendShape(std::string* out, const std::vector<int64_t>& shape) {
+  out->push_back('[');
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) out->push_back(',');
+    AppendNumber(out, shape[i]);
+  }
+  out->push_back(']');
+}
+
+void AppendParameterValue(std::string* out, const ParameterValue& v) {
+  if (const bool* b = std::get_if<bool>(&v)) {
+    out->append(*b ? "true" : "false");
+  } else if (const int64_t* i = std::get_if<int64_t>(&v)) {
+    AppendNumber(out, *i);
+  } else if (const double* d = std::get_if<double>(&v)) {
+    AppendNumber(out, *d);
+  } else {
+    AppendString(out, std::get<std::string>(v));
+  }
+}
+
+void AppendParameters(std::string* out, const Parameters& params) {
+  out->push_back('{');
+  bool first = true;
+  for (const auto& [key, value] : params) {
+    if (!first) out->push_back(',');
+    first = false;
+    AppendString(out, key);
+    out->push_back(':');
+    AppendParameterValue(out, value);
+  }
+  out->push_back('}');
+}
+
+void AppendTensorSpec(std::string* out, const kernels::TensorSpec& spec) {
+  out->append("{\"name\":");
+  AppendString(out, spec.name);
+  out->append(",\"datatype\":");
+  AppendString(out, DataTypeName(spec.dtype));
+  out->append(",\"shape\":");
+  AppendShape(out, spec.shape);
+  out->push_back('}');
+}
+
+// Appends the nested JSON array of `dims` elements of `t` starting at element `*index`.
+void AppendNested(std::string* out, const Tensor& t, const int64_t* dims, size_t rank,
+                  int64_t* index, int64_t available) {
+  if (rank == 0) {
+    if (*index < available) {
+      AppendElement(out, t, *index);
+    } else {
+      out->append("null");
+    }
+    ++*index;
+    return;
+  }
+  out->push_back('[');
+  for (int64_t i = 0; i < dims[0]; ++i) {
+    if (i > 0) out->push_back(',');
+    AppendNested(out, t, dims + 1, rank - 1, index, available);
+  }
+  out->push_back(']');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading JSON. A small DOM parser of its own: the request path parses every body, and a general
+// purpose library that lexes one character at a time costs several µs per KiB; this one scans
+// strings in runs and converts numbers with std::from_chars.
+
+struct JsonValue {
+  enum class Kind : uint8_t { kNull, kBool, kInt, kUint, kDouble, kString, kArray, kObject };
+  Kind kind = Kind::kNull;
+  union {
+    bool b;
+    int64_t i;   // kInt: negative integers (and non-negative ones when parsed as signed)
+    uint64_t u;  // kUint: non-negative integers
+    double d;
+  };
+  std::string str;                // kString
+  std::vector<JsonValue> items;   // kArray elements, kObject values
+  std::vector<std::string> keys;  // kObject keys, parallel to items
+
+  JsonValue() : u(0) {}
+
+  bool is_object() const { return kind == Kind::kObject; }
+  bool is_array() const { return kind == Kind::kArray; }
+  bool is_string() const { return kind == Kind::kString; }
+  bool is_bool() const { return kind == Kind::kBool; }
+  bool is_integer() const { return kind == Kind::kInt || kind == Kind::kUint; }
+  bool is_number() const { return is_integer() || kind == Kind::kDouble; }
+  double as_double() const {
+    return kind == Kind::kDouble ? d
+           : kind == Kind::kInt  ? static_cast<double>(i)
+                                 : static_cast<double>(u);
+  }
+  // First member named `key` of an object, or nullptr.
+  JsonValue* Find(std::string_view key) {
+    for (size_t k = 0; k < keys.size(); ++k) {
+      if (keys[k] == key) return &items[k];
+    }
+    return nullptr;
+  }
+};
+
+std::string_view TypeName(const JsonValue& j) {
+  switch (j.kind) {
+    case JsonValue::Kind::kNull:
+      return "null";
+    case JsonValue::Kind::kBool:
+      return "bool";
+    case JsonValue::Kind::kInt:
+    case JsonValue::Kind::kUint:
+      return "integer";
+    case JsonValue::Kind::kDouble:
+      return "number";
+    case JsonValue::Kind::kString:
+      return "string";
+    case JsonValue::Kind::kArray:
+      return "array";
+    case JsonValue::Kind::kObject:
+      return "object";
+  }
+  return "value";
+}
+
+class JsonReader {
+ public:
+  explicit JsonReader(std::string_view text)
+      : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()) {}
+
+  // Parses one complete document (trailing whitespace only).
+  absl::Status ParseDocument(JsonValue* out) {
+    if (absl::Status s = ParseValue(out, 0); !s.ok()) return s;
+    SkipWhitespace();
+    if (p_ != end_) return Error("unexpected characters after the JSON value");
+    return absl::OkStatus();
+  }
+
+ private:
+  static constexpr int kMaxDepth = 128;
+
+  absl::Status Error(std::string_view why) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat("malformed JSON at byte ", p_ - begin_, ": ", std::string(why)));
+  }
+
+  void SkipWhitespace() {
+    while (p_ != end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
+  }
+
+  bool ConsumeLiteral(std::string_view word) {
+    if (static_cast<size_t>(end_ - p_) < word.size() ||
+        std::memcmp(p_, word.data(), word.size()) != 0) {
+      return false;
+    }
+    p_ += word.size();
+    return true;
+  }
+
+  absl::Status ParseValue(JsonValue* out, int depth) {
+    SkipWhitespace();
+    if (p_ == end_) return Error("unexpected end of input, expected a value");
+    switch (*p_) {
+      case '{':
+        return ParseObject(out, depth);
+      case '[':
+        return ParseArray(out, depth);
+      case '"':
+        out->kind = JsonValue::Kind::kString;
+        return ParseString(&out->str);
+      case 't':
+        if (!ConsumeLiteral("true")) return Error("invalid literal");
+        out->kind = JsonValue::Kind::kBool;
+        out->b = true;
+        return absl::OkStatus();
+      case 'f':
+        if (!ConsumeLiteral("false")) return Error("invalid literal");
+        out->kind = JsonValue::Kind::kBool;
+        out->b = false;
+        return absl::OkStatus();
+      case 'n':
+        if (!ConsumeLiteral("null")) return Error("invalid literal");
+        out->kind = JsonValue::Kind::kNull;
+        return absl::OkStatus();
+      default:
+        return ParseNumber(out);
+    }
+  }
+
+  absl::Status ParseObject(JsonValue* out, int depth) {
+    if (depth >= kMaxDepth) return Error("nesting is too deep");
+    ++p_;  // '{'
+    out->kind = JsonValue::Kind::kObject;
+    SkipWhitespace();
+    if (p_ != end_ && *p_ == '}') {
+      ++p_;
+      return absl::OkStatus();
+    }
+    while (true) {
+      SkipWhitespace();
+      if (p_ == end_ || *p_ != '"') return Error("expected a string key");
+      out->keys.emplace_back();
+      if (absl::Status s = ParseString(&out->keys.back()); !s.ok()) return s;
+      SkipWhitespace();
+      if (p_ == end_ || *p_ != ':') return Error("expected ':' after an object key");
+      ++p_;
+      out->items.emplace_back();
+      if (absl::Status s = ParseValue(&out->items.back(), depth + 1); !s.ok()) return s;
+      SkipWhitespace();
+      if (p_ == end_) return Error("unexpected end of input in an object");
+      if (*p_ == ',') {
+        ++p_;
+        continue;
+      }
+      if (*p_ == '}') {
+        ++p_;
+        return absl::OkStatus();
+      }
+      return Error("expected ',' or '}' in an object");
+    }
+  }
+
+  absl::Status ParseArray(JsonValue* out, int depth) {
+    if (depth >= kMaxDepth) return Error("nesting is too deep");
+    ++p_;  // '['
+    out->kind = JsonValue::Kind::kArray;
+    SkipWhitespace();
+    if (p_ != end_ && *p_ == ']') {
+      ++p_;
+      return absl::OkStatus();
+    }
+    while (true) {
+      out->items.emplace_back();
+      if (absl::Status s = ParseValue(&out->items.back(), depth + 1); !s.ok()) return s;
+      SkipWhitespace();
+      if (p_ == end_) return Error("unexpected end of input in an array");
+      if (*p_ == ',') {
+        ++p_;
+        continue;
+      }
+      if (*p_ == ']') {
+        ++p_;
+        return absl::OkStatus();
+      }
+      return Error("expected ',' or ']' in an array");
+    }
+  }
+
+  static int HexValue(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  }
+
+  bool ReadHex4(uint32_t* out) {
+    if (end_ - p_ < 4) return false;
+    uint32_t v = 0;
+    for (int k = 0; k < 4; ++k) {
+      const int h = HexValue(p_[k]);
+      if (h < 0) return false;
+      v = (v << 4) | static_cast<uint32_t>(h);
+    }
+    p_ += 4;
+    *out = v;
+    return true;
+  }
+
+  static void AppendUtf8(std::string* out, uint32_t cp) {
+    if (cp < 0x80) {
+      out->push_back(static_cast<char>(cp));
+    } else if (cp < 0x800) {
+      out->push_back(static_cast<char>(0xc0 | (cp >> 6)));
+      out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+    } else if (cp < 0x10000) {
+      out->push_back(static_cast<char>(0xe0 | (cp >> 12)));
+      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
+      out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+    } else {
+      out->push_back(static_cast<char>(0xf0 | (cp >> 18)));
+      out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3f)));
+      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
+      out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+    }
+  }
+
+  absl::Status ParseString(std::string* out) {
+    ++p_;  // '"'
+    while (true) {
+      // Copy the run up to the next quote, backslash or control character in one go.
+      const char* run = p_;
+      while (p_ != end_ && *p_ != '"' && *p_ != '\\' && static_cast<unsigned char>(*p_) >= 0x20) {
+        ++p_;
+      }
+      out->append(run, p_ - run);
+      if (p_ == end_) return Error("unterminated string");
+      if (*p_ == '"') {
+        ++p_;
+        return absl::OkStatus();
+      }
+      if (*p_ != '\\') return Error("control character in a string must be escaped");
+      ++p_;
+      if (p_ == end_) return Error("unterminated string");
+      const char esc = *p_++;
+      switch (esc) {
+        case '"':
+        case '\\':
+        case '/':
+          out->push_back(esc);
+          break;
+        case 'b':
+          out->push_back('\b');
+          break;
+        case 'f':
+          out->push_back('\f');
+          break;
+        case 'n':
+          out->push_back('\n');
+          break;
+        case 'r':
+          out->push_back('\r');
+          break;
+        case 't':
+          out->push_back('\t');
+          break;
+        case 'u': {
+          uint32_t cp;
+          if (!ReadHex4(&cp)) return Error("invalid \\u escape");
+          if (cp >= 0xd800 && cp <= 0xdbff) {
+            uint32_t low;
+            if (end_ - p_ < 2 || p_[0] != '\\' || p_[1] != 'u') {
+              return Error("unpaired UTF-16 surrogate");
+            }
+            p_ += 2;
+            if (!ReadHex4(&low) || low < 0xdc00 || low > 0xdfff) {
+              return Error("unpaired UTF-16 surrogate");
+            }
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+          } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+            return Error("unpaired UTF-16 surrogate");
+          }
+          AppendUtf8(out, cp);
+          break;
+        }
+        default:
+          --p_;
+          return Error("invalid escape in a string");
+      }
+    }
+  }
+
+  static bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+
+  absl::Status ParseNumber(JsonValue* out) {
+    // JSON grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+    const char* start = p_;
+    const char* q = p_;
+    if (q != end_ && *q == '-') ++q;
+    if (q == end_ || !IsDigit(*q)) return Error("invalid literal, expected a value");
+    if (*q == '0') {
+      ++q;
+    } else {
+      while (q != end_ && IsDigit(*q)) ++q;
+    }
+    bool is_float = false;
+    if (q != end_ && *q == '.') {
+      is_float = true;
+      ++q;
+      if (q == end_ || !IsDigit(*q)) {
+        p_ = q;
+        return Error("expected a digit after '.'");
+      }
+      while (q != end_ && IsDigit(*q)) ++q;
+    }
+    if (q != end_ && (*q == 'e' || *q == 'E')) {
+      is_float = true;
+      ++q;
+      if (q != end_ && (*q == '+' || *q == '-')) ++q;
+      if (q == end_ || !IsDigit(*q)) {
+        p_ = q;
+        return Error("expected a digit in the exponent");
+      }
+      while (q != end_ && IsDigit(*q)) ++q;
+    }
+    p_ = q;
+    if (!is_float) {
+      if (*start == '-') {
+        int64_t v;
+        if (std::from_chars(start, q, v).ec == std::errc()) {
+          out->kind = JsonValue::Kind::kInt;
+          out->i = v;
+          return absl::OkStatus();
+        }
+      } else {
+        uint64_t v;
+        if (std::from_chars(start, q, v).ec == std::errc()) {
+          out->kind = JsonValue::Kind::kUint;
+          out->u = v;
+          return absl::OkStatus();
+        }
+      }
+      // Integers beyond 64 bits fall through to double, as other JSON parsers do.
+    }
+    double v;
+    const auto res = std::from_chars(start, q, v);
+    if (res.ec == std::errc::result_out_of_range) {
+      v = (*start == '-') ? -std::numeric_limits<double>::infinity()
+                          : std::numeric_limits<double>::infinity();
+    } else if (res.ec != std::errc()) {
+      return Error("invalid number");
+    }
+    out->kind = JsonValue::Kind::kDouble;
+    out->d = v;
+    return absl::OkStatus();
+  }
+
+  const char* begin_;
+  const char* p_;
+  const char* end_;
+};
+
+absl::Status Invalid(std::string_view what, std::string_view message) {
+  return absl::InvalidArgumentError(absl::StrCat(std::string(what), ": ", std::string(message)));
+}
+
+absl::StatusOr<JsonValue> ParseJson(std::string_view text) {
+  JsonValue root;
+  if (absl::Status s = JsonReader(text).ParseDocument(&root); !s.ok()) return s;
+  return root;
+}
+
+absl::StatusOr<ParameterValue> ParseParameterValue(const JsonValue& j, std::string_view what) {
+  switch (j.kind) {
+    case JsonValue::Kind::kBool:
+      return ParameterValue(j.b);
+    case JsonValue::Kind::kInt:
+      return ParameterValue(j.i);
+    case JsonValue::Kind::kUint:
+      if (j.u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+        return Invalid(what, absl::StrCat("value ", j.u, " does not fit an int64"));
+      }
+      return ParameterValue(static_cast<int64_t>(j.u));
+    case JsonValue::Kind::kDouble:
+      return ParameterValue(j.d);
+    case JsonValue::Kind::kString:
+      return ParameterValue(j.str);
+    default:
+      return Invalid(
+          what, absl::StrCat("must be a bool, number or string, got ", std::string(TypeName(j))));
+  }
+}
+
+absl::StatusOr<Parameters> ParseParameters(const JsonValue& j, std::string_view what) {
+  Parameters params;
+  if (!j.is_object()) {
+    return Invalid(what,
+                   absl::StrCat("parameters must be an object, got ", std::string(TypeName(j))));
+  }
+  for (size_t k = 0; k < j.keys.size(); ++k) {
+    auto v = ParseParameterValue(j.items[k],
+                                 absl::StrCat(std::string(what), ": parameter '", j.keys[k], "'"));
+    if (!v.ok()) return v.status();
+    params.emplace(j.keys[k], *std::move(v));
+  }
+  return params;
+}
+
+absl::StatusOr<int64_t> NonNegativeInt(const Parameters& params, const std::string& key,
+                                       std::string_view what) {
+  auto it = params.find(key);
+  if (it == params.end()) return 0;
+  const int64_t* v = std::get_if<int64_t>(&it->second);
+  if (v == nullptr || *v < 0) {
+    return Invalid(what, absl::StrCat("parameter '", key, "' must be a non-negative integer"));
+  }
+  return *v;
+}
+
+// Converts one JSON scalar to the tensor's datatype and appends it. Errors name the input and the
+// element index.
+template <typename T>
+absl::Status AppendInteger(const JsonValue& j, std::string* data, std::string_view input,
+                           DataType dtype, int64_t index) {
+  T value;
+  if (j.kind == JsonValue::Kind::kUint) {
+    const uint64_t u = j.u;
+    if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
+      return absl::InvalidArgumentError(absl::StrCat("input '", std::string(input), "': element ",
+                                                     index, " (", u, ") is out of range for ",
+                                                     std::string(DataTypeName(dtype))));
+    }
+    value = static_cast<T>(u);
+  } else if (j.kind == JsonValue::Kind::kInt) {
+    const int64_t s = j.i;
+    if constexpr (std::is_unsigned_v<T>) {
+      if (s < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("input '", std::string(input), "': element ",
+                                                       index, " (", s, ") is out of range for ",
+                                                       std::string(DataTypeName(dtype))));
+      }
+      if (static_cast<uint64_t>(s) > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
+        return absl::InvalidArgumentError(absl::StrCat("input '", std::string(input), "': element ",
+                                                       index, " (", s, ") is out of range for ",
+                                                       std::string(DataTypeName(dtype))));
+      }
+    } else {
+      if (s < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+          s > static_cast<int64_t>(std::numeric_limits<T>::max())) {
+        return absl::InvalidArgumentError(absl::StrCat("input '", std::string(input), "': element ",
+                                                       index, " (", s, ") is out of range for ",
+                                                       std::string(DataTypeName(dtype))));
+      }
+    }
+    value = static_cast<T>(s);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input '", std::string(input), "': element ", index, " must be an integer for ",
+        std::string(DataTypeName(dtype)), ", got ", std::string(TypeName(j))));
+  }
+  data->append(reinterpret_cast<const char*>(&value), sizeof(T));
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status AppendFloat(const JsonValue& j, std::string* data, std::string_view input,
+                         DataType dtype, int64_t index) {
+  if (!j.is_number()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("input '", std::string(input), "': element ", index, " must be a number for ",
+                     std::string(DataTypeName(dtype)), ", got ", std::string(TypeName(j))));
+  }
+  const double d = j.as_double();
+  if constexpr (std::is_same_v<T, float>) {
+    if (std::isfinite(d) && std::fabs(d) > std::numeric_limits<float>::max()) {
+      return absl::InvalidArgumentError(absl::StrCat("input '", std::string(input), "': element ",
+                                                     index, " (", d, ") is out of range for FP32"));
+    }
+  }
+  const T value = static_cast<T>(d);
+  data->append(reinterpret_cast<const char*>(&value), sizeof(T));
+  return absl::OkStatus();
+}
+
+absl::Status AppendScalar(JsonValue& j, Tensor* t, int64_t index) {
+  switch (t->dtype) {
+    case DataType::kBool:
+      if (!j.is_bool()) {
+        return absl::InvalidArgumentError(absl::StrCat("input '", t->name, "': element ", index,
+                                                       " must be a JSON bool for BOOL, got ",
+                                                       std::string(TypeName(j))));
+      }
+      t->data.push_back(j.b ? 1 : 0);
+      return absl::OkStatus();
+    case DataType::kUint8:
+      return AppendInteger<uint8_t>(j, &t->data, t->name, t->dtype, index);
+    case DataType::kUint16:
+      return AppendInteger<uint16_t>(j, &t->data, t->name, t->dtype, index);
+    case DataType::kUint32:
+      return AppendInteger<uint32_t>(j, &t->data, t->name, t->dtype, index);
+    case DataType::kUint64:
+      return AppendInteger<uint64_t>(j, &t->data, t->name, t->dtype, index);
+    case DataType::kInt8:
+      return AppendInteger<int8_t>(j, &t->data, t->name, t->dtype, index);
+    case DataType::kInt16:
+      return AppendInteger<int16_t>(j, &t->data, t->name, t->dtype, index);
+    case DataType::kInt32:
+      return AppendInteger<int32_t>(j, &t->data, t->name, t->dtype, index);
+    case DataType::kInt64:
+      return AppendInteger<int64_t>(j, &t->data, t->name, t->dtype, index);
+    case DataType::kFp32:
+      return AppendFloat<float>(j, &t->data, t->name, t->dtype, index);
+    case DataType::kFp64:
+      return AppendFloat<double>(j, &t->data, t->name, t->dtype, index);
+    case DataType::kBytes:
+      if (!j.is_string()) {
+        return absl::InvalidArgumentError(absl::StrCat("input '", t->name, "': element ", index,
+                                                       " must be a string for BYTES, got ",
+                                                       std::string(TypeName(j))));
+      }
+      // The DOM is ours and thrown away afterwards: move the string instead of copying it.
+      t->bytes.push_back(std::move(j.str));
+      return absl::OkStatus();
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("input '", t->name, "': ", std::string(DataTypeName(t->dtype)),
+                       " data must be sent in binary form (binary tensor data extension)"));
+  }
+}
+
+// Flattens (possibly nested) JSON data into `t`, counting elements in `*count`.
+absl::Status AppendData(JsonValue& j, Tensor* t, int64_t* count, int64_t limit) {
+  if (j.is_array()) {
+    for (JsonValue& e : j.items) {
+      if (absl::Status s = AppendData(e, t, count, limit); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  // Stop converting once past what the shape allows; the count check reports it.
+  if (*count >= limit) {
+    ++*count;
+    return absl::OkStatus();
+  }
+  if (absl::Status s = AppendScalar(j, t, *count); !s.ok()) return s;
+  ++*count;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int64_t>> ParseShape(const JsonValue& j, std::string_view input) {
+  if (!j.is_array()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("input '", std::string(input), "': 'shape' must be an array of integers"));
+  }
+  std::vector<int64_t> shape;
+  shape.reserve(j.items.size());
+  for (const JsonValue& d : j.items) {
+    if (d.kind != JsonValue::Kind::kUint ||
+        d.u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "input '", std::string(input), "': 'shape' must hold non-negative integers, got ",
+          d.kind == JsonValue::Kind::kInt ? std::to_string(d.i) : std::string(TypeName(d))));
+    }
+    shape.push_back(static_cast<int64_t>(d.u));
+  }
+  if (ElementCount(shape) < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("input '", std::string(input), "': shape ",
+                                                   ShapeToString(shape), " is too large"));
+  }
+  return shape;
+}
+
+// Resolves a model input's declared shape (dims of -1 variable) for `count` elements. At most one
+// variable dim can be inferred.
+absl::StatusOr<std::vector<int64_t>> ResolveShape(const kernels::TensorSpec& spec, int64_t count) {
+  std::vector<int64_t> shape = spec.shape;
+  int64_t fixed = 1;
+  int variable = -1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] < 0) {
+      if (variable >= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "input '", spec.name, "': a body without a JSON header cannot give shape ",
+            ShapeToString(spec.shape), " (more than one variable dim); send a JSON header"));
+      }
+      variable = static_cast<int>(i);
+    } else {
+      fixed *= shape[i];
+    }
+  }
+  if (variable >= 0) {
+    if (fixed == 0 || count % fixed != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("input '", spec.name, "': ", count,
+                                                     " elements do not fit shape ",
+                                                     ShapeToString(spec.shape)));
+    }
+    shape[variable] = count / fixed;
+  } else if (fixed != count) {
+    return absl::InvalidArgumentError(absl::StrCat("input '", spec.name, "': shape ",
+                                                   ShapeToString(spec.shape), " needs ", fixed,
+                                                   " elements, got ", count));
+  }
+  return shape;
+}
+
+absl::StatusOr<InferenceRequest> ParseRawBody(std::string_view body, const std::string& model,
+                                              const ModelMetadata& metadata) {
+  if (metadata.inputs.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Inference-Header-Content-Length 0 (a body that is one raw tensor) needs a model with "
+        "exactly one input; '",
+        model, "' has ", metadata.inputs.size()));
+  }
+  const kernels::TensorSpec& spec = metadata.inputs[0];
+  Tensor t;
+  t.name = spec.name;
+  t.dtype = spec.dtype;
+  int64_t count = 0;
+  if (spec.dtype == DataType::kBytes) {
+    auto elements = DecodeBytesElements(body, -1, absl::StrCat("input '", spec.name, "'"));
+    if (!elements.ok()) return elements.status();
+    t.bytes = *std::move(elements);
+    count = static_cast<int64_t>(t.bytes.size());
+  } else {
+    const int64_t size = DataTypeSizeBytes(spec.dtype);
+    if (size <= 0 || static_cast<int64_t>(body.size()) % size != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "input '", spec.name, "': ", body.size(), " bytes are not a whole number of ",
+          std::string(DataTypeName(spec.dtype)), " elements"));
+    }
+    count = static_cast<int64_t>(body.size()) / size;
+    t.data.assign(body.data(), body.size());
+  }
+  auto shape = ResolveShape(spec, count);
+  if (!shape.ok()) return shape.status();
+  t.shape = *std::move(shape);
+  InferenceRequest request;
+  request.inputs.push_back(std::move(t));
+  return request;
+}
+
+absl::Status ParseInput(JsonValue& j, std::string_view binary, size_t* binary_offset,
+                        bool has_header, Tensor* t) {
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("each entry of 'inputs' must be an object, got ", std::string(TypeName(j))));
+  }
+  JsonValue* name = j.Find("name");
+  if (name == nullptr || !name->is_string()) {
+    return absl::InvalidArgumentError("an input has no 'name' string");
+  }
+  t->name = std::move(name->str);
+  const std::string what = absl::StrCat("input '", t->name, "'");
+
+  const JsonValue* datatype = j.Find("datatype");
+  if (datatype == nullptr || !datatype->is_string()) {
+    return Invalid(what, "'datatype' is missing or not a string");
+  }
+  t->dtype = DataTypeFromName(datatype->str);
+  if (t->dtype == DataType::kInvalid) {
+    return Invalid(what, absl::StrCat("unknown datatype '", datatype->str, "'"));
+  }
+  const JsonValue* shape_it = j.Find("shape");
+  if (shape_it == nullptr) return Invalid(what, "'shape' is missing");
+  auto shape = ParseShape(*shape_it, t->name);
+  if (!shape.ok()) return shape.status();
+  t->shape = *std::move(shape);
+  const int64_t count = ElementCount(t->shape);
+
+  int64_t binary_size = -1;
+  if (const JsonValue* params = j.Find("parameters"); params != nullptr) {
+    auto parsed = ParseParameters(*params, what);
+    if (!parsed.ok()) return parsed.status();
+    if (parsed->count("binary_data_size") > 0) {
+      auto size = NonNegativeInt(*parsed, "binary_data_size", what);
+      if (!size.ok()) return size.status();
+      binary_size = *size;
+    }
+  }
+
+  JsonValue* data = j.Find("data");
+  if (binary_size >= 0) {
+    if (!has_header) {
+      return Invalid(what,
+                     "parameters.binary_data_size needs the Inference-Header-Content-Length "
+                     "header");
+    }
+    if (data != nullptr) return Invalid(what, "has both 'data' and binary_data_size");
+    if (binary.size() - *binary_offset < static_cast<uint64_t>(binary_size)) {
+      return Invalid(what,
+                     absl::StrCat("binary_data_size ", binary_size, " but only ",
+                                  binary.size() - *binary_offset, " bytes of binary data remain"));
+    }
+    const std::string_view raw = binary.substr(*binary_offset, binary_size);
+    *binary_offset += binary_size;
+    if (t->dtype == DataType::kBytes) {
+      auto elements = DecodeBytesElements(raw, count, what);
+      if (!elements.ok()) return elements.status();
+      t->bytes = *std::move(elements);
+    } else {
+      const int64_t want = count * DataTypeSizeBytes(t->dtype);
+      if (binary_size != want) {
+        return Invalid(what, absl::StrCat("shape ", ShapeToString(t->shape), " of ",
+                                          std::string(DataTypeName(t->dtype)), " needs ", want,
+                                          " bytes, binary_data_size is ", binary_size));
+      }
+      t->data.assign(raw.data(), raw.size());
+    }
+    return absl::OkStatus();
+  }
+
+  if (data == nullptr) return Invalid(what, "has neither 'data' nor parameters.binary_data_size");
+  if (t->dtype == DataType::kBytes) {
+    t->bytes.reserve(count);
+  } else {
+    t->data.reserve(count * DataTypeSizeBytes(t->dtype));
+  }
+  int64_t got = 0;
+  if (absl::Status s = AppendData(*data, t, &got, count); !s.ok()) return s;
+  if (got != count) {
+    return Invalid(what, absl::StrCat("shape ", ShapeToString(t->shape), " needs ", count,
+                                      " elements, got ", got));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseRequestedOutput(JsonValue& j, RequestedOutput* out) {
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("each entry of 'outputs' must be an object, got ", std::string(TypeName(j))));
+  }
+  JsonValue* name = j.Find("name");
+  if (name == nullptr || !name->is_string()) {
+    return absl::InvalidArgumentError("a requested output has no 'name' string");
+  }
+  out->name = std::move(name->str);
+  if (const JsonValue* params = j.Find("parameters"); params != nullptr) {
+    const std::string what = absl::StrCat("output '", out->name, "'");
+    auto parsed = ParseParameters(*params, what);
+    if (!parsed.ok()) return parsed.status();
+    out->parameters = *std::move(parsed);
+    if (auto it = out->parameters.find("binary_data"); it != out->parameters.end()) {
+      const bool* b = std::get_if<bool>(&it->second);
+      if (b == nullptr) return Invalid(what, "parameter 'binary_data' must be a bool");
+      out->binary_data = *b;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Whether `output` goes to the binary part of the response.
+bool WantsBinary(const std::string& output, const InferenceRequest& request) {
+  for (const RequestedOutput& r : request.outputs) {
+    if (r.name != output) continue;
+    if (r.parameters.count("binary_data") > 0) return r.binary_data;
+    return r.binary_data || request.binary_data_output;
+  }
+  return request.binary_data_output;
+}
+
+// ---- Clipper ----
+
+// Shape of a Clipper query value, from the first element at each nesting level.
+void InferShape(const JsonValue& j, std::vector<int64_t>* dims) {
+  const JsonValue* cur = &j;
+  while (cur->is_array()) {
+    dims->push_back(static_cast<int64_t>(cur->items.size()));
+    if (cur->items.empty()) break;
+    cur = &cur->items[0];
+  }
+}
+
+// Appends the elements of a query whose shape is `dims`, rejecting ragged arrays.
+absl::Status AppendRow(JsonValue& j, const int64_t* dims, size_t rank, Tensor* t, int64_t* count,
+                       std::string_view what) {
+  if (rank == 0) {
+    if (j.is_array()) return Invalid(what, "is a ragged array (rows of different lengths)");
+    if (absl::Status s = AppendScalar(j, t, *count); !s.ok()) return s;
+    ++*count;
+    return absl::OkStatus();
+  }
+  if (!j.is_array() || static_cast<int64_t>(j.items.size()) != dims[0]) {
+    return Invalid(what, "is a ragged array (rows of different lengths)");
+  }
+  for (JsonValue& e : j.items) {
+    if (absl::Status s = AppendRow(e, dims + 1, rank - 1, t, count, what); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<InferenceRequest> ParseInferRequest(std::string_view body, int64_t header_length,
+                                                   const std::string& model_name,
+                                                   const std::string& model_version,
+                                                   const ModelMetadata& metadata) {
+  if (header_length == 0) {
+    auto request = ParseRawBody(body, model_name, metadata);
+    if (request.ok()) {
+      request->model_name = model_name;
+      request->model_version = model_version;
+    }
+    return request;
+  }
+  std::string_view json_text = body;
+  std::string_view binary;
+  const bool has_header = header_length > 0;
+  if (has_header) {
+    if (static_cast<uint64_t>(header_length) > body.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("Inference-Header-Content-Length ",
+                                                     header_length, " exceeds the body size ",
+                                                     body.size()));
+    }
+    json_text = body.substr(0, header_length);
+    binary = body.substr(header_length);
+  }
+  auto parsed = ParseJson(json_text);
+  if (!parsed.ok()) return parsed.status();
+  JsonValue& root = *parsed;
+  if (!root.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request body must be a JSON object, got ", std::string(TypeName(root))));
+  }
+
+  InferenceRequest request;
+  request.model_name = model_name;
+  request.model_version = model_version;
+  if (JsonValue* id = root.Find("id"); id != nullptr) {
+    if (!id->is_string()) return absl::InvalidArgumentError("'id' must be a string");
+    request.id = std::move(id->str);
+  }
+  if (const JsonValue* params = root.Find("parameters"); params != nullptr) {
+    auto p = ParseParameters(*params, "request");
+    if (!p.ok()) return p.status();
+    request.parameters = *std::move(p);
+    auto priority = NonNegativeInt(request.parameters, "priority", "request");
+    if (!priority.ok()) return priority.status();
+    request.priority = *priority;
+    auto timeout = NonNegativeInt(request.parameters, "timeout", "request");
+    if (!timeout.ok()) return timeout.status();
+    request.timeout_us = *timeout;
+    if (auto it = request.parameters.find("binary_data_output"); it != request.parameters.end()) {
+      const bool* b = std::get_if<bool>(&it->second);
+      if (b == nullptr) {
+        return absl::InvalidArgumentError("request: parameter 'binary_data_output' must be a bool");
+      }
+      request.binary_data_output = *b;
+    }
+  }
+
+  JsonValue* inputs = root.Find("inputs");
+  if (inputs == nullptr || !inputs->is_array()) {
+    return absl::InvalidArgumentError("the request has no 'inputs' array");
+  }
+  request.inputs.resize(inputs->items.size());
+  size_t binary_offset = 0;
+  for (size_t i = 0; i < inputs->items.size(); ++i) {
+    if (absl::Status s =
+            ParseInput(inputs->items[i], binary, &binary_offset, has_header, &request.inputs[i]);
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (binary_offset != binary.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("the binary part holds ", binary.size(),
+                                                   " bytes but the inputs' ",
+                                                   "binary_data_size add up to ", binary_offset));
+  }
+
+  if (JsonValue* outputs = root.Find("outputs"); outputs != nullptr) {
+    if (!outputs->is_array()) return absl::InvalidArgumentError("'outputs' must be an array");
+    request.outputs.resize(outputs->items.size());
+    for (size_t i = 0; i < outputs->items.size(); ++i) {
+      if (absl::Status s = ParseRequestedOutput(outputs->items[i], &request.outputs[i]); !s.ok()) {
+        return s;
+      }
+    }
+  }
+  return request;
+}
+
+EncodedBody EncodeInferResponse(const InferenceResponse& response,
+                                const InferenceRequest& request) {
+  EncodedBody result;
+  std::string& out = result.body;
+  size_t estimate = 128;
+  for (const Tensor& t : response.outputs) {
+    estimate += 96 + t.name.size() + t.data.size() * 3;
+    for (const std::string& b : t.bytes) estimate += b.size() + 8;
+  }
+  out.reserve(estimate);
+
+  const std::string& model_name =
+      response.model_name.empty() ? request.model_name : response.model_name;
+  const std::string& model_version =
+      response.model_version.empty() ? request.model_version : response.model_version;
+  const std::string& id = response.id.empty() ? request.id : response.id;
+  out.append("{\"model_name\":");
+  AppendString(&out, model_name);
+  if (!model_version.empty()) {
+    out.append(",\"model_version\":");
+    AppendString(&out, model_version);
+  }
+  if (!id.empty()) {
+    out.append(",\"id\":");
+    AppendString(&out, id);
+  }
+  if (!response.parameters.empty()) {
+    out.append(",\"parameters\":");
+    AppendParameters(&out, response.parameters);
+  }
+  out.append(",\"outputs\":[");
+  // Binary parts are collected first and appended after the JSON.
+  std::vector<std::string_view> binary_views;
+  std::vector<std::string> encoded_bytes;  // keeps BYTES outputs' binary form alive
+  for (size_t i = 0; i < response.outputs.size(); ++i) {
+    const Tensor& t = response.outputs[i];
+    if (i > 0) out.push_back(',');
+    out.append("{\"name\":");
+    AppendString(&out, t.name);
+    out.append(",\"datatype\":");
+    AppendString(&out, DataTypeName(t.dtype));
+    out.append(",\"shape\":");
+    AppendShape(&out, t.shape);
+    if (WantsBinary(t.name, request)) {
+      std::string_view raw;
+      if (t.dtype == DataType::kBytes) {
+        encoded_bytes.push_back(EncodeBytesElements(t.bytes));
+        raw = encoded_bytes.back();
+      } else {
+        raw = t.data;
+      }
+      binary_views.push_back(raw);
+      out.append(",\"parameters\":{\"binary_data_size\":");
+      AppendNumber(&out, raw.size());
+      out.append("}}");
+    } else {
+      out.append(",\"data\":");
+      AppendFlatData(&out, t);
+      out.push_back('}');
+    }
+  }
+  out.append("]}");
+  if (!binary_views.empty()) {
+    result.json_length = static_cast<int64_t>(out.size());
+    size_t total = out.size();
+    for (std::string_view v : binary_views) total += v.size();
+    out.reserve(total);
+    for (std::string_view v : binary_views) out.append(v);
+  }
+  return result;
+}
+
+std::string EncodeServerMetadata(const ServerMetadata& metadata) {
+  std::string out = "{\"name\":";
+  AppendString(&out, metadata.name);
+  out.append(",\"version\":");
+  AppendString(&out, metadata.version);
+  out.append(",\"extensions\":[");
+  bool has_binary = false;
+  for (size_t i = 0; i < metadata.extensions.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    AppendString(&out, metadata.extensions[i]);
+    has_binary = has_binary || metadata.extensions[i] == kBinaryTensorDataExtension;
+  }
+  if (!has_binary) {
+    if (!metadata.extensions.empty()) out.push_back(',');
+    AppendString(&out, kBinaryTensorDataExtension);
+  }
+  out.append("]}");
+  return out;
+}
+
+std::string EncodeModelMetadata(const ModelMetadata& metadata) {
+  std::string out = "{\"name\":";
+  AppendString(&out, metadata.name);
+  out.append(",\"versions\":[");
+  for (size_t i = 0; i < metadata.versions.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    AppendString(&out, metadata.versions[i]);
+  }
+  out.append("],\"platform\":");
+  AppendString(&out, metadata.platform);
+  out.append(",\"inputs\":[");
+  for (size_t i = 0; i < metadata.inputs.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    AppendTensorSpec(&out, metadata.inputs[i]);
+  }
+  out.append("],\"outputs\":[");
+  for (size_t i = 0; i < metadata.outputs.size(); ++i) {
+    if (i > 0) out.push_back(',');
+    AppendTensorSpec(&out, metadata.outputs[i]);
+  }
+  out.append("]}");
+  return out;
+}
+
+std::string EncodeError(std::string_view message) {
+  std::string out = "{\"error\":";
+  AppendString(&out, message);
+  out.push_back('}');
+  return out;
+}
+
+absl::StatusOr<ClipperQuery> ParseClipperPredict(std::string_view body,
+                                                 const ModelMetadata& metadata) {
+  if (metadata.inputs.size() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("predict needs a model with exactly one input; '", metadata.name, "' has ",
+                     metadata.inputs.size()));
+  }
+  const kernels::TensorSpec& spec = metadata.inputs[0];
+  auto parsed = ParseJson(body);
+  if (!parsed.ok()) return parsed.status();
+  JsonValue& root = *parsed;
+  if (!root.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request body must be a JSON object, got ", std::string(TypeName(root))));
+  }
+  JsonValue* single = root.Find("input");
+  JsonValue* batch = root.Find("input_batch");
+  if ((single == nullptr) == (batch == nullptr)) {
+    return absl::InvalidArgumentError("the body needs exactly one of 'input' or 'input_batch'");
+  }
+
+  ClipperQuery query;
+  query.batched = metadata.batched;
+  query.is_batch = batch != nullptr;
+  std::vector<JsonValue*> rows;
+  if (query.is_batch) {
+    if (!metadata.batched) {
+      return absl::InvalidArgumentError(absl::StrCat("'input_batch' needs a batched model; '",
+                                                     metadata.name, "' takes one 'input'"));
+    }
+    if (!batch->is_array() || batch->items.empty()) {
+      return absl::InvalidArgumentError("'input_batch' must be a non-empty array of queries");
+    }
+    for (JsonValue& q : batch->items) rows.push_back(&q);
+  } else {
+    rows.push_back(&*single);
+  }
+  query.rows = static_cast<int64_t>(rows.size());
+
+  // The part of the model's input shape that one query gives.
+  std::vector<int64_t> row_spec = spec.shape;
+  if (metadata.batched && !row_spec.empty()) row_spec.erase(row_spec.begin());
+
+  Tensor t;
+  t.name = spec.name;
+  t.dtype = spec.dtype;
+  std::vector<int64_t> row_dims;
+  int64_t count = 0;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const std::string what = query.is_batch ? absl::StrCat("input_batch[", r, "]") : "input";
+    std::vector<int64_t> dims;
+    InferShape(*rows[r], &dims);
+    bool fits = dims.size() == row_spec.size();
+    for (size_t d = 0; fits && d < dims.size(); ++d) {
+      fits = row_spec[d] < 0 || row_spec[d] == dims[d];
+    }
+    if (!fits) {
+      return Invalid(what,
+                     absl::StrCat("has shape ", ShapeToString(dims), " but input '", spec.name,
+                                  "' takes ", ShapeToString(row_spec), " per query"));
+    }
+    if (r == 0) {
+      row_dims = dims;
+      const int64_t n = ElementCount(row_dims) * query.rows;
+      if (t.dtype == DataType::kBytes) {
+        t.bytes.reserve(n);
+      } else {
+        t.data.reserve(n * DataTypeSizeBytes(t.dtype));
+      }
+    } else if (dims != row_dims) {
+      return Invalid(what,
+                     absl::StrCat("has shape ", ShapeToString(dims), " but the first query has ",
+                                  ShapeToString(row_dims), "; a batch needs equal shapes"));
+    }
+    if (absl::Status s = AppendRow(*rows[r], dims.data(), dims.size(), &t, &count, what); !s.ok()) {
+      return s;
+    }
+  }
+  if (metadata.batched) {
+    t.shape.push_back(query.rows);
+  }
+  t.shape.insert(t.shape.end(), row_dims.begin(), row_dims.end());
+  query.request.model_name = metadata.name;
+  query.request.inputs.push_back(std::move(t));
+  return query;
+}
+
+std::string EncodeClipperResponse(const InferenceResponse& response, const ClipperQuery& query,
+                                  int64_t first_query_id) {
+  std::string out;
+  out.reserve(64 + query.rows * 32);
+
+  std::string default_value;
+  if (response.is_default) {
+    auto it = response.parameters.find("default_output");
+    const std::string* text =
+        it == response.parameters.end() ? nullptr : std::get_if<std::string>(&it->second);
+    if (text == nullptr) {
+      default_value = "null";
+    } else if (ParseJson(*text).ok()) {
+      default_value = *text;
+    } else {
+      AppendString(&default_value, *text);  // not JSON: send it as a string
+    }
+  }
+
+  auto append_row = [&](int64_t row) {
+    if (response.is_default) {
+      out.append(default_value);
+      return;
+    }
+    auto append_tensor_row = [&](const Tensor& t) {
+      const int64_t available = AvailableElements(t);
+      // Split along the leading dim only when it really holds one row per query.
+      if (query.batched && !t.shape.empty() && t.shape[0] == query.rows) {
+        const int64_t per_row = query.rows > 0 ? ElementCount(t.shape) / query.rows : 0;
+        int64_t index = row * per_row;
+        AppendNested(&out, t, t.shape.data() + 1, t.shape.size() - 1, &index, available);
+      } else {
+        int64_t index = 0;
+        AppendNested(&out, t, t.shape.data(), t.shape.size(), &index, available);
+      }
+    };
+    if (response.outputs.size() == 1) {
+      append_tensor_row(response.outputs[0]);
+      return;
+    }
+    out.push_back('{');
+    for (size_t i = 0; i < response.outputs.size(); ++i) {
+      if (i > 0) out.push_back(',');
+      AppendString(&out, response.outputs[i].name);
+      out.push_back(':');
+      append_tensor_row(response.outputs[i]);
+    }
+    out.push_back('}');
+  };
+  auto append_prediction = [&](int64_t row) {
+    out.append("{\"query_id\":");
+    AppendNumber(&out, first_query_id + row);
+    out.append(",\"output\":");
+    append_row(row);
+    out.append(response.is_default ? ",\"default\":true}" : ",\"default\":false}");
+  };
+
+  if (!query.is_batch) {
+    append_prediction(0);
+    return out;
+  }
+  out.append("{\"batch_predictions\":[");
+  for (int64_t r = 0; r < query.rows; ++r) {
+    if (r > 0) out.push_back(',');
+    append_prediction(r);
+  }
+  out.append("]}");
+  return out;
+}
+
+}  // namespace ferry::agent

@@ -29,7 +29,7 @@ else
 fi
 
 VENV="$BUILD_DIR/venv"
-PY_PACKAGES=("tritonclient[http,grpc]==2.*" numpy pytest requests)
+PY_PACKAGES=("tritonclient[http,grpc]==2.*" numpy pytest requests safetensors)
 if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.ferry-ok" ]; then
   echo "install-deps: creating Python virtualenv in $VENV"
   mkdir -p "$BUILD_DIR"

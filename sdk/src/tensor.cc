@@ -57,9 +57,15 @@ int64_t DataTypeSizeBytes(DataType dtype) {
 }
 
 int64_t ElementCount(const std::vector<int64_t>& shape) {
-  int64_t count = 1;
+  // A zero dim makes the product 0 whatever the other dims are, so check it before overflow.
+  bool has_zero = false;
   for (int64_t d : shape) {
     if (d < 0) return -1;
+    if (d == 0) has_zero = true;
+  }
+  if (has_zero) return 0;
+  int64_t count = 1;
+  for (int64_t d : shape) {
     if (d != 0 && count > std::numeric_limits<int64_t>::max() / d) return -1;
     count *= d;
   }

@@ -1,0 +1,84 @@
+// The HTTP front end's codec: KServe v2 REST JSON (with the binary tensor data extension) and
+// Clipper-style predict bodies, to and from ferry::InferenceRequest / InferenceResponse. Pure
+// functions: no I/O, no shared state; thread-safe. Every malformed request is an
+// InvalidArgument status whose message names the offending input or field.
+#ifndef FERRY_NODE_AGENT_KSERVE_JSON_H_
+#define FERRY_NODE_AGENT_KSERVE_JSON_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "ferry/inference.h"
+#include "node-agent/serving_core.h"
+
+namespace ferry::agent {
+
+// Name of the binary tensor data extension in server metadata.
+inline constexpr std::string_view kBinaryTensorDataExtension = "binary_tensor_data";
+// HTTP header that carries the JSON part's length when a body has a binary part.
+inline constexpr std::string_view kInferenceHeaderContentLength = "Inference-Header-Content-Length";
+
+// A response body and, when it carries a binary part, the length of its leading JSON part
+// (the value of Inference-Header-Content-Length); -1 when the body is JSON only.
+struct EncodedBody {
+  std::string body;
+  int64_t json_length = -1;
+};
+
+// Decodes a KServe v2 infer request body.
+//   header_length: the Inference-Header-Content-Length header, -1 when absent (body is all
+//     JSON), 0 when the body is the model's single input tensor in raw binary form, N > 0 when
+//     the first N bytes are JSON and the rest holds the inputs with parameters.binary_data_size.
+//   model_name / model_version: from the URL; they fill the request's fields.
+//   metadata: the target model; used only to give a headerless binary body its name, datatype
+//     and shape. Full validation against the signature is the serving core's job.
+// Reserved parameters "priority", "timeout" (µs) and "binary_data_output" fill the request's
+// scheduling fields (and stay in `parameters`). arrival_us is left 0.
+absl::StatusOr<InferenceRequest> ParseInferRequest(std::string_view body, int64_t header_length,
+                                                   const std::string& model_name,
+                                                   const std::string& model_version,
+                                                   const ModelMetadata& metadata);
+
+// Encodes a response. An output goes to the binary part when its requested output says
+// binary_data: true, or when the request asked binary_data_output: true and the requested output
+// does not say binary_data: false. `request` needs only id, model name/version, outputs and
+// binary_data_output (its inputs may have been moved away).
+EncodedBody EncodeInferResponse(const InferenceResponse& response, const InferenceRequest& request);
+
+// `{"name","version","extensions":[...]}`; "binary_tensor_data" is always listed.
+std::string EncodeServerMetadata(const ServerMetadata& metadata);
+// `{"name","versions","platform","inputs":[{"name","datatype","shape"}],"outputs":[...]}`.
+std::string EncodeModelMetadata(const ModelMetadata& metadata);
+// `{"error":"<message>"}`.
+std::string EncodeError(std::string_view message);
+
+// A decoded Clipper predict body: one KServe request whose single input stacks the queries.
+struct ClipperQuery {
+  InferenceRequest request;
+  bool is_batch = false;  // "input_batch" (answer with batch_predictions)
+  int64_t rows = 1;       // queries in the request
+  bool batched = true;    // the model's leading dim stacks the queries
+};
+
+// Decodes `{"input": X}` (one query) or `{"input_batch": [X, ...]}` for a model with exactly one
+// input. With a batched model X is one row of that input: a string for a BYTES input whose row
+// shape is [], a (nested) array of strings or numbers otherwise; the rows are stacked along the
+// leading dim. With an unbatched model X is the whole input and input_batch is refused.
+absl::StatusOr<ClipperQuery> ParseClipperPredict(std::string_view body,
+                                                 const ModelMetadata& metadata);
+
+// Encodes the Clipper answer: `{"query_id": N, "output": V, "default": false}` for one query,
+// `{"batch_predictions": [{"query_id": N + i, "output": V_i, "default": ...}, ...]}` for a batch.
+// V is the row of the single output (string, number or nested array), or an object
+// {output_name: row} when the response has several outputs. A default response
+// (is_default) answers "default": true with the parsed JSON of its "default_output" parameter.
+// The response's outputs are split along their leading dim into `query.rows` rows when the
+// model is batched.
+std::string EncodeClipperResponse(const InferenceResponse& response, const ClipperQuery& query,
+                                  int64_t first_query_id);
+
+}  // namespace ferry::agent
+
+#endif  // FERRY_NODE_AGENT_KSERVE_JSON_H_

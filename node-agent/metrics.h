@@ -1,0 +1,90 @@
+// Prometheus metrics of the node agent (prometheus-cpp). Names follow the meaning of Triton's
+// nv_inference_* metrics with a ferry_ prefix, labelled by model (function) and version.
+#ifndef FERRY_NODE_AGENT_METRICS_H_
+#define FERRY_NODE_AGENT_METRICS_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace ferry::agent {
+
+// Why a request failed; the `reason` label of ferry_inference_request_failure.
+enum class FailureReason {
+  kInvalid,      // bad input (400)
+  kOverload,     // queue full or deadline cannot be met (429)
+  kTimeout,      // deadline passed while queued (504)
+  kUnavailable,  // stopping (503)
+  kInternal,     // the runtime failed
+};
+
+// One function's metrics. Pointers are owned by the registry and live as long as AgentMetrics.
+// All methods are thread-safe (prometheus-cpp metrics are atomic).
+class FunctionMetrics {
+ public:
+  void RecordSuccess(int64_t request_us, int64_t queue_us, int64_t compute_us);
+  void RecordFailure(FailureReason reason, int64_t request_us);
+  // One executed batch: `rows` batch units in `tasks` requests, taking `compute_us`.
+  void RecordBatch(int64_t rows, int64_t tasks, int64_t compute_us);
+  void SetTargetBatchSize(int64_t size);
+  void AddPending(int64_t delta);
+  // Requests answered with the SLO's default output under overload.
+  void RecordDefaultOutput();
+
+ private:
+  friend class AgentMetrics;
+  FunctionMetrics() = default;
+
+  prometheus::Counter* success_ = nullptr;
+  prometheus::Counter* failure_[5] = {};
+  prometheus::Counter* default_output_ = nullptr;
+  prometheus::Counter* inference_count_ = nullptr;
+  prometheus::Counter* exec_count_ = nullptr;
+  prometheus::Counter* request_duration_us_ = nullptr;
+  prometheus::Counter* queue_duration_us_ = nullptr;
+  prometheus::Counter* compute_infer_duration_us_ = nullptr;
+  prometheus::Histogram* batch_size_ = nullptr;
+  prometheus::Histogram* request_latency_us_ = nullptr;
+  prometheus::Gauge* target_batch_size_ = nullptr;
+  prometheus::Gauge* pending_ = nullptr;
+};
+
+// Owns the registry. Thread-safe.
+class AgentMetrics {
+ public:
+  AgentMetrics();
+  // Returns the metrics of one function, creating them on first use; never null; stable address.
+  FunctionMetrics* ForFunction(const std::string& model, const std::string& version);
+  // The Prometheus text exposition format (version 0.0.4).
+  std::string Serialize() const;
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>* success_family_;
+  prometheus::Family<prometheus::Counter>* failure_family_;
+  prometheus::Family<prometheus::Counter>* default_output_family_;
+  prometheus::Family<prometheus::Counter>* count_family_;
+  prometheus::Family<prometheus::Counter>* exec_family_;
+  prometheus::Family<prometheus::Counter>* request_us_family_;
+  prometheus::Family<prometheus::Counter>* queue_us_family_;
+  prometheus::Family<prometheus::Counter>* compute_us_family_;
+  prometheus::Family<prometheus::Histogram>* batch_size_family_;
+  prometheus::Family<prometheus::Histogram>* latency_family_;
+  prometheus::Family<prometheus::Gauge>* target_family_;
+  prometheus::Family<prometheus::Gauge>* pending_family_;
+
+  absl::Mutex mu_;
+  std::map<std::string, std::unique_ptr<FunctionMetrics>> functions_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ferry::agent
+
+#endif  // FERRY_NODE_AGENT_METRICS_H_

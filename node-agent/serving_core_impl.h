@@ -1,0 +1,67 @@
+// The node agent's ServingCore: the set of loaded functions (one FunctionHost each), health,
+// metadata and routing of inference requests to them.
+#ifndef FERRY_NODE_AGENT_SERVING_CORE_IMPL_H_
+#define FERRY_NODE_AGENT_SERVING_CORE_IMPL_H_
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "ferry/clock.h"
+#include "ferry/manifest.h"
+#include "node-agent/function_host.h"
+#include "node-agent/metrics.h"
+#include "node-agent/serving_core.h"
+
+namespace ferry::agent {
+
+struct AgentCoreOptions {
+  std::vector<FunctionSpec> functions;
+  Clock* clock = nullptr;  // not owned; nullptr = RealClock
+  bool start_threads = true;
+  // GPUs this node may use (from cuda::ListGpus); empty = CPU only. `gpu_absent_reason` says
+  // why there are none, for messages.
+  int num_gpus = 0;
+  std::string gpu_absent_reason;
+};
+
+// Thread-safe. Functions are fixed after Create (standalone mode).
+class AgentCore final : public ServingCore {
+ public:
+  // Loads every function: creates its runtime and batcher. All-or-nothing: the first failure
+  // is returned (naming the manifest and function) and nothing is left serving.
+  static absl::StatusOr<std::unique_ptr<AgentCore>> Create(const AgentCoreOptions& options);
+  ~AgentCore() override;
+
+  bool IsLive() const override { return true; }
+  bool IsReady() const override { return !draining_.load(std::memory_order_acquire); }
+  ServerMetadata GetServerMetadata() const override;
+  absl::StatusOr<ModelMetadata> GetModelMetadata(const std::string& name,
+                                                 const std::string& version) const override;
+  absl::Status ModelReady(const std::string& name, const std::string& version) const override;
+  void Infer(std::unique_ptr<InferenceRequest> request, InferDone done) override;
+
+  // Stops accepting (ready turns false, new requests get Unavailable) and answers everything
+  // accepted. Blocks until done. Idempotent.
+  void Drain();
+
+  std::string MetricsText() const { return metrics_.Serialize(); }
+  std::vector<std::string> FunctionNames() const;
+  // For tests in manual batching mode.
+  FunctionHost* host_for_test(const std::string& name);
+
+ private:
+  AgentCore() = default;
+  absl::StatusOr<FunctionHost*> Find(const std::string& name, const std::string& version) const;
+
+  AgentMetrics metrics_;
+  std::map<std::string, std::unique_ptr<FunctionHost>> hosts_;  // fixed after Create
+  std::atomic<bool> draining_{false};
+};
+
+}  // namespace ferry::agent
+
+#endif  // FERRY_NODE_AGENT_SERVING_CORE_IMPL_H_

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Packs what perf/device/run.sh needs on a GPU machine that has the NVIDIA driver and the CUDA
+# toolkit but none of ferry's other dependencies: stripped copies of the GPU binaries and every
+# non-system shared library that they, ferry-agent and the test binaries load, into one archive.
+#
+#   perf/device/bundle.sh [BUILD_DIR]        (default: build; run from the repository root)
+#
+# Output, all under BUILD_DIR/device-libs/ (carry that one folder to the GPU machine):
+#   bundle.tar.xz   lib/ (shared libraries) and bin/ (stripped binaries); run.sh unpacks it
+#   MANIFEST.txt    what is inside, with sizes
+#
+# Left out on purpose:
+#   - glibc, libstdc++, libgcc_s and the NVIDIA driver (libcuda, libnvidia-*): they must match
+#     the machine and are always there;
+#   - cuBLAS (libcublas, libcublasLt): libcublasLt alone is over 500 MB and the toolkit ships no
+#     static cuBLAS, so run.sh uses the GPU machine's own CUDA toolkit copy;
+#   - the CUDA runtime: ferry links it statically (CUDA::cudart_static).
+set -euo pipefail
+
+build_dir="${1:-build}"
+build_dir="${build_dir%/}"
+if [[ ! -d "$build_dir" ]]; then
+  echo "bundle.sh: no build folder '$build_dir' (run from the repository root)" >&2
+  exit 1
+fi
+out="$build_dir/device-libs"
+stage="$(mktemp -d)"
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/lib" "$stage/bin"
+
+# Binaries run on the GPU machine (copied, stripped) and binaries whose libraries are bundled.
+run_bins=(cuda/cuda_kernels_test perf/ferry_gpu_mlp_bench)
+lib_bins=("${run_bins[@]}" node-agent/ferry-agent)
+while IFS= read -r f; do
+  lib_bins+=("${f#"$build_dir"/}")
+done < <(find "$build_dir" -path "$out" -prune -o -path '*/CMakeFiles' -prune -o \
+           -type f -executable -name '*_test' -print | sort)
+
+is_system_lib() {
+  case "$1" in
+    linux-vdso.so* | ld-linux*.so* | libc.so.* | libm.so.* | libpthread.so.* | libdl.so.* | \
+      librt.so.* | libutil.so.* | libresolv.so.* | libanl.so.* | libnsl.so.* | libmvec.so.* | \
+      libstdc++.so.* | libgcc_s.so.*) return 0 ;;
+    libcuda.so* | libnvidia-*.so*) return 0 ;;
+    libcublas.so* | libcublasLt.so*) return 0 ;;
+  esac
+  return 1
+}
+
+declare -A seen=()
+missing=0
+for rel in "${lib_bins[@]}"; do
+  bin="$build_dir/$rel"
+  if [[ ! -x "$bin" ]]; then
+    echo "bundle.sh: note: $bin not built, skipped"
+    continue
+  fi
+  while read -r name arrow path _; do
+    [[ "$arrow" == "=>" ]] || continue
+    is_system_lib "$name" && continue
+    if [[ "$path" == "not" ]]; then
+      echo "bundle.sh: $rel needs $name, which is not found here" >&2
+      missing=1
+      continue
+    fi
+    [[ -n "${seen[$name]:-}" ]] && continue
+    seen[$name]=1
+    cp -L "$path" "$stage/lib/$name"
+  done < <(ldd "$bin")
+done
+[[ "$missing" == 0 ]] || exit 1
+
+for rel in "${run_bins[@]}"; do
+  bin="$build_dir/$rel"
+  if [[ -x "$bin" ]]; then
+    strip --strip-debug -o "$stage/bin/$(basename "$rel")" "$bin"
+  else
+    echo "bundle.sh: $bin is missing; build it first" >&2
+    exit 1
+  fi
+done
+
+rm -rf "$out"
+mkdir -p "$out"
+(cd "$stage" && find lib bin -type f -printf '%10s  %p\n' | sort -k2) >"$out/MANIFEST.txt"
+# xz shrinks OpenBLAS (its kernels for every x86 generation) about 8x; the carried tree is small.
+XZ_OPT="-6 -T2" tar -C "$stage" -cJf "$out/bundle.tar.xz" lib bin
+
+raw=$(du -sb "$stage" | cut -f1)
+packed=$(stat -c %s "$out/bundle.tar.xz")
+echo "bundle.sh: $(ls "$stage/lib" | wc -l) libraries + $(ls "$stage/bin" | wc -l) binaries," \
+  "$((raw / 1048576)) MiB unpacked, $((packed / 1048576)) MiB packed: $out/bundle.tar.xz"

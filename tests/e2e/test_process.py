@@ -1,0 +1,121 @@
+"""The agent as a process: refusing bad manifests, and draining on SIGTERM."""
+
+import pathlib
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from agentproc import AgentProcess, agent_binary
+
+MANIFEST_DIR = pathlib.Path(__file__).resolve().parent / "manifests"
+
+
+def run_agent_expecting_failure(manifests, timeout_s=30):
+    binary = agent_binary()
+    if not binary.exists():
+        pytest.fail(f"{binary} not found", pytrace=False)
+    try:
+        proc = subprocess.run(
+            [str(binary), "--manifests", str(manifests), "--host", "127.0.0.1",
+             "--http-port", "0", "--grpc-port", "0"],
+            capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"agent kept running with a bad manifest; output:\n"
+                    f"{(e.stderr or b'').decode(errors='replace')}", pytrace=False)
+    return proc.returncode, proc.stderr.decode(errors="replace")
+
+
+def test_bad_manifest_refused(tmp_path):
+    bad = tmp_path / "max_batch_size.yaml"
+    shutil.copy(MANIFEST_DIR / "bad" / "max_batch_size.yaml", bad)
+    code, err = run_agent_expecting_failure(bad)
+    assert code != 0, err
+    assert "max_batch_size.yaml" in err, err
+    assert "spec.batching.maxBatchSize" in err, err
+    assert "-3" in err, err
+    assert "ferry-agent: ready" not in err
+
+
+def test_bad_manifest_in_folder_refuses_everything(tmp_path):
+    # All or nothing: one bad file among good ones stops the agent from serving any.
+    shutil.copy(MANIFEST_DIR / "echo.yaml", tmp_path / "a_echo.yaml")
+    shutil.copy(MANIFEST_DIR / "bad" / "max_batch_size.yaml", tmp_path / "b_bad.yaml")
+    code, err = run_agent_expecting_failure(tmp_path)
+    assert code != 0, err
+    assert "b_bad.yaml" in err, err
+    assert "spec.batching.maxBatchSize" in err, err
+
+
+def test_bad_runtime_config_refused(tmp_path):
+    path = tmp_path / "wf.yaml"
+    path.write_text("""\
+apiVersion: ferry.dev/v1
+kind: Function
+metadata: {name: wf}
+spec:
+  runtime: wordfilter
+  config: {blacklist: 5}
+""")
+    code, err = run_agent_expecting_failure(path)
+    assert code != 0, err
+    assert "wf.yaml" in err, err
+    assert "spec.config.blacklist" in err, err
+
+
+def test_graceful_shutdown_finishes_accepted_request(tmp_path):
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "drain.yaml").write_text("""\
+apiVersion: ferry.dev/v1
+kind: Function
+metadata: {name: drain}
+spec:
+  runtime: echo
+  config: {delayMicros: 1000000}
+  batching: {maxBatchSize: 1, maxQueueDelayMicros: 0}
+""")
+    agent = AgentProcess(manifests, tmp_path / "agent.log").start()
+    try:
+        agent.wait_ready(timeout_s=30.0)
+        result = {}
+
+        def slow_request():
+            body = {"inputs": [{"name": "INPUT0", "shape": [1], "datatype": "BYTES",
+                                "data": ["in flight"]}]}
+            try:
+                result["response"] = requests.post(f"{agent.http_url}/v2/models/drain/infer",
+                                                   json=body, timeout=30)
+            except requests.RequestException as e:
+                result["error"] = e
+
+        thread = threading.Thread(target=slow_request)
+        started = time.monotonic()
+        thread.start()
+        time.sleep(0.3)  # the request is on the wire and queued; it needs 1 s of compute
+        agent.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+
+        # New work is no longer accepted while the old finishes.
+        try:
+            late = requests.get(f"{agent.http_url}/v2/health/ready", timeout=5)
+            assert late.status_code != 200, "agent still ready after SIGTERM"
+        except requests.ConnectionError:
+            pass
+
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "in-flight request never answered"
+        assert "error" not in result, f"in-flight request failed: {result.get('error')}\n" \
+            f"{agent.log()}"
+        response = result["response"]
+        assert response.status_code == 200, response.text
+        assert response.json()["outputs"][0]["data"] == ["in flight"]
+        assert time.monotonic() - started >= 0.9  # it really ran to completion
+        code = agent.proc.wait(timeout=15)
+        assert code == 0, agent.log()
+    finally:
+        agent.terminate(timeout_s=5.0)
