@@ -29,7 +29,8 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/lib" "$stage/bin"
 
 # Binaries run on the GPU machine (copied, stripped) and binaries whose libraries are bundled.
-run_bins=(cuda/cuda_kernels_test perf/ferry_gpu_mlp_bench)
+run_bins=(cuda/cuda_kernels_test perf/ferry_gpu_mlp_bench kernels/kernels_runtime_test
+  node-agent/ferry-agent)
 lib_bins=("${run_bins[@]}" node-agent/ferry-agent)
 while IFS= read -r f; do
   lib_bins+=("${f#"$build_dir"/}")

@@ -99,5 +99,25 @@ bench_rc=$?
 echo "ferry_gpu_mlp_bench exit status: $bench_rc"
 [[ "$bench_rc" == 0 ]] || status=1
 
+section "kernels_runtime_test (mlp runtime on the GPU)"
+runtime_bin="$(bin_path kernels/kernels_runtime_test)"
+timeout 120 "$runtime_bin" ${OUT:+--gtest_output=xml:$results/kernels_runtime_test.xml}
+rt_rc=$?
+echo "kernels_runtime_test exit status: $rt_rc"
+[[ "$rt_rc" == 0 ]] || status=1
+
+section "ferry-agent serving an MLP on the GPU and on the CPU"
+agent_bin="$(bin_path node-agent/ferry-agent)"
+if ! command -v nvidia-smi >/dev/null; then
+  echo "agent_gpu_check: skipped, no GPU here"
+elif python3 -c 'import numpy' 2>/dev/null; then
+  timeout 180 python3 perf/device/agent_gpu_check.py "$agent_bin" "$results"
+  agent_rc=$?
+  echo "agent_gpu_check exit status: $agent_rc"
+  [[ "$agent_rc" == 0 ]] || status=1
+else
+  echo "agent_gpu_check: skipped, python3 has no numpy here"
+fi
+
 section "done in $((SECONDS - start_s)) s, status $status"
 exit "$status"
