@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "cuda/cublas_loader.h"
 
 namespace ferry::cuda {
 namespace {
@@ -25,13 +26,13 @@ absl::Status CudaError(cudaError_t err, const char* what) {
     if (ferry_err_ != cudaSuccess) return CudaError(ferry_err_, #expr); \
   } while (false)
 
-#define FERRY_CUBLAS_RETURN_IF_ERROR(expr)                                          \
-  do {                                                                              \
-    const cublasStatus_t ferry_st_ = (expr);                                        \
-    if (ferry_st_ != CUBLAS_STATUS_SUCCESS) {                                       \
-      return absl::InternalError(                                                   \
-          absl::StrCat("GpuMlp: ", #expr, ": ", cublasGetStatusString(ferry_st_))); \
-    }                                                                               \
+#define FERRY_CUBLAS_RETURN_IF_ERROR(api, expr)                                    \
+  do {                                                                             \
+    const cublasStatus_t ferry_st_ = (expr);                                       \
+    if (ferry_st_ != CUBLAS_STATUS_SUCCESS) {                                      \
+      return absl::InternalError(                                                  \
+          absl::StrCat("GpuMlp: ", #expr, ": ", (api)->status_string(ferry_st_))); \
+    }                                                                              \
   } while (false)
 
 absl::Status Validate(const std::vector<GpuMlp::Layer>& layers, int64_t max_rows) {
@@ -81,6 +82,7 @@ struct GpuMlp::Impl {
 
   int device = 0;
   cudaStream_t stream = nullptr;
+  const CublasApi* api = nullptr;
   cublasHandle_t cublas = nullptr;
   std::vector<DeviceLayer> layers;
   // Ping-pong activations: layer i reads buffer i%2 and writes buffer (i+1)%2.
@@ -100,7 +102,7 @@ struct GpuMlp::Impl {
     (void)cudaFree(act[1]);
     (void)cudaFreeHost(pinned_in);
     (void)cudaFreeHost(pinned_out);
-    if (cublas != nullptr) (void)cublasDestroy(cublas);
+    if (cublas != nullptr) (void)api->destroy(cublas);
     if (stream != nullptr) (void)cudaStreamDestroy(stream);
     (void)cudaGetLastError();
   }
@@ -140,10 +142,14 @@ absl::StatusOr<std::unique_ptr<GpuMlp>> GpuMlp::Create(int device, std::vector<L
   impl->device = device;
   FERRY_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
   FERRY_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
-  FERRY_CUBLAS_RETURN_IF_ERROR(cublasCreate(&impl->cublas));
-  FERRY_CUBLAS_RETURN_IF_ERROR(cublasSetStream(impl->cublas, impl->stream));
+  auto api = LoadCublas();
+  if (!api.ok()) return api.status();
+  impl->api = *api;
+  FERRY_CUBLAS_RETURN_IF_ERROR(impl->api, impl->api->create(&impl->cublas));
+  FERRY_CUBLAS_RETURN_IF_ERROR(impl->api, impl->api->set_stream(impl->cublas, impl->stream));
   // Plain FP32 (no TF32 tensor-core rounding), so the GPU agrees with the CPU path to rounding.
-  FERRY_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(impl->cublas, CUBLAS_DEFAULT_MATH));
+  FERRY_CUBLAS_RETURN_IF_ERROR(impl->api,
+                               impl->api->set_math_mode(impl->cublas, CUBLAS_DEFAULT_MATH));
 
   int64_t widest = 0;
   for (const Layer& l : layers) widest = std::max({widest, l.in, l.out});
@@ -218,10 +224,11 @@ absl::Status GpuMlp::ForwardChunk(const float* host_in, int64_t rows, float* hos
     // W[out, in] is column-major W^T[in, out], and row-major Y[rows, out] is column-major
     // Y^T[out, rows]. So Y^T = W · X^T = op_T(W^T) · X^T: A = W^T buffer (lda = in, transposed),
     // B = X^T buffer (ldb = in), C = Y^T buffer (ldc = out).
-    FERRY_CUBLAS_RETURN_IF_ERROR(cublasSgemm(
-        m.cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(l.out), static_cast<int>(rows),
-        static_cast<int>(l.in), &alpha, l.weight, static_cast<int>(l.in), x, static_cast<int>(l.in),
-        &beta, y, static_cast<int>(l.out)));
+    FERRY_CUBLAS_RETURN_IF_ERROR(
+        m.api, m.api->sgemm(m.cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(l.out),
+                            static_cast<int>(rows), static_cast<int>(l.in), &alpha, l.weight,
+                            static_cast<int>(l.in), x, static_cast<int>(l.in), &beta, y,
+                            static_cast<int>(l.out)));
     if (absl::Status s = LaunchBiasActivation(y, l.bias, rows, l.out, l.act, m.stream); !s.ok()) {
       return s;
     }

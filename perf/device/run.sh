@@ -54,7 +54,8 @@ bench_bin="$(bin_path perf/ferry_gpu_mlp_bench)"
 
 # cuBLAS is not bundled (libcublasLt is over 500 MB): use the machine's CUDA toolkit or the
 # cuBLAS that a Python CUDA wheel brought. The loader may already know one (ldconfig, RUNPATH).
-if ! ldd "$tests_bin" 2>/dev/null | grep -q 'libcublas.so.[0-9]* => /'; then
+# ferry loads it with dlopen, so it must be on the loader's path.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas.so.13 '; then
   cublas="$(find "${CUDA_HOME:-/usr/local/cuda}/" /usr/local /opt /usr/lib /usr/lib64 \
     -name 'libcublas.so.13' \( -type f -o -type l \) 2>/dev/null | head -n 1)"
   if [[ -n "$cublas" ]]; then
