@@ -47,6 +47,9 @@ std::string_view ToStd(beast::string_view s) { return {s.data(), s.size()}; }
 absl::string_view ToAbsl(beast::string_view s) { return {s.data(), s.size()}; }
 beast::string_view ToBeast(std::string_view s) { return {s.data(), s.size()}; }
 
+// Allocated bytes after a string's end, which the JSON reader may read (see kJsonPaddingBytes).
+size_t SpareCapacity(const std::string& s) { return s.capacity() - s.size(); }
+
 // Splits "/a/b/c?x" into {"a","b","c"}; empty segments are kept so that "//x" does not route.
 std::vector<std::string_view> SplitPath(std::string_view target) {
   if (size_t q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
@@ -209,6 +212,12 @@ void Session::OnHeader(beast::error_code ec) {
 }
 
 void Session::ReadBody() {
+  // Room for the JSON reader's padding after the body, so that it parses the body in place. The
+  // body reader reserves only the Content-Length and keeps a larger capacity.
+  if (const auto length = parser_->content_length();
+      length && *length <= static_cast<uint64_t>(server_->options().max_body_bytes)) {
+    parser_->get().body().reserve(*length + kJsonPaddingBytes);
+  }
   http::async_read(socket_, buffer_, *parser_,
                    [self = shared_from_this()](beast::error_code ec, size_t) {
                      if (ec) {
@@ -377,8 +386,8 @@ void Session::HandleInfer(std::string_view model, std::string_view version) {
     }
     metadata = *std::move(m);
   }
-  auto parsed =
-      ParseInferRequest(request_.body(), header_length, model_name, model_version, metadata);
+  auto parsed = ParseInferRequest(request_.body(), header_length, model_name, model_version,
+                                  metadata, SpareCapacity(request_.body()));
   if (!parsed.ok()) {
     ReplyError(parsed.status());
     return;
@@ -411,7 +420,7 @@ void Session::HandlePredict(std::string_view model) {
     ReplyError(metadata.status());
     return;
   }
-  auto parsed = ParseClipperPredict(request_.body(), *metadata);
+  auto parsed = ParseClipperPredict(request_.body(), *metadata, SpareCapacity(request_.body()));
   if (!parsed.ok()) {
     ReplyError(parsed.status());
     return;

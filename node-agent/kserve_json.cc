@@ -4,11 +4,13 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "simdjson.h"
 
 namespace ferry::agent {
 namespace {
@@ -17,12 +19,59 @@ namespace {
 // Writing JSON. Responses are written by hand rather than through a json DOM: building a DOM for
 // every output element and dumping it costs several times more than appending to one string.
 
+// Length of the well-formed UTF-8 sequence that starts at s[i] (Unicode table 3-7: no overlong
+// forms, no surrogates, nothing above U+10FFFF), or 0 when there is none; then *bad is the length
+// of the maximal ill-formed part, which is replaced as one U+FFFD.
+size_t Utf8SequenceLength(std::string_view s, size_t i, size_t* bad) {
+  const auto c = static_cast<unsigned char>(s[i]);
+  size_t length = 0;
+  unsigned char low = 0x80;  // range of the second byte
+  unsigned char high = 0xbf;
+  if (c >= 0xc2 && c <= 0xdf) {
+    length = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    length = 3;
+    if (c == 0xe0) low = 0xa0;
+    if (c == 0xed) high = 0x9f;
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    length = 4;
+    if (c == 0xf0) low = 0x90;
+    if (c == 0xf4) high = 0x8f;
+  } else {
+    *bad = 1;
+    return 0;
+  }
+  for (size_t k = 1; k < length; ++k) {
+    const auto b = i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0;
+    if (b < (k == 1 ? low : 0x80) || b > (k == 1 ? high : 0xbf)) {
+      *bad = k;
+      return 0;
+    }
+  }
+  return length;
+}
+
+// Writes `s` as a JSON string. Invalid UTF-8 (BYTES elements may hold anything) becomes U+FFFD,
+// as JSON text must be UTF-8; clients that need the exact bytes ask for binary outputs.
 void AppendString(std::string* out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
+  static constexpr std::string_view kReplacement = "\xef\xbf\xbd";  // U+FFFD
   out->push_back('"');
   size_t run = 0;  // start of the pending run of characters that need no escaping
   for (size_t i = 0; i < s.size(); ++i) {
     const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {
+      size_t bad = 0;
+      if (const size_t length = Utf8SequenceLength(s, i, &bad); length > 0) {
+        i += length - 1;
+        continue;
+      }
+      out->append(s.data() + run, i - run);
+      out->append(kReplacement);
+      i += bad - 1;
+      run = i + 1;
+      continue;
+    }
     if (c >= 0x20 && c != '"' && c != '\\') continue;
     out->append(s.data() + run, i - run);
     run = i + 1;
@@ -237,408 +286,128 @@ void AppendNested(std::string* out, const Tensor& t, const int64_t* dims, size_t
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reading JSON. A small DOM parser of its own: the request path parses every body, and a general
-// purpose library that lexes one character at a time costs several µs per KiB; this one scans
-// strings in runs and converts numbers with std::from_chars.
+// Reading JSON, with simdjson's DOM parser: it validates the whole document (UTF-8 included) in
+// one SIMD pass, and the conversions below walk its tape.
 
-struct JsonValue {
-  enum class Kind : uint8_t { kNull, kBool, kInt, kUint, kDouble, kString, kArray, kObject };
-  Kind kind = Kind::kNull;
-  union {
-    bool b;
-    int64_t i;   // kInt: negative integers (and non-negative ones when parsed as signed)
-    uint64_t u;  // kUint: non-negative integers
-    double d;
-  };
-  std::string str;                // kString
-  std::vector<JsonValue> items;   // kArray elements, kObject values
-  std::vector<std::string> keys;  // kObject keys, parallel to items
+namespace dom = simdjson::dom;
 
-  JsonValue() : u(0) {}
+static_assert(kJsonPaddingBytes >= simdjson::SIMDJSON_PADDING);
 
-  bool is_object() const { return kind == Kind::kObject; }
-  bool is_array() const { return kind == Kind::kArray; }
-  bool is_string() const { return kind == Kind::kString; }
-  bool is_bool() const { return kind == Kind::kBool; }
-  bool is_integer() const { return kind == Kind::kInt || kind == Kind::kUint; }
-  bool is_number() const { return is_integer() || kind == Kind::kDouble; }
-  double as_double() const {
-    return kind == Kind::kDouble ? d
-           : kind == Kind::kInt  ? static_cast<double>(i)
-                                 : static_cast<double>(u);
+// Deeper documents are refused; no KServe or Clipper body needs more.
+constexpr size_t kMaxJsonDepth = 128;
+// A parser keeps buffers sized for the largest document it has read (about 15 bytes per byte of
+// JSON). Beyond this document size they are released after use instead of staying with the
+// thread.
+constexpr size_t kRetainedParserCapacityBytes = size_t{1} << 20;
+
+// A parsed document. A simdjson parser is fast because it reuses its buffers from one document
+// to the next, and it is not thread-safe, so each thread has its own; the document lives in that
+// parser's buffers. Hence at most one JsonDocument per thread at a time, and an element from it
+// is valid only while it lives.
+class JsonDocument {
+ public:
+  JsonDocument() = default;
+  JsonDocument(const JsonDocument&) = delete;
+  JsonDocument& operator=(const JsonDocument&) = delete;
+  ~JsonDocument() {
+    dom::parser& parser = ThreadParser();
+    if (parser.capacity() > kRetainedParserCapacityBytes) parser = dom::parser();
   }
-  // First member named `key` of an object, or nullptr.
-  JsonValue* Find(std::string_view key) {
-    for (size_t k = 0; k < keys.size(); ++k) {
-      if (keys[k] == key) return &items[k];
+
+  // `readable_past_end`: how many allocated bytes follow `text` in memory. With at least
+  // kJsonPaddingBytes the text is parsed in place; otherwise it is first copied into the parser's
+  // padded buffer.
+  absl::StatusOr<dom::element> Parse(std::string_view text, size_t readable_past_end) {
+    dom::parser& parser = ThreadParser();
+    simdjson::error_code error = simdjson::SUCCESS;
+    if (parser.capacity() == 0) error = parser.allocate(kInitialCapacityBytes, kMaxJsonDepth);
+    dom::element root;
+    if (!error) {
+      error =
+          parser.parse(text.data(), text.size(), readable_past_end < kJsonPaddingBytes).get(root);
     }
-    return nullptr;
+    if (error) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("malformed JSON: ", simdjson::error_message(error)));
+    }
+    return root;
+  }
+
+ private:
+  static constexpr size_t kInitialCapacityBytes = 4096;
+
+  static dom::parser& ThreadParser() {
+    thread_local dom::parser parser;
+    return parser;
   }
 };
 
-std::string_view TypeName(const JsonValue& j) {
-  switch (j.kind) {
-    case JsonValue::Kind::kNull:
+std::string_view TypeName(dom::element j) {
+  switch (j.type()) {
+    case dom::element_type::NULL_VALUE:
       return "null";
-    case JsonValue::Kind::kBool:
+    case dom::element_type::BOOL:
       return "bool";
-    case JsonValue::Kind::kInt:
-    case JsonValue::Kind::kUint:
+    case dom::element_type::INT64:
+    case dom::element_type::UINT64:
       return "integer";
-    case JsonValue::Kind::kDouble:
+    case dom::element_type::DOUBLE:
       return "number";
-    case JsonValue::Kind::kString:
+    case dom::element_type::STRING:
       return "string";
-    case JsonValue::Kind::kArray:
+    case dom::element_type::ARRAY:
       return "array";
-    case JsonValue::Kind::kObject:
+    case dom::element_type::OBJECT:
       return "object";
   }
   return "value";
 }
 
-class JsonReader {
- public:
-  explicit JsonReader(std::string_view text)
-      : begin_(text.data()), p_(text.data()), end_(text.data() + text.size()) {}
-
-  // Parses one complete document (trailing whitespace only).
-  absl::Status ParseDocument(JsonValue* out) {
-    if (absl::Status s = ParseValue(out, 0); !s.ok()) return s;
-    SkipWhitespace();
-    if (p_ != end_) return Error("unexpected characters after the JSON value");
-    return absl::OkStatus();
-  }
-
- private:
-  static constexpr int kMaxDepth = 128;
-
-  absl::Status Error(std::string_view why) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat("malformed JSON at byte ", p_ - begin_, ": ", std::string(why)));
-  }
-
-  void SkipWhitespace() {
-    while (p_ != end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
-  }
-
-  bool ConsumeLiteral(std::string_view word) {
-    if (static_cast<size_t>(end_ - p_) < word.size() ||
-        std::memcmp(p_, word.data(), word.size()) != 0) {
-      return false;
-    }
-    p_ += word.size();
-    return true;
-  }
-
-  absl::Status ParseValue(JsonValue* out, int depth) {
-    SkipWhitespace();
-    if (p_ == end_) return Error("unexpected end of input, expected a value");
-    switch (*p_) {
-      case '{':
-        return ParseObject(out, depth);
-      case '[':
-        return ParseArray(out, depth);
-      case '"':
-        out->kind = JsonValue::Kind::kString;
-        return ParseString(&out->str);
-      case 't':
-        if (!ConsumeLiteral("true")) return Error("invalid literal");
-        out->kind = JsonValue::Kind::kBool;
-        out->b = true;
-        return absl::OkStatus();
-      case 'f':
-        if (!ConsumeLiteral("false")) return Error("invalid literal");
-        out->kind = JsonValue::Kind::kBool;
-        out->b = false;
-        return absl::OkStatus();
-      case 'n':
-        if (!ConsumeLiteral("null")) return Error("invalid literal");
-        out->kind = JsonValue::Kind::kNull;
-        return absl::OkStatus();
-      default:
-        return ParseNumber(out);
-    }
-  }
-
-  absl::Status ParseObject(JsonValue* out, int depth) {
-    if (depth >= kMaxDepth) return Error("nesting is too deep");
-    ++p_;  // '{'
-    out->kind = JsonValue::Kind::kObject;
-    SkipWhitespace();
-    if (p_ != end_ && *p_ == '}') {
-      ++p_;
-      return absl::OkStatus();
-    }
-    while (true) {
-      SkipWhitespace();
-      if (p_ == end_ || *p_ != '"') return Error("expected a string key");
-      out->keys.emplace_back();
-      if (absl::Status s = ParseString(&out->keys.back()); !s.ok()) return s;
-      SkipWhitespace();
-      if (p_ == end_ || *p_ != ':') return Error("expected ':' after an object key");
-      ++p_;
-      out->items.emplace_back();
-      if (absl::Status s = ParseValue(&out->items.back(), depth + 1); !s.ok()) return s;
-      SkipWhitespace();
-      if (p_ == end_) return Error("unexpected end of input in an object");
-      if (*p_ == ',') {
-        ++p_;
-        continue;
-      }
-      if (*p_ == '}') {
-        ++p_;
-        return absl::OkStatus();
-      }
-      return Error("expected ',' or '}' in an object");
-    }
-  }
-
-  absl::Status ParseArray(JsonValue* out, int depth) {
-    if (depth >= kMaxDepth) return Error("nesting is too deep");
-    ++p_;  // '['
-    out->kind = JsonValue::Kind::kArray;
-    SkipWhitespace();
-    if (p_ != end_ && *p_ == ']') {
-      ++p_;
-      return absl::OkStatus();
-    }
-    while (true) {
-      out->items.emplace_back();
-      if (absl::Status s = ParseValue(&out->items.back(), depth + 1); !s.ok()) return s;
-      SkipWhitespace();
-      if (p_ == end_) return Error("unexpected end of input in an array");
-      if (*p_ == ',') {
-        ++p_;
-        continue;
-      }
-      if (*p_ == ']') {
-        ++p_;
-        return absl::OkStatus();
-      }
-      return Error("expected ',' or ']' in an array");
-    }
-  }
-
-  static int HexValue(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  }
-
-  bool ReadHex4(uint32_t* out) {
-    if (end_ - p_ < 4) return false;
-    uint32_t v = 0;
-    for (int k = 0; k < 4; ++k) {
-      const int h = HexValue(p_[k]);
-      if (h < 0) return false;
-      v = (v << 4) | static_cast<uint32_t>(h);
-    }
-    p_ += 4;
-    *out = v;
-    return true;
-  }
-
-  static void AppendUtf8(std::string* out, uint32_t cp) {
-    if (cp < 0x80) {
-      out->push_back(static_cast<char>(cp));
-    } else if (cp < 0x800) {
-      out->push_back(static_cast<char>(0xc0 | (cp >> 6)));
-      out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-    } else if (cp < 0x10000) {
-      out->push_back(static_cast<char>(0xe0 | (cp >> 12)));
-      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
-      out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-    } else {
-      out->push_back(static_cast<char>(0xf0 | (cp >> 18)));
-      out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3f)));
-      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
-      out->push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-    }
-  }
-
-  absl::Status ParseString(std::string* out) {
-    ++p_;  // '"'
-    while (true) {
-      // Copy the run up to the next quote, backslash or control character in one go.
-      const char* run = p_;
-      while (p_ != end_ && *p_ != '"' && *p_ != '\\' && static_cast<unsigned char>(*p_) >= 0x20) {
-        ++p_;
-      }
-      out->append(run, p_ - run);
-      if (p_ == end_) return Error("unterminated string");
-      if (*p_ == '"') {
-        ++p_;
-        return absl::OkStatus();
-      }
-      if (*p_ != '\\') return Error("control character in a string must be escaped");
-      ++p_;
-      if (p_ == end_) return Error("unterminated string");
-      const char esc = *p_++;
-      switch (esc) {
-        case '"':
-        case '\\':
-        case '/':
-          out->push_back(esc);
-          break;
-        case 'b':
-          out->push_back('\b');
-          break;
-        case 'f':
-          out->push_back('\f');
-          break;
-        case 'n':
-          out->push_back('\n');
-          break;
-        case 'r':
-          out->push_back('\r');
-          break;
-        case 't':
-          out->push_back('\t');
-          break;
-        case 'u': {
-          uint32_t cp;
-          if (!ReadHex4(&cp)) return Error("invalid \\u escape");
-          if (cp >= 0xd800 && cp <= 0xdbff) {
-            uint32_t low;
-            if (end_ - p_ < 2 || p_[0] != '\\' || p_[1] != 'u') {
-              return Error("unpaired UTF-16 surrogate");
-            }
-            p_ += 2;
-            if (!ReadHex4(&low) || low < 0xdc00 || low > 0xdfff) {
-              return Error("unpaired UTF-16 surrogate");
-            }
-            cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
-          } else if (cp >= 0xdc00 && cp <= 0xdfff) {
-            return Error("unpaired UTF-16 surrogate");
-          }
-          AppendUtf8(out, cp);
-          break;
-        }
-        default:
-          --p_;
-          return Error("invalid escape in a string");
-      }
-    }
-  }
-
-  static bool IsDigit(char c) { return c >= '0' && c <= '9'; }
-
-  absl::Status ParseNumber(JsonValue* out) {
-    // JSON grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
-    const char* start = p_;
-    const char* q = p_;
-    if (q != end_ && *q == '-') ++q;
-    if (q == end_ || !IsDigit(*q)) return Error("invalid literal, expected a value");
-    if (*q == '0') {
-      ++q;
-    } else {
-      while (q != end_ && IsDigit(*q)) ++q;
-    }
-    bool is_float = false;
-    if (q != end_ && *q == '.') {
-      is_float = true;
-      ++q;
-      if (q == end_ || !IsDigit(*q)) {
-        p_ = q;
-        return Error("expected a digit after '.'");
-      }
-      while (q != end_ && IsDigit(*q)) ++q;
-    }
-    if (q != end_ && (*q == 'e' || *q == 'E')) {
-      is_float = true;
-      ++q;
-      if (q != end_ && (*q == '+' || *q == '-')) ++q;
-      if (q == end_ || !IsDigit(*q)) {
-        p_ = q;
-        return Error("expected a digit in the exponent");
-      }
-      while (q != end_ && IsDigit(*q)) ++q;
-    }
-    p_ = q;
-    if (!is_float) {
-      if (*start == '-') {
-        int64_t v;
-        if (std::from_chars(start, q, v).ec == std::errc()) {
-          out->kind = JsonValue::Kind::kInt;
-          out->i = v;
-          return absl::OkStatus();
-        }
-      } else {
-        uint64_t v;
-        if (std::from_chars(start, q, v).ec == std::errc()) {
-          out->kind = JsonValue::Kind::kUint;
-          out->u = v;
-          return absl::OkStatus();
-        }
-      }
-      // Integers beyond 64 bits fall through to double, as other JSON parsers do.
-    }
-    double v;
-    const auto res = std::from_chars(start, q, v);
-    if (res.ec == std::errc::result_out_of_range) {
-      v = (*start == '-') ? -std::numeric_limits<double>::infinity()
-                          : std::numeric_limits<double>::infinity();
-    } else if (res.ec != std::errc()) {
-      return Error("invalid number");
-    }
-    out->kind = JsonValue::Kind::kDouble;
-    out->d = v;
-    return absl::OkStatus();
-  }
-
-  const char* begin_;
-  const char* p_;
-  const char* end_;
-};
+// The first member named `key`; later duplicates are ignored (RFC 8259 leaves them to the reader).
+std::optional<dom::element> Find(dom::object object, std::string_view key) {
+  dom::element value;
+  if (object.at_key(key).get(value)) return std::nullopt;
+  return value;
+}
 
 absl::Status Invalid(std::string_view what, std::string_view message) {
   return absl::InvalidArgumentError(absl::StrCat(std::string(what), ": ", std::string(message)));
 }
 
-absl::StatusOr<JsonValue> ParseJson(std::string_view text) {
-  JsonValue root;
-  if (absl::Status s = JsonReader(text).ParseDocument(&root); !s.ok()) return s;
-  return root;
-}
-
-absl::StatusOr<ParameterValue> ParseParameterValue(const JsonValue& j, std::string_view what) {
-  switch (j.kind) {
-    case JsonValue::Kind::kBool:
-      return ParameterValue(j.b);
-    case JsonValue::Kind::kInt:
-      return ParameterValue(j.i);
-    case JsonValue::Kind::kUint:
-      if (j.u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-        return Invalid(what, absl::StrCat("value ", j.u, " does not fit an int64"));
-      }
-      return ParameterValue(static_cast<int64_t>(j.u));
-    case JsonValue::Kind::kDouble:
-      return ParameterValue(j.d);
-    case JsonValue::Kind::kString:
-      return ParameterValue(j.str);
+absl::StatusOr<ParameterValue> ParseParameterValue(dom::element j, std::string_view what) {
+  switch (j.type()) {
+    case dom::element_type::BOOL:
+      return ParameterValue(j.get_bool().value_unsafe());
+    case dom::element_type::INT64:
+      return ParameterValue(j.get_int64().value_unsafe());
+    case dom::element_type::UINT64:  // only values above INT64_MAX are UINT64
+      return Invalid(
+          what, absl::StrCat("value ", j.get_uint64().value_unsafe(), " does not fit an int64"));
+    case dom::element_type::DOUBLE:
+      return ParameterValue(j.get_double().value_unsafe());
+    case dom::element_type::STRING:
+      return ParameterValue(std::string(j.get_string().value_unsafe()));
     default:
       return Invalid(
           what, absl::StrCat("must be a bool, number or string, got ", std::string(TypeName(j))));
   }
 }
 
-absl::StatusOr<Parameters> ParseParameters(const JsonValue& j, std::string_view what) {
-  Parameters params;
-  if (!j.is_object()) {
+absl::StatusOr<Parameters> ParseParameters(dom::element j, std::string_view what) {
+  dom::object object;
+  if (j.get(object)) {
     return Invalid(what,
                    absl::StrCat("parameters must be an object, got ", std::string(TypeName(j))));
   }
-  for (size_t k = 0; k < j.keys.size(); ++k) {
-    auto v = ParseParameterValue(j.items[k],
-                                 absl::StrCat(std::string(what), ": parameter '", j.keys[k], "'"));
+  Parameters params;
+  for (const dom::key_value_pair field : object) {
+    auto v = ParseParameterValue(
+        field.value, absl::StrCat(std::string(what), ": parameter '", std::string(field.key), "'"));
     if (!v.ok()) return v.status();
-    params.emplace(j.keys[k], *std::move(v));
+    params.emplace(std::string(field.key), *std::move(v));
   }
   return params;
 }
-
 absl::StatusOr<int64_t> NonNegativeInt(const Parameters& params, const std::string& key,
                                        std::string_view what) {
   auto it = params.find(key);
@@ -650,39 +419,36 @@ absl::StatusOr<int64_t> NonNegativeInt(const Parameters& params, const std::stri
   return *v;
 }
 
+absl::Status OutOfRange(std::string_view input, int64_t index, std::string_view value,
+                        DataType dtype) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("input '", std::string(input), "': element ", index, " (", std::string(value),
+                   ") is out of range for ", std::string(DataTypeName(dtype))));
+}
+
 // Converts one JSON scalar to the tensor's datatype and appends it. Errors name the input and the
 // element index.
 template <typename T>
-absl::Status AppendInteger(const JsonValue& j, std::string* data, std::string_view input,
+absl::Status AppendInteger(dom::element j, std::string* data, std::string_view input,
                            DataType dtype, int64_t index) {
   T value;
-  if (j.kind == JsonValue::Kind::kUint) {
-    const uint64_t u = j.u;
+  if (j.type() == dom::element_type::UINT64) {  // above INT64_MAX
+    const uint64_t u = j.get_uint64().value_unsafe();
     if (u > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
-      return absl::InvalidArgumentError(absl::StrCat("input '", std::string(input), "': element ",
-                                                     index, " (", u, ") is out of range for ",
-                                                     std::string(DataTypeName(dtype))));
+      return OutOfRange(input, index, absl::StrCat(u), dtype);
     }
     value = static_cast<T>(u);
-  } else if (j.kind == JsonValue::Kind::kInt) {
-    const int64_t s = j.i;
+  } else if (j.type() == dom::element_type::INT64) {
+    const int64_t s = j.get_int64().value_unsafe();
     if constexpr (std::is_unsigned_v<T>) {
-      if (s < 0) {
-        return absl::InvalidArgumentError(absl::StrCat("input '", std::string(input), "': element ",
-                                                       index, " (", s, ") is out of range for ",
-                                                       std::string(DataTypeName(dtype))));
-      }
-      if (static_cast<uint64_t>(s) > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
-        return absl::InvalidArgumentError(absl::StrCat("input '", std::string(input), "': element ",
-                                                       index, " (", s, ") is out of range for ",
-                                                       std::string(DataTypeName(dtype))));
+      if (s < 0 ||
+          static_cast<uint64_t>(s) > static_cast<uint64_t>(std::numeric_limits<T>::max())) {
+        return OutOfRange(input, index, absl::StrCat(s), dtype);
       }
     } else {
       if (s < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
           s > static_cast<int64_t>(std::numeric_limits<T>::max())) {
-        return absl::InvalidArgumentError(absl::StrCat("input '", std::string(input), "': element ",
-                                                       index, " (", s, ") is out of range for ",
-                                                       std::string(DataTypeName(dtype))));
+        return OutOfRange(input, index, absl::StrCat(s), dtype);
       }
     }
     value = static_cast<T>(s);
@@ -696,18 +462,17 @@ absl::Status AppendInteger(const JsonValue& j, std::string* data, std::string_vi
 }
 
 template <typename T>
-absl::Status AppendFloat(const JsonValue& j, std::string* data, std::string_view input,
-                         DataType dtype, int64_t index) {
-  if (!j.is_number()) {
+absl::Status AppendFloat(dom::element j, std::string* data, std::string_view input, DataType dtype,
+                         int64_t index) {
+  double d;  // integers convert too
+  if (j.get(d)) {
     return absl::InvalidArgumentError(
         absl::StrCat("input '", std::string(input), "': element ", index, " must be a number for ",
                      std::string(DataTypeName(dtype)), ", got ", std::string(TypeName(j))));
   }
-  const double d = j.as_double();
   if constexpr (std::is_same_v<T, float>) {
-    if (std::isfinite(d) && std::fabs(d) > std::numeric_limits<float>::max()) {
-      return absl::InvalidArgumentError(absl::StrCat("input '", std::string(input), "': element ",
-                                                     index, " (", d, ") is out of range for FP32"));
+    if (std::fabs(d) > std::numeric_limits<float>::max()) {
+      return OutOfRange(input, index, absl::StrCat(d), dtype);
     }
   }
   const T value = static_cast<T>(d);
@@ -715,16 +480,18 @@ absl::Status AppendFloat(const JsonValue& j, std::string* data, std::string_view
   return absl::OkStatus();
 }
 
-absl::Status AppendScalar(JsonValue& j, Tensor* t, int64_t index) {
+absl::Status AppendScalar(dom::element j, Tensor* t, int64_t index) {
   switch (t->dtype) {
-    case DataType::kBool:
-      if (!j.is_bool()) {
+    case DataType::kBool: {
+      bool b;
+      if (j.get(b)) {
         return absl::InvalidArgumentError(absl::StrCat("input '", t->name, "': element ", index,
                                                        " must be a JSON bool for BOOL, got ",
                                                        std::string(TypeName(j))));
       }
-      t->data.push_back(j.b ? 1 : 0);
+      t->data.push_back(b ? 1 : 0);
       return absl::OkStatus();
+    }
     case DataType::kUint8:
       return AppendInteger<uint8_t>(j, &t->data, t->name, t->dtype, index);
     case DataType::kUint16:
@@ -745,15 +512,16 @@ absl::Status AppendScalar(JsonValue& j, Tensor* t, int64_t index) {
       return AppendFloat<float>(j, &t->data, t->name, t->dtype, index);
     case DataType::kFp64:
       return AppendFloat<double>(j, &t->data, t->name, t->dtype, index);
-    case DataType::kBytes:
-      if (!j.is_string()) {
+    case DataType::kBytes: {
+      std::string_view s;
+      if (j.get(s)) {
         return absl::InvalidArgumentError(absl::StrCat("input '", t->name, "': element ", index,
                                                        " must be a string for BYTES, got ",
                                                        std::string(TypeName(j))));
       }
-      // The DOM is ours and thrown away afterwards: move the string instead of copying it.
-      t->bytes.push_back(std::move(j.str));
+      t->bytes.emplace_back(s);
       return absl::OkStatus();
+    }
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("input '", t->name, "': ", std::string(DataTypeName(t->dtype)),
@@ -762,9 +530,9 @@ absl::Status AppendScalar(JsonValue& j, Tensor* t, int64_t index) {
 }
 
 // Flattens (possibly nested) JSON data into `t`, counting elements in `*count`.
-absl::Status AppendData(JsonValue& j, Tensor* t, int64_t* count, int64_t limit) {
-  if (j.is_array()) {
-    for (JsonValue& e : j.items) {
+absl::Status AppendData(dom::element j, Tensor* t, int64_t* count, int64_t limit) {
+  if (dom::array items; !j.get(items)) {
+    for (dom::element e : items) {
       if (absl::Status s = AppendData(e, t, count, limit); !s.ok()) return s;
     }
     return absl::OkStatus();
@@ -779,21 +547,23 @@ absl::Status AppendData(JsonValue& j, Tensor* t, int64_t* count, int64_t limit) 
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<int64_t>> ParseShape(const JsonValue& j, std::string_view input) {
-  if (!j.is_array()) {
+absl::StatusOr<std::vector<int64_t>> ParseShape(dom::element j, std::string_view input) {
+  dom::array dims;
+  if (j.get(dims)) {
     return absl::InvalidArgumentError(
         absl::StrCat("input '", std::string(input), "': 'shape' must be an array of integers"));
   }
   std::vector<int64_t> shape;
-  shape.reserve(j.items.size());
-  for (const JsonValue& d : j.items) {
-    if (d.kind != JsonValue::Kind::kUint ||
-        d.u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+  shape.reserve(dims.size());
+  for (dom::element d : dims) {
+    int64_t dim;
+    const bool is_int64 = !d.get(dim);
+    if (!is_int64 || dim < 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "input '", std::string(input), "': 'shape' must hold non-negative integers, got ",
-          d.kind == JsonValue::Kind::kInt ? std::to_string(d.i) : std::string(TypeName(d))));
+          is_int64 ? std::to_string(dim) : std::string(TypeName(d))));
     }
-    shape.push_back(static_cast<int64_t>(d.u));
+    shape.push_back(dim);
   }
   if (ElementCount(shape) < 0) {
     return absl::InvalidArgumentError(absl::StrCat("input '", std::string(input), "': shape ",
@@ -801,7 +571,6 @@ absl::StatusOr<std::vector<int64_t>> ParseShape(const JsonValue& j, std::string_
   }
   return shape;
 }
-
 // Resolves a model input's declared shape (dims of -1 variable) for `count` elements. At most one
 // variable dim can be inferred.
 absl::StatusOr<std::vector<int64_t>> ResolveShape(const kernels::TensorSpec& spec, int64_t count) {
@@ -871,36 +640,37 @@ absl::StatusOr<InferenceRequest> ParseRawBody(std::string_view body, const std::
   return request;
 }
 
-absl::Status ParseInput(JsonValue& j, std::string_view binary, size_t* binary_offset,
+absl::Status ParseInput(dom::element j, std::string_view binary, size_t* binary_offset,
                         bool has_header, Tensor* t) {
-  if (!j.is_object()) {
+  dom::object input;
+  if (j.get(input)) {
     return absl::InvalidArgumentError(
         absl::StrCat("each entry of 'inputs' must be an object, got ", std::string(TypeName(j))));
   }
-  JsonValue* name = j.Find("name");
-  if (name == nullptr || !name->is_string()) {
+  std::string_view name;
+  if (auto field = Find(input, "name"); !field || field->get(name)) {
     return absl::InvalidArgumentError("an input has no 'name' string");
   }
-  t->name = std::move(name->str);
+  t->name = std::string(name);
   const std::string what = absl::StrCat("input '", t->name, "'");
 
-  const JsonValue* datatype = j.Find("datatype");
-  if (datatype == nullptr || !datatype->is_string()) {
+  std::string_view datatype;
+  if (auto field = Find(input, "datatype"); !field || field->get(datatype)) {
     return Invalid(what, "'datatype' is missing or not a string");
   }
-  t->dtype = DataTypeFromName(datatype->str);
+  t->dtype = DataTypeFromName(datatype);
   if (t->dtype == DataType::kInvalid) {
-    return Invalid(what, absl::StrCat("unknown datatype '", datatype->str, "'"));
+    return Invalid(what, absl::StrCat("unknown datatype '", std::string(datatype), "'"));
   }
-  const JsonValue* shape_it = j.Find("shape");
-  if (shape_it == nullptr) return Invalid(what, "'shape' is missing");
-  auto shape = ParseShape(*shape_it, t->name);
+  const std::optional<dom::element> shape_field = Find(input, "shape");
+  if (!shape_field) return Invalid(what, "'shape' is missing");
+  auto shape = ParseShape(*shape_field, t->name);
   if (!shape.ok()) return shape.status();
   t->shape = *std::move(shape);
   const int64_t count = ElementCount(t->shape);
 
   int64_t binary_size = -1;
-  if (const JsonValue* params = j.Find("parameters"); params != nullptr) {
+  if (const std::optional<dom::element> params = Find(input, "parameters")) {
     auto parsed = ParseParameters(*params, what);
     if (!parsed.ok()) return parsed.status();
     if (parsed->count("binary_data_size") > 0) {
@@ -910,14 +680,14 @@ absl::Status ParseInput(JsonValue& j, std::string_view binary, size_t* binary_of
     }
   }
 
-  JsonValue* data = j.Find("data");
+  const std::optional<dom::element> data = Find(input, "data");
   if (binary_size >= 0) {
     if (!has_header) {
       return Invalid(what,
                      "parameters.binary_data_size needs the Inference-Header-Content-Length "
                      "header");
     }
-    if (data != nullptr) return Invalid(what, "has both 'data' and binary_data_size");
+    if (data) return Invalid(what, "has both 'data' and binary_data_size");
     if (binary.size() - *binary_offset < static_cast<uint64_t>(binary_size)) {
       return Invalid(what,
                      absl::StrCat("binary_data_size ", binary_size, " but only ",
@@ -941,7 +711,7 @@ absl::Status ParseInput(JsonValue& j, std::string_view binary, size_t* binary_of
     return absl::OkStatus();
   }
 
-  if (data == nullptr) return Invalid(what, "has neither 'data' nor parameters.binary_data_size");
+  if (!data) return Invalid(what, "has neither 'data' nor parameters.binary_data_size");
   if (t->dtype == DataType::kBytes) {
     t->bytes.reserve(count);
   } else {
@@ -956,17 +726,18 @@ absl::Status ParseInput(JsonValue& j, std::string_view binary, size_t* binary_of
   return absl::OkStatus();
 }
 
-absl::Status ParseRequestedOutput(JsonValue& j, RequestedOutput* out) {
-  if (!j.is_object()) {
+absl::Status ParseRequestedOutput(dom::element j, RequestedOutput* out) {
+  dom::object output;
+  if (j.get(output)) {
     return absl::InvalidArgumentError(
         absl::StrCat("each entry of 'outputs' must be an object, got ", std::string(TypeName(j))));
   }
-  JsonValue* name = j.Find("name");
-  if (name == nullptr || !name->is_string()) {
+  std::string_view name;
+  if (auto field = Find(output, "name"); !field || field->get(name)) {
     return absl::InvalidArgumentError("a requested output has no 'name' string");
   }
-  out->name = std::move(name->str);
-  if (const JsonValue* params = j.Find("parameters"); params != nullptr) {
+  out->name = std::string(name);
+  if (const std::optional<dom::element> params = Find(output, "parameters")) {
     const std::string what = absl::StrCat("output '", out->name, "'");
     auto parsed = ParseParameters(*params, what);
     if (!parsed.ok()) return parsed.status();
@@ -979,7 +750,6 @@ absl::Status ParseRequestedOutput(JsonValue& j, RequestedOutput* out) {
   }
   return absl::OkStatus();
 }
-
 // Whether `output` goes to the binary part of the response.
 bool WantsBinary(const std::string& output, const InferenceRequest& request) {
   for (const RequestedOutput& r : request.outputs) {
@@ -993,39 +763,41 @@ bool WantsBinary(const std::string& output, const InferenceRequest& request) {
 // ---- Clipper ----
 
 // Shape of a Clipper query value, from the first element at each nesting level.
-void InferShape(const JsonValue& j, std::vector<int64_t>* dims) {
-  const JsonValue* cur = &j;
-  while (cur->is_array()) {
-    dims->push_back(static_cast<int64_t>(cur->items.size()));
-    if (cur->items.empty()) break;
-    cur = &cur->items[0];
+void InferShape(dom::element j, std::vector<int64_t>* dims) {
+  dom::array items;
+  while (!j.get(items)) {
+    dims->push_back(static_cast<int64_t>(items.size()));
+    if (items.begin() == items.end()) break;
+    j = *items.begin();
   }
 }
 
 // Appends the elements of a query whose shape is `dims`, rejecting ragged arrays.
-absl::Status AppendRow(JsonValue& j, const int64_t* dims, size_t rank, Tensor* t, int64_t* count,
+absl::Status AppendRow(dom::element j, const int64_t* dims, size_t rank, Tensor* t, int64_t* count,
                        std::string_view what) {
+  dom::array items;
+  const bool is_array = !j.get(items);
   if (rank == 0) {
-    if (j.is_array()) return Invalid(what, "is a ragged array (rows of different lengths)");
+    if (is_array) return Invalid(what, "is a ragged array (rows of different lengths)");
     if (absl::Status s = AppendScalar(j, t, *count); !s.ok()) return s;
     ++*count;
     return absl::OkStatus();
   }
-  if (!j.is_array() || static_cast<int64_t>(j.items.size()) != dims[0]) {
+  if (!is_array || static_cast<int64_t>(items.size()) != dims[0]) {
     return Invalid(what, "is a ragged array (rows of different lengths)");
   }
-  for (JsonValue& e : j.items) {
+  for (dom::element e : items) {
     if (absl::Status s = AppendRow(e, dims + 1, rank - 1, t, count, what); !s.ok()) return s;
   }
   return absl::OkStatus();
 }
-
 }  // namespace
 
 absl::StatusOr<InferenceRequest> ParseInferRequest(std::string_view body, int64_t header_length,
                                                    const std::string& model_name,
                                                    const std::string& model_version,
-                                                   const ModelMetadata& metadata) {
+                                                   const ModelMetadata& metadata,
+                                                   size_t readable_past_end) {
   if (header_length == 0) {
     auto request = ParseRawBody(body, model_name, metadata);
     if (request.ok()) {
@@ -1046,22 +818,24 @@ absl::StatusOr<InferenceRequest> ParseInferRequest(std::string_view body, int64_
     json_text = body.substr(0, header_length);
     binary = body.substr(header_length);
   }
-  auto parsed = ParseJson(json_text);
+  JsonDocument document;
+  auto parsed = document.Parse(json_text, binary.size() + readable_past_end);
   if (!parsed.ok()) return parsed.status();
-  JsonValue& root = *parsed;
-  if (!root.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the request body must be a JSON object, got ", std::string(TypeName(root))));
+  dom::object root;
+  if (parsed->get(root)) {
+    return absl::InvalidArgumentError(absl::StrCat("the request body must be a JSON object, got ",
+                                                   std::string(TypeName(*parsed))));
   }
 
   InferenceRequest request;
   request.model_name = model_name;
   request.model_version = model_version;
-  if (JsonValue* id = root.Find("id"); id != nullptr) {
-    if (!id->is_string()) return absl::InvalidArgumentError("'id' must be a string");
-    request.id = std::move(id->str);
+  if (const std::optional<dom::element> id = Find(root, "id")) {
+    std::string_view text;
+    if (id->get(text)) return absl::InvalidArgumentError("'id' must be a string");
+    request.id = std::string(text);
   }
-  if (const JsonValue* params = root.Find("parameters"); params != nullptr) {
+  if (const std::optional<dom::element> params = Find(root, "parameters")) {
     auto p = ParseParameters(*params, "request");
     if (!p.ok()) return p.status();
     request.parameters = *std::move(p);
@@ -1080,15 +854,16 @@ absl::StatusOr<InferenceRequest> ParseInferRequest(std::string_view body, int64_
     }
   }
 
-  JsonValue* inputs = root.Find("inputs");
-  if (inputs == nullptr || !inputs->is_array()) {
+  dom::array inputs;
+  if (auto field = Find(root, "inputs"); !field || field->get(inputs)) {
     return absl::InvalidArgumentError("the request has no 'inputs' array");
   }
-  request.inputs.resize(inputs->items.size());
+  request.inputs.resize(inputs.size());
   size_t binary_offset = 0;
-  for (size_t i = 0; i < inputs->items.size(); ++i) {
+  size_t i = 0;
+  for (dom::element input : inputs) {
     if (absl::Status s =
-            ParseInput(inputs->items[i], binary, &binary_offset, has_header, &request.inputs[i]);
+            ParseInput(input, binary, &binary_offset, has_header, &request.inputs[i++]);
         !s.ok()) {
       return s;
     }
@@ -1099,13 +874,13 @@ absl::StatusOr<InferenceRequest> ParseInferRequest(std::string_view body, int64_
                                                    "binary_data_size add up to ", binary_offset));
   }
 
-  if (JsonValue* outputs = root.Find("outputs"); outputs != nullptr) {
-    if (!outputs->is_array()) return absl::InvalidArgumentError("'outputs' must be an array");
-    request.outputs.resize(outputs->items.size());
-    for (size_t i = 0; i < outputs->items.size(); ++i) {
-      if (absl::Status s = ParseRequestedOutput(outputs->items[i], &request.outputs[i]); !s.ok()) {
-        return s;
-      }
+  if (const std::optional<dom::element> field = Find(root, "outputs")) {
+    dom::array outputs;
+    if (field->get(outputs)) return absl::InvalidArgumentError("'outputs' must be an array");
+    request.outputs.resize(outputs.size());
+    size_t o = 0;
+    for (dom::element output : outputs) {
+      if (absl::Status s = ParseRequestedOutput(output, &request.outputs[o++]); !s.ok()) return s;
     }
   }
   return request;
@@ -1235,41 +1010,44 @@ std::string EncodeError(std::string_view message) {
 }
 
 absl::StatusOr<ClipperQuery> ParseClipperPredict(std::string_view body,
-                                                 const ModelMetadata& metadata) {
+                                                 const ModelMetadata& metadata,
+                                                 size_t readable_past_end) {
   if (metadata.inputs.size() != 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("predict needs a model with exactly one input; '", metadata.name, "' has ",
                      metadata.inputs.size()));
   }
   const kernels::TensorSpec& spec = metadata.inputs[0];
-  auto parsed = ParseJson(body);
+  JsonDocument document;
+  auto parsed = document.Parse(body, readable_past_end);
   if (!parsed.ok()) return parsed.status();
-  JsonValue& root = *parsed;
-  if (!root.is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the request body must be a JSON object, got ", std::string(TypeName(root))));
+  dom::object root;
+  if (parsed->get(root)) {
+    return absl::InvalidArgumentError(absl::StrCat("the request body must be a JSON object, got ",
+                                                   std::string(TypeName(*parsed))));
   }
-  JsonValue* single = root.Find("input");
-  JsonValue* batch = root.Find("input_batch");
-  if ((single == nullptr) == (batch == nullptr)) {
+  const std::optional<dom::element> single = Find(root, "input");
+  const std::optional<dom::element> batch = Find(root, "input_batch");
+  if (single.has_value() == batch.has_value()) {
     return absl::InvalidArgumentError("the body needs exactly one of 'input' or 'input_batch'");
   }
 
   ClipperQuery query;
   query.batched = metadata.batched;
-  query.is_batch = batch != nullptr;
-  std::vector<JsonValue*> rows;
+  query.is_batch = batch.has_value();
+  std::vector<dom::element> rows;
   if (query.is_batch) {
     if (!metadata.batched) {
       return absl::InvalidArgumentError(absl::StrCat("'input_batch' needs a batched model; '",
                                                      metadata.name, "' takes one 'input'"));
     }
-    if (!batch->is_array() || batch->items.empty()) {
+    dom::array queries;
+    if (batch->get(queries) || queries.begin() == queries.end()) {
       return absl::InvalidArgumentError("'input_batch' must be a non-empty array of queries");
     }
-    for (JsonValue& q : batch->items) rows.push_back(&q);
+    for (dom::element q : queries) rows.push_back(q);
   } else {
-    rows.push_back(&*single);
+    rows.push_back(*single);
   }
   query.rows = static_cast<int64_t>(rows.size());
 
@@ -1285,7 +1063,7 @@ absl::StatusOr<ClipperQuery> ParseClipperPredict(std::string_view body,
   for (size_t r = 0; r < rows.size(); ++r) {
     const std::string what = query.is_batch ? absl::StrCat("input_batch[", r, "]") : "input";
     std::vector<int64_t> dims;
-    InferShape(*rows[r], &dims);
+    InferShape(rows[r], &dims);
     bool fits = dims.size() == row_spec.size();
     for (size_t d = 0; fits && d < dims.size(); ++d) {
       fits = row_spec[d] < 0 || row_spec[d] == dims[d];
@@ -1308,7 +1086,7 @@ absl::StatusOr<ClipperQuery> ParseClipperPredict(std::string_view body,
                      absl::StrCat("has shape ", ShapeToString(dims), " but the first query has ",
                                   ShapeToString(row_dims), "; a batch needs equal shapes"));
     }
-    if (absl::Status s = AppendRow(*rows[r], dims.data(), dims.size(), &t, &count, what); !s.ok()) {
+    if (absl::Status s = AppendRow(rows[r], dims.data(), dims.size(), &t, &count, what); !s.ok()) {
       return s;
     }
   }
@@ -1333,7 +1111,7 @@ std::string EncodeClipperResponse(const InferenceResponse& response, const Clipp
         it == response.parameters.end() ? nullptr : std::get_if<std::string>(&it->second);
     if (text == nullptr) {
       default_value = "null";
-    } else if (ParseJson(*text).ok()) {
+    } else if (JsonDocument().Parse(*text, 0).ok()) {
       default_value = *text;
     } else {
       AppendString(&default_value, *text);  // not JSON: send it as a string

@@ -5,6 +5,7 @@
 #ifndef FERRY_NODE_AGENT_KSERVE_JSON_H_
 #define FERRY_NODE_AGENT_KSERVE_JSON_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -20,6 +21,11 @@ inline constexpr std::string_view kBinaryTensorDataExtension = "binary_tensor_da
 // HTTP header that carries the JSON part's length when a body has a binary part.
 inline constexpr std::string_view kInferenceHeaderContentLength = "Inference-Header-Content-Length";
 
+// The JSON reader reads up to this many bytes past the end of a JSON text. A caller whose buffer
+// has at least this many allocated bytes after the body (e.g. spare std::string capacity) says so
+// through `readable_past_end`, and the body is parsed in place; otherwise it is copied first.
+inline constexpr size_t kJsonPaddingBytes = 64;
+
 // A response body and, when it carries a binary part, the length of its leading JSON part
 // (the value of Inference-Header-Content-Length); -1 when the body is JSON only.
 struct EncodedBody {
@@ -34,12 +40,14 @@ struct EncodedBody {
 //   model_name / model_version: from the URL; they fill the request's fields.
 //   metadata: the target model; used only to give a headerless binary body its name, datatype
 //     and shape. Full validation against the signature is the serving core's job.
+//   readable_past_end: allocated bytes that follow `body` in memory (see kJsonPaddingBytes).
 // Reserved parameters "priority", "timeout" (µs) and "binary_data_output" fill the request's
 // scheduling fields (and stay in `parameters`). arrival_us is left 0.
 absl::StatusOr<InferenceRequest> ParseInferRequest(std::string_view body, int64_t header_length,
                                                    const std::string& model_name,
                                                    const std::string& model_version,
-                                                   const ModelMetadata& metadata);
+                                                   const ModelMetadata& metadata,
+                                                   size_t readable_past_end = 0);
 
 // Encodes a response. An output goes to the binary part when its requested output says
 // binary_data: true, or when the request asked binary_data_output: true and the requested output
@@ -66,8 +74,10 @@ struct ClipperQuery {
 // input. With a batched model X is one row of that input: a string for a BYTES input whose row
 // shape is [], a (nested) array of strings or numbers otherwise; the rows are stacked along the
 // leading dim. With an unbatched model X is the whole input and input_batch is refused.
+// `readable_past_end` as for ParseInferRequest.
 absl::StatusOr<ClipperQuery> ParseClipperPredict(std::string_view body,
-                                                 const ModelMetadata& metadata);
+                                                 const ModelMetadata& metadata,
+                                                 size_t readable_past_end = 0);
 
 // Encodes the Clipper answer: `{"query_id": N, "output": V, "default": false}` for one query,
 // `{"batch_predictions": [{"query_id": N + i, "output": V_i, "default": ...}, ...]}` for a batch.

@@ -1,7 +1,9 @@
 #include "node-agent/kserve_json.h"
 
+#include <atomic>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -166,7 +168,7 @@ TEST(ParseInferRequestTest, RejectsValuesOutOfRangeOrOfTheWrongKind) {
 TEST(ParseInferRequestTest, RejectsMalformedDocuments) {
   auto r = Parse(R"({"inputs": [ {"name": )");
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr("malformed JSON at byte"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("malformed JSON: "));
 
   r = Parse(R"([1,2])");
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("must be a JSON object"));
@@ -187,31 +189,38 @@ TEST(ParseInferRequestTest, ReadsEscapesNumbersAndWhitespace) {
       " \n{ \"inputs\" : [ {\"name\":\"s\",\"shape\":[4],\"datatype\":\"BYTES\",\"data\":"
       "[\"tab\\there\", \"\\u00e9\\u4e2d\", \"\\ud83d\\ude00\", \"q\\\"\\\\\\/\"]},"
       "{\"name\":\"f\",\"shape\":[4],\"datatype\":\"FP64\",\"data\":[-0.5e2, 1E-3, 0, "
-      "18446744073709551616]} ] }\t");
+      "1.8446744073709552e19]} ] }\t");
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_THAT(r->inputs[0].bytes,
               ElementsAre("tab\there", "\xc3\xa9\xe4\xb8\xad", "\xf0\x9f\x98\x80", "q\"\\/"));
   EXPECT_THAT(Values<double>(r->inputs[1]), ElementsAre(-50.0, 0.001, 0.0, 18446744073709551616.0));
 }
 
-TEST(ParseInferRequestTest, MalformedJsonNamesTheByte) {
+TEST(ParseInferRequestTest, MalformedJsonNamesTheProblem) {
   struct Case {
     std::string body;
     std::string expected;
   };
   const std::vector<Case> cases = {
-      {R"({"inputs": [1,]})", "malformed JSON at byte 14: invalid literal"},
-      {R"({"inputs": []} x)", "malformed JSON at byte 15: unexpected characters"},
-      {R"({"inputs": [01]})", "malformed JSON at byte 13"},
-      {R"({"inputs": [1.]})", "expected a digit"},
-      {R"({"inputs": ["\x"]})", "invalid escape"},
-      {R"({"inputs": ["\ud800"]})", "surrogate"},
-      {"{\"inputs\": [\"a\nb\"]}", "control character"},
-      {R"({"inputs": [tru]})", "invalid literal"},
-      {R"({inputs: []})", "expected a string key"},
-      {R"({"inputs": ["abc)", "unterminated string"},
-      {"", "unexpected end of input"},
-      {std::string(1000, '[') + std::string(1000, ']'), "nesting is too deep"},
+      {R"({"inputs": [1,]})", "malformed JSON: The JSON document has an improper structure"},
+      {R"({"inputs": []} x)", "improper structure"},
+      {R"({inputs: []})", "improper structure"},
+      {R"({"inputs": [01]})", "malformed JSON: Problem while parsing a number"},
+      {R"({"inputs": [1.]})", "parsing a number"},
+      // Beyond what a double or a 64-bit integer holds.
+      {R"({"inputs": [1e400]})", "parsing a number"},
+      {R"({"inputs": [18446744073709551616]})", "parsing a number"},
+      {R"({"inputs": ["\x"]})", "parsing a string"},
+      {R"({"inputs": ["\ud800"]})", "parsing a string"},  // unpaired surrogates
+      {R"({"inputs": ["\udc00"]})", "parsing a string"},
+      {"{\"inputs\": [\"a\nb\"]}", "must be escaped"},
+      {"{\"inputs\": [\"\xff\"]}", "not valid UTF-8"},
+      {"{\"inputs\": [\"\xe0\x80\x80\"]}", "not valid UTF-8"},  // overlong
+      {R"({"inputs": [tru]})", "atom starting with the letter 't'"},
+      {R"({"inputs": ["abc)", "never closed"},
+      {"", "no JSON found"},
+      {" \n", "no JSON found"},
+      {std::string(1000, '[') + std::string(1000, ']'), "too deep"},
   };
   for (const Case& c : cases) {
     auto r = Parse(c.body);
@@ -219,6 +228,80 @@ TEST(ParseInferRequestTest, MalformedJsonNamesTheByte) {
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.expected)) << c.body;
   }
+  // The depth limit leaves room for any real body.
+  auto r = Parse(std::string(100, '[') + std::string(100, ']'));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("must be a JSON object, got array"));
+}
+
+TEST(ParseInferRequestTest, FirstOfDuplicateKeysWins) {
+  auto r = Parse(R"({"id": "a", "inputs": [], "id": "b", "parameters": {"p": 1, "p": 2},
+                    "inputs": [{"name": "x"}]})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->id, "a");
+  EXPECT_TRUE(r->inputs.empty());
+  EXPECT_EQ(std::get<int64_t>(r->parameters.at("p")), 1);
+}
+
+TEST(ParseInferRequestTest, LargeBodiesAndThreads) {
+  // Bodies of several MiB (the reader gives their buffers back afterwards) and small ones
+  // alternate; limits stay in force throughout.
+  auto body = [](int n, const std::string& word) {
+    std::string s =
+        absl::StrCat(R"({"inputs":[{"name":"s","shape":[)", n, R"(],"datatype":"BYTES","data":[)");
+    for (int i = 0; i < n; ++i) absl::StrAppend(&s, i > 0 ? "," : "", "\"", word, i, "\"");
+    return s + "]}]}";
+  };
+  const std::string deep = std::string(1000, '[') + std::string(1000, ']');
+  for (int round = 0; round < 2; ++round) {
+    auto r = Parse(body(200000, "word"));
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->inputs[0].bytes.size(), 200000u);
+    EXPECT_EQ(r->inputs[0].bytes[199999], "word199999");
+    EXPECT_THAT(std::string(Parse(deep).status().message()), HasSubstr("too deep"));
+    r = Parse(body(2, "w"));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_THAT(r->inputs[0].bytes, ElementsAre("w0", "w1"));
+  }
+  // Each thread parses with a parser of its own.
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i) {
+        const std::string word = absl::StrCat("t", t, "_");
+        auto r = Parse(body(1 + i % 7, word));
+        if (!r.ok() || r->inputs[0].bytes.back() != absl::StrCat(word, i % 7)) ++failures;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+TEST(ParseInferRequestTest, ParsesInPlaceWhateverFollowsTheBody) {
+  // With readable_past_end >= kJsonPaddingBytes the reader works on the caller's buffer; the
+  // bytes after the body may be read but are never taken as JSON.
+  const std::string json =
+      R"({"inputs":[{"name":"x","shape":[3],"datatype":"INT32","data":[1,2,3]}]})";
+  for (const std::string& tail :
+       {std::string(kJsonPaddingBytes, '9'), std::string(kJsonPaddingBytes, '"'),
+        "],4,5]}x" + std::string(kJsonPaddingBytes, '\0')}) {
+    const std::string buffer = json + tail;
+    auto r = ParseInferRequest(std::string_view(buffer.data(), json.size()), -1, "m", "",
+                               ModelMetadata(), tail.size());
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_THAT(Values<int32_t>(r->inputs[0]), ElementsAre(1, 2, 3));
+  }
+  // The same for a JSON header followed by the binary part.
+  const std::string header =
+      R"({"inputs":[{"name":"x","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}}]})";
+  const std::string body = header + std::string("\x01\0\0\0\x02\0\0\0", 8);
+  std::string buffer = body + std::string(kJsonPaddingBytes, '[');
+  auto r = ParseInferRequest(std::string_view(buffer.data(), body.size()),
+                             static_cast<int64_t>(header.size()), "m", "", ModelMetadata(),
+                             kJsonPaddingBytes);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(Values<int32_t>(r->inputs[0]), ElementsAre(1, 2));
 }
 
 // ---- ParseInferRequest: binary tensor data extension ----
@@ -460,6 +543,50 @@ TEST(MetadataTest, ErrorIsEscaped) {
   EXPECT_EQ(json::parse(EncodeError("tab\there"))["error"], "tab\there");
 }
 
+TEST(MetadataTest, StringsAreValidJsonWhateverTheBytes) {
+  // Control characters are escaped; DEL and well-formed UTF-8 pass as they are.
+  EXPECT_EQ(EncodeError(std::string("\0\x01\x1f\x7f\b\f\r\\", 8)), R"({"error":"\u0000\u0001\u001f)"
+                                                                   "\x7f"
+                                                                   R"(\b\f\r\\"})");
+  const std::string utf8 = "\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80\xf4\x8f\xbf\xbf";  // é中😀U+10FFFF
+  EXPECT_EQ(EncodeError(utf8), R"({"error":")" + utf8 + R"("})");
+  // Each maximal ill-formed part becomes one U+FFFD.
+  const std::string r = "\xef\xbf\xbd";
+  struct Case {
+    std::string in;
+    std::string out;
+  };
+  const std::vector<Case> cases = {
+      {"a\xff"
+       "b",
+       "a" + r + "b"},
+      {"\x80", r},
+      {"\xc3", r},                          // truncated at the end
+      {"\xc0\xaf", r + r},                  // overlong
+      {"\xe0\x80\x80", r + r + r},          // overlong
+      {"\xed\xa0\x80", r + r + r},          // UTF-16 surrogate
+      {"\xf4\x90\x80\x80", r + r + r + r},  // above U+10FFFF
+      {"\xf0\x9f\x98"
+       "A",
+       r + "A"},  // truncated sequence
+      {"\xe4\xb8"
+       "\"",
+       r + "\\\""},
+  };
+  for (const Case& c : cases) {
+    const std::string encoded = EncodeError(c.in);
+    EXPECT_EQ(encoded, R"({"error":")" + c.out + R"("})") << c.in;
+    EXPECT_NO_THROW(json::parse(encoded)) << c.in;  // nlohmann rejects ill-formed UTF-8
+  }
+  // BYTES outputs go through the same writer.
+  InferenceRequest request;
+  request.model_name = "m";
+  InferenceResponse response;
+  response.outputs.push_back(MakeBytes("y", {2}, {"ok", "\xff\xfe"}));
+  json j = json::parse(EncodeInferResponse(response, request).body);
+  EXPECT_EQ(j["outputs"][0]["data"], json::array({"ok", r + r}));
+}
+
 // ---- Clipper ----
 
 TEST(ClipperTest, SingleStringQueryIsOneRow) {
@@ -498,7 +625,7 @@ TEST(ClipperTest, RejectsBadQueries) {
       {R"({"input": [1,2,3,"4"]})", "must be a number"},
       {R"({})", "exactly one of"},
       {R"({"input": [1,2,3,4], "input_batch": [[1,2,3,4]]})", "exactly one of"},
-      {R"({"input": )", "malformed JSON at byte"},
+      {R"({"input": )", "malformed JSON: "},
   };
   for (const Case& c : cases) {
     auto q = ParseClipperPredict(c.body, VectorModel());

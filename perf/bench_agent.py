@@ -404,6 +404,50 @@ def soak(agent, seconds, connections, wrk_cpus, out_dir):
     return samples
 
 
+def run_peers(duration, agent_cpus, wrk_cpus):
+    """Runs the ZeroMQ peer (perf/peers/zmq_peer.py) for both jobs, one connection each."""
+    try:
+        import zmq  # noqa: F401
+    except ImportError:
+        print("bench: pyzmq not installed; skipping the ZeroMQ peer")
+        return []
+    peers = []
+    for job in ("echo", "wordfilter"):
+        cmd = [sys.executable, str(REPO_ROOT / "perf" / "peers" / "zmq_peer.py"), "--job", job,
+               "--duration", str(duration)]
+        if agent_cpus:
+            cmd += ["--server-cpus", agent_cpus, "--client-cpus", wrk_cpus]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+        if out.returncode != 0:
+            print(f"bench: ZeroMQ peer ({job}) failed: {out.stderr[-500:]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r["peer"] = f"zeromq-python-{job}"
+        peers.append(r)
+        print(f"bench: peer {r['peer']:<24} {r['requests_per_s']:>10,.0f} req/s  "
+              f"p50 {fmt_us(r['p50_us'])}  p99 {fmt_us(r['p99_us'])}")
+    return peers
+
+
+def print_peers(rows, peers):
+    if not peers:
+        return
+    by = {(r["scenario"], r["connections"]): r for r in rows}
+    head = (f"{'same machine, 1 connection':<34} {'peer p50':>10} {'ferry p50':>10} "
+            f"{'peer req/s':>11} {'ferry req/s':>12} {'p50 ratio':>10}")
+    print(head)
+    print("-" * len(head))
+    for p in peers:
+        scenario = "echo-1kb" if p["job"] == "echo" else "wordfilter-10"
+        f = by.get((scenario, 1))
+        if f is None:
+            continue
+        print(f"{p['peer'] + ' vs ' + scenario:<34} {fmt_us(p['p50_us']):>10} "
+              f"{fmt_us(f['p50_us']):>10} {p['requests_per_s']:>11,.0f} "
+              f"{f['requests_per_s']:>12,.0f} {p['p50_us'] / f['p50_us']:>9.1f}x")
+    print()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--build-dir", default=os.environ.get("FERRY_BUILD_DIR", "build"),
@@ -424,6 +468,8 @@ def main():
     p.add_argument("--agent-cpus", default="0", help="taskset CPU list for the agent")
     p.add_argument("--wrk-cpus", default="1", help="taskset CPU list for wrk")
     p.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    p.add_argument("--no-peers", action="store_true",
+                   help="skip the ZeroMQ peer (perf/peers/zmq_peer.py)")
     p.add_argument("--out", default=str(REPO_ROOT / "perf" / "results"),
                    help="folder for CSV and PNG files (default perf/results)")
     args = p.parse_args()
@@ -478,8 +524,13 @@ def main():
             print(f"bench: warning: ferry-agent exited with {code} after SIGTERM:\n"
                   f"{(tmp / 'agent.log').read_text(errors='replace')[-2000:]}")
 
+    peers = [] if args.no_peers else run_peers(args.duration, agent_cpus, wrk_cpus)
     comps = comparisons(rows)
     print_tables(rows, comps)
+    print_peers(rows, peers)
+    if peers:
+        write_csv(out_dir / "peers.csv", peers,
+                  ["peer", "job", "requests", "requests_per_s", "p50_us", "p90_us", "p99_us"])
     write_csv(out_dir / "agent.csv", rows, CSV_FIELDS)
     for c in comps:
         c["ratio"] = round(c["ratio"], 2)

@@ -8,7 +8,7 @@ BUILD_DIR="${1:-build}"
 DEB_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git curl
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  nlohmann-json3-dev libyaml-cpp-dev libboost-dev libopenblas-dev prometheus-cpp-dev
+  nlohmann-json3-dev libsimdjson-dev libyaml-cpp-dev libboost-dev libopenblas-dev prometheus-cpp-dev
   libsqlite3-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev wrk python3-venv
 )
 
@@ -29,14 +29,19 @@ else
 fi
 
 VENV="$BUILD_DIR/venv"
-PY_PACKAGES=("tritonclient[http,grpc]==2.*" numpy pytest requests safetensors)
-if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.ferry-ok" ]; then
-  echo "install-deps: creating Python virtualenv in $VENV"
+# Test clients (tritonclient, requests, pytest), the examples' weight writer (safetensors, numpy)
+# and the benchmark's peer and plots (pyzmq, matplotlib).
+PY_PACKAGES=("tritonclient[http,grpc]==2.*" numpy pytest requests safetensors pyzmq matplotlib)
+stamp="$(printf '%s\n' "${PY_PACKAGES[@]}")"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.ferry-packages" 2>/dev/null)" != "$stamp" ]; then
+  echo "install-deps: preparing the Python virtualenv in $VENV"
   mkdir -p "$BUILD_DIR"
-  python3 -m venv "$VENV" || /usr/bin/python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV" || /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+  fi
   "$VENV/bin/python" -m pip install -q "${PY_PACKAGES[@]}"
-  touch "$VENV/.ferry-ok"
+  printf '%s' "$stamp" > "$VENV/.ferry-packages"
 else
   echo "install-deps: Python virtualenv present"
 fi
