@@ -25,9 +25,9 @@ namespace ferry::batching {
 
 // Timing of one task, reported to Task::Finish.
 struct TaskTiming {
-  int64_t queue_us = 0;    // Submit -> batch departure
-  int64_t compute_us = 0;  // executor time of the batch the task ran in (0 if it never ran)
-  int64_t batch_cost = 0;  // total cost of that batch (0 if it never ran)
+  int64_t queue_us = 0;     // Submit -> batch departure
+  int64_t compute_us = 0;   // executor time of the batch the task ran in (0 if it never ran)
+  int64_t batch_cost = 0;   // total cost of that batch (0 if it never ran)
   int64_t batch_tasks = 0;  // number of tasks in that batch
 };
 
@@ -61,22 +61,22 @@ class Executor {
 enum class Policy { kAimd, kFixed, kOff };
 
 struct AimdOptions {
-  int64_t additive_increase = 2;        // added while batch latency < (1 - hold_band) * SLO
-  double hold_band = 0.10;              // hold the size within this fraction below the SLO
+  int64_t additive_increase = 2;         // added while batch latency < (1 - hold_band) * SLO
+  double hold_band = 0.10;               // hold the size within this fraction below the SLO
   double multiplicative_decrease = 0.9;  // multiply on an SLO miss; never below 1
 };
 
 struct BatcherOptions {
   std::string name;  // for messages
   Policy policy = Policy::kAimd;
-  int64_t max_batch_size = 32;       // cost units, >= 1
+  int64_t max_batch_size = 32;        // cost units, >= 1
   int64_t max_queue_delay_us = 1000;  // >= 0
-  int64_t max_queue_size = 1024;     // tasks waiting (not counting running), >= 1
-  int64_t slo_us = 0;                // batch latency target for AIMD; 0 = none (grow to max)
-  int64_t initial_batch_size = 0;    // AIMD start; 0 = 1
+  int64_t max_queue_size = 1024;      // tasks waiting (not counting running), >= 1
+  int64_t slo_us = 0;                 // batch latency target for AIMD; 0 = none (grow to max)
+  int64_t initial_batch_size = 0;     // AIMD start; 0 = 1
   AimdOptions aimd;
-  int num_executors = 1;             // batches in flight at once, >= 1
-  Clock* clock = nullptr;            // not owned; nullptr = RealClock::Get()
+  int num_executors = 1;   // batches in flight at once, >= 1
+  Clock* clock = nullptr;  // not owned; nullptr = RealClock::Get()
   // false: no threads are started; the caller drives the batcher with RunOnce() (tests, with a
   // FakeClock).
   bool start_threads = true;

@@ -38,8 +38,8 @@ int64_t BatchLatencyTargetUs(const FunctionSpec& spec) {
 
 class FunctionHost::Task final : public batching::Task {
  public:
-  Task(FunctionHost* host, std::unique_ptr<InferenceRequest> request, InferDone done,
-       int64_t cost, int64_t deadline_us, int64_t start_us)
+  Task(FunctionHost* host, std::unique_ptr<InferenceRequest> request, InferDone done, int64_t cost,
+       int64_t deadline_us, int64_t start_us)
       : host_(host),
         request_(std::move(request)),
         done_(std::move(done)),
@@ -79,8 +79,8 @@ class FunctionHost::Task final : public batching::Task {
       done_(std::move(response_));
       return;
     }
-    const bool admission = tls_in_submit && (absl::IsResourceExhausted(status) ||
-                                             absl::IsDeadlineExceeded(status));
+    const bool admission =
+        tls_in_submit && (absl::IsResourceExhausted(status) || absl::IsDeadlineExceeded(status));
     if (admission) {
       if (host_->spec_.slo.on_overload == OverloadAction::kDefaultOutput) {
         host_->AnswerDefault(*request_, done_);
@@ -186,9 +186,8 @@ absl::StatusOr<std::unique_ptr<FunctionHost>> FunctionHost::Create(
   host->executor_ = std::make_unique<Executor>(host.get());
   auto batcher = batching::Batcher::Create(bo, host->executor_.get());
   if (!batcher.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(host->spec_.source, ": function '",
-                                                   host->spec_.name, "': ",
-                                                   batcher.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        host->spec_.source, ": function '", host->spec_.name, "': ", batcher.status().message()));
   }
   host->batcher_ = *std::move(batcher);
   metrics->SetTargetBatchSize(host->batcher_->target_batch_size());
@@ -217,16 +216,15 @@ void FunctionHost::Infer(std::unique_ptr<InferenceRequest> request, InferDone do
   const kernels::ModelSignature& sig = runtime_->signature();
   if (absl::Status s = kernels::ValidateRequest(sig, *request); !s.ok()) {
     metrics_->RecordFailure(FailureReason::kInvalid, 0);
-    done(absl::InvalidArgumentError(
-        absl::StrCat("function '", spec_.name, "': ", s.message())));
+    done(absl::InvalidArgumentError(absl::StrCat("function '", spec_.name, "': ", s.message())));
     return;
   }
   const int64_t cost = kernels::RequestCost(sig, *request);
   if (cost > spec_.batching.max_batch_size) {
     metrics_->RecordFailure(FailureReason::kInvalid, 0);
-    done(absl::InvalidArgumentError(absl::StrCat(
-        "function '", spec_.name, "': request batch size ", cost,
-        " exceeds maxBatchSize ", spec_.batching.max_batch_size)));
+    done(absl::InvalidArgumentError(absl::StrCat("function '", spec_.name, "': request batch size ",
+                                                 cost, " exceeds maxBatchSize ",
+                                                 spec_.batching.max_batch_size)));
     return;
   }
   // A request may shorten, never lengthen, the configured timeout.
@@ -236,8 +234,8 @@ void FunctionHost::Infer(std::unique_ptr<InferenceRequest> request, InferDone do
   }
   const int64_t deadline_us = timeout_us > 0 ? now_us + timeout_us : 0;
   metrics_->AddPending(1);
-  auto task = std::make_unique<Task>(this, std::move(request), std::move(done), cost,
-                                     deadline_us, now_us);
+  auto task =
+      std::make_unique<Task>(this, std::move(request), std::move(done), cost, deadline_us, now_us);
   tls_in_submit = true;
   // Any rejection is answered inside Submit through Task::Finish.
   (void)batcher_->Submit(std::move(task));

@@ -18,10 +18,10 @@ absl::StatusOr<std::unique_ptr<AgentCore>> AgentCore::Create(const AgentCoreOpti
     switch (spec.hardware.accelerator) {
       case Accelerator::kGpu:
         if (options.num_gpus == 0) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              spec.source, ": function '", spec.name,
-              "': spec.hardware.accelerator is gpu but this node has no GPU (",
-              options.gpu_absent_reason, ")"));
+          return absl::FailedPreconditionError(
+              absl::StrCat(spec.source, ": function '", spec.name,
+                           "': spec.hardware.accelerator is gpu but this node has no GPU (",
+                           options.gpu_absent_reason, ")"));
         }
         context.use_gpu = true;
         break;

@@ -1,5 +1,3 @@
-#include "node-agent/serving_core_impl.h"
-
 #include <optional>
 #include <string>
 #include <vector>
@@ -7,6 +5,7 @@
 #include "ferry/clock.h"
 #include "ferry/manifest.h"
 #include "gtest/gtest.h"
+#include "node-agent/serving_core_impl.h"
 
 namespace ferry::agent {
 namespace {

@@ -36,8 +36,8 @@ struct InferenceRequest {
   std::vector<RequestedOutput> outputs;
 
   // Scheduling, taken from the reserved parameters "priority" and "timeout" by the front end.
-  int64_t priority = 0;     // 1 = highest, 0 = default
-  int64_t timeout_us = 0;   // 0 = the model's configured timeout; can only shorten it
+  int64_t priority = 0;    // 1 = highest, 0 = default
+  int64_t timeout_us = 0;  // 0 = the model's configured timeout; can only shorten it
   // HTTP: request-wide default for binary outputs ("binary_data_output").
   bool binary_data_output = false;
   // Monotonic arrival time (RealClock), set by the front end when the request was read.

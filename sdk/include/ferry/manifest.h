@@ -23,8 +23,8 @@ enum class Accelerator { kCpu, kGpu, kAny };
 enum class BatchPolicy { kAimd, kFixed, kOff };
 enum class OverloadAction { kReject, kDefaultOutput };
 
-std::string_view AcceleratorName(Accelerator a);    // "cpu" | "gpu" | "any"
-std::string_view BatchPolicyName(BatchPolicy p);    // "aimd" | "fixed" | "off"
+std::string_view AcceleratorName(Accelerator a);        // "cpu" | "gpu" | "any"
+std::string_view BatchPolicyName(BatchPolicy p);        // "aimd" | "fixed" | "off"
 std::string_view OverloadActionName(OverloadAction a);  // "reject" | "default-output"
 
 struct HardwareSpec {
@@ -36,33 +36,33 @@ struct HardwareSpec {
 };
 
 struct AimdSpec {
-  int64_t additive_increase = 2;       // aimd.additiveIncrease
-  double hold_band = 0.10;             // aimd.holdBand: hold within this fraction below the SLO
+  int64_t additive_increase = 2;         // aimd.additiveIncrease
+  double hold_band = 0.10;               // aimd.holdBand: hold within this fraction below the SLO
   double multiplicative_decrease = 0.9;  // aimd.multiplicativeDecrease, in (0, 1)
 };
 
 struct BatchingSpec {
-  int64_t max_batch_size = 32;            // maxBatchSize, in batch units (rows), 1..65536
-  int64_t max_queue_delay_us = 1000;      // maxQueueDelayMicros, 0..10'000'000
+  int64_t max_batch_size = 32;              // maxBatchSize, in batch units (rows), 1..65536
+  int64_t max_queue_delay_us = 1000;        // maxQueueDelayMicros, 0..10'000'000
   BatchPolicy policy = BatchPolicy::kAimd;  // policy
-  int64_t max_queue_size = 1024;          // maxQueueSize (requests), 1..1'000'000
-  int64_t timeout_us = 0;                 // timeoutMicros: default per-request timeout, 0 = none
-  int64_t instances = 1;                  // instances: concurrent executors, 1..64
-  AimdSpec aimd;                          // aimd: {...}
+  int64_t max_queue_size = 1024;            // maxQueueSize (requests), 1..1'000'000
+  int64_t timeout_us = 0;                   // timeoutMicros: default per-request timeout, 0 = none
+  int64_t instances = 1;                    // instances: concurrent executors, 1..64
+  AimdSpec aimd;                            // aimd: {...}
 };
 
 struct ScalingSpec {
-  int64_t min_replicas = 1;   // minReplicas >= 0
-  int64_t max_replicas = 1;   // maxReplicas >= max(1, minReplicas)
+  int64_t min_replicas = 1;    // minReplicas >= 0
+  int64_t max_replicas = 1;    // maxReplicas >= max(1, minReplicas)
   int64_t idle_seconds = 300;  // idleSeconds >= 0
 };
 
 struct SloSpec {
-  std::string name;        // metadata.name of the SLO document; "" when inline
-  std::string source;      // file it came from, or "" when inline
-  double latency_percentile = 99.0;  // latency.percentile, (0, 100]
-  double latency_target_ms = 0.0;    // latency.targetMillis, > 0; 0 = no latency SLO
-  double min_rps = 0.0;              // throughput.minRps >= 0
+  std::string name;                            // metadata.name of the SLO document; "" when inline
+  std::string source;                          // file it came from, or "" when inline
+  double latency_percentile = 99.0;            // latency.percentile, (0, 100]
+  double latency_target_ms = 0.0;              // latency.targetMillis, > 0; 0 = no latency SLO
+  double min_rps = 0.0;                        // throughput.minRps >= 0
   std::optional<double> max_cost_per_million;  // maxCostPerMillion >= 0
   OverloadAction on_overload = OverloadAction::kReject;  // onOverload
   // defaultOutput: what an overloaded request gets with onOverload: default-output.
@@ -72,7 +72,7 @@ struct SloSpec {
 };
 
 struct FunctionSpec {
-  std::string name;  // metadata.name: [a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?
+  std::string name;                           // metadata.name: [a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?
   std::map<std::string, std::string> labels;  // metadata.labels
   std::string runtime;  // spec.runtime: echo | wordfilter | mlp | sentence-embedding | plugin
   // spec.model.uri as written, and resolved to an absolute local path for file:// URIs (relative
@@ -87,8 +87,8 @@ struct FunctionSpec {
   // "spec.config").
   nlohmann::json config = nlohmann::json::object();
 
-  std::string source;     // the manifest file, for messages
-  std::string base_dir;   // folder that relative paths in this spec resolve against
+  std::string source;    // the manifest file, for messages
+  std::string base_dir;  // folder that relative paths in this spec resolve against
 };
 
 // Parses every document in `text` (YAML or JSON; several YAML documents separated by "---").
