@@ -108,7 +108,7 @@ class Batcher::Impl {
           absl::StrCat(prefix_, "task cost ", cost,
                        " outside [1, max_batch_size=", options_.max_batch_size, "]"));
     } else {
-      absl::MutexLock lock(&mu_);
+      mu_.Lock();
       const int64_t now = clock_->NowMicros();
       const int64_t deadline = task->deadline_us();
       if (stopping_) {
@@ -125,12 +125,20 @@ class Batcher::Impl {
       } else {
         queued_cost_ += cost;
         queue_.push_back(Entry{std::move(task), now});
-        cv_.SignalAll();
+        Batch batch;
+        const bool run_inline = InlineAllowedLocked() && TakeBatchLocked(now, &batch);
+        // Workers still handle whatever the inline batch did not take.
+        if (!run_inline || !queue_.empty()) cv_.SignalAll();
+        mu_.Unlock();
+        if (run_inline) RunBatch(batch);
         return absl::OkStatus();
       }
+      mu_.Unlock();
     }
     // Rejected: answer inline, outside the lock (Finish may take its own locks).
-    task->Finish(status, TaskTiming{});
+    TaskTiming timing;
+    timing.rejected_at_submit = true;
+    task->Finish(status, timing);
     return status;
   }
 
@@ -145,6 +153,9 @@ class Batcher::Impl {
       absl::MutexLock lock(&join_mu_);
       for (std::thread& t : threads_) t.join();
       threads_.clear();
+      // A batch may still run on a submitting thread (inline_max_exec_us).
+      absl::MutexLock wait(&mu_);
+      while (running_ > 0) cv_.Wait(&mu_);
       return;
     }
     // Manual mode: the caller's thread drains. Another thread may hold executor slots in
@@ -206,6 +217,15 @@ class Batcher::Impl {
     // The target when the batch departed: "full" means it reached this.
     int64_t target = 0;
   };
+
+  // Whether a batch that is due now may run on the submitting thread: only when the model has
+  // learned that the batch would be short, so a slow model never blocks a caller's thread.
+  bool InlineAllowedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return options_.inline_max_exec_us > 0 && options_.start_threads &&
+           model_.samples() >= kMinSamplesForAdmission &&
+           model_.Predict(std::min(queued_cost_, options_.max_batch_size)) <=
+               options_.inline_max_exec_us;
+  }
 
   // The clock time at which the oldest task's delay budget runs out. Only the oldest task is
   // considered (FIFO): a younger task with a tighter deadline waits behind it, which keeps the
@@ -295,7 +315,9 @@ class Batcher::Impl {
       model_.Observe(static_cast<double>(batch.cost), static_cast<double>(exec_us));
       UpdateTargetLocked(batch, exec_us);
     }
-    cv_.SignalAll();
+    // A freed slot matters only to a worker with queued work or to Shutdown; waking idle workers
+    // for nothing would cost a context switch per batch.
+    if (!queue_.empty() || stopping_) cv_.SignalAll();
   }
 
   // AIMD after one batch. Growth needs evidence: only a batch that reached the target shows the
@@ -370,6 +392,7 @@ absl::StatusOr<std::unique_ptr<Batcher>> Batcher::Create(const BatcherOptions& o
   if (options.max_batch_size < 1) return bad("max_batch_size must be >= 1");
   if (options.max_queue_delay_us < 0) return bad("max_queue_delay_us must be >= 0");
   if (options.max_queue_size < 1) return bad("max_queue_size must be >= 1");
+  if (options.inline_max_exec_us < 0) return bad("inline_max_exec_us must be >= 0");
   if (options.slo_us < 0) return bad("slo_us must be >= 0");
   if (options.initial_batch_size < 0 || options.initial_batch_size > options.max_batch_size) {
     return bad("initial_batch_size must be in [0, max_batch_size]");

@@ -9,9 +9,10 @@
 namespace ferry::agent {
 namespace {
 
-// Set while this thread is inside Batcher::Submit, so Task::Finish can tell an admission
-// rejection (answered inline: overload, 429) from a failure after queueing.
-thread_local bool tls_in_submit = false;
+// Batches predicted to take at most this long run on the thread that submitted them (an HTTP
+// or gRPC thread) when an executor is free: for CPU functions that take microseconds, the two
+// thread hand-offs would cost more than the work. Longer batches always go to batcher threads.
+constexpr int64_t kInlineMaxExecUs = 100;
 
 batching::Policy ToPolicy(BatchPolicy p) {
   switch (p) {
@@ -79,8 +80,8 @@ class FunctionHost::Task final : public batching::Task {
       done_(std::move(response_));
       return;
     }
-    const bool admission =
-        tls_in_submit && (absl::IsResourceExhausted(status) || absl::IsDeadlineExceeded(status));
+    const bool admission = timing.rejected_at_submit &&
+                           (absl::IsResourceExhausted(status) || absl::IsDeadlineExceeded(status));
     if (admission) {
       if (host_->spec_.slo.on_overload == OverloadAction::kDefaultOutput) {
         host_->AnswerDefault(*request_, done_);
@@ -180,6 +181,7 @@ absl::StatusOr<std::unique_ptr<FunctionHost>> FunctionHost::Create(
   bo.aimd.hold_band = host->spec_.batching.aimd.hold_band;
   bo.aimd.multiplicative_decrease = host->spec_.batching.aimd.multiplicative_decrease;
   bo.num_executors = static_cast<int>(host->spec_.batching.instances);
+  bo.inline_max_exec_us = kInlineMaxExecUs;
   bo.clock = clock;
   bo.start_threads = options.start_threads;
 
@@ -236,10 +238,8 @@ void FunctionHost::Infer(std::unique_ptr<InferenceRequest> request, InferDone do
   metrics_->AddPending(1);
   auto task =
       std::make_unique<Task>(this, std::move(request), std::move(done), cost, deadline_us, now_us);
-  tls_in_submit = true;
   // Any rejection is answered inside Submit through Task::Finish.
   (void)batcher_->Submit(std::move(task));
-  tls_in_submit = false;
 }
 
 }  // namespace ferry::agent

@@ -1,5 +1,6 @@
 #include "node-agent/http_server.h"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <optional>
@@ -73,7 +74,10 @@ class Session;
 class HttpServerImpl {
  public:
   HttpServerImpl(const HttpServerOptions& options, ServingCore* core)
-      : options_(options), core_(core), acceptor_(asio::make_strand(ioc_)) {}
+      : options_(options),
+        core_(core),
+        iocs_(MakeContexts(options.num_threads)),
+        acceptor_(asio::make_strand(*iocs_[0])) {}
 
   absl::Status Start();
   int port() const { return port_; }
@@ -84,18 +88,39 @@ class HttpServerImpl {
   ServingCore* core() const { return core_; }
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
   int64_t TakeQueryIds(int64_t n) { return next_query_id_.fetch_add(n); }
-  WorkGuard MakeWorkGuard() { return asio::make_work_guard(ioc_); }
+  // Keeps the io thread of `executor` (a connection's) running until the guard is dropped.
+  WorkGuard MakeWorkGuard(const asio::any_io_executor& executor) {
+    auto& ctx = asio::query(executor, asio::execution::context);
+    return asio::make_work_guard(static_cast<asio::io_context&>(ctx));
+  }
 
  private:
+  // One io_context per thread, each run by exactly one thread; connections are spread over them
+  // round robin. With one shared io_context, every event is handed from the thread that ran the
+  // reactor to another that runs the handler, and those hand-offs cost more than the request.
+  static std::vector<std::unique_ptr<asio::io_context>> MakeContexts(int n) {
+    std::vector<std::unique_ptr<asio::io_context>> contexts;
+    for (int i = 0; i < std::max(1, n); ++i) {
+      contexts.push_back(std::make_unique<asio::io_context>(1));
+    }
+    return contexts;
+  }
+  bool InIoThread() const {
+    for (const auto& ioc : iocs_) {
+      if (ioc->get_executor().running_in_this_thread()) return true;
+    }
+    return false;
+  }
   void DoAccept();
   void OnAccept(beast::error_code ec, tcp::socket socket);
 
   const HttpServerOptions options_;
   ServingCore* const core_;
   // Declared first: everything below holds handles into it and must be destroyed before it.
-  asio::io_context ioc_;
-  tcp::acceptor acceptor_;
-  std::optional<WorkGuard> work_;
+  std::vector<std::unique_ptr<asio::io_context>> iocs_;
+  tcp::acceptor acceptor_;  // on iocs_[0]
+  std::vector<WorkGuard> work_;
+  size_t next_ioc_ = 0;  // touched only on the acceptor's strand
   std::vector<std::thread> threads_;
   int port_ = 0;
   std::atomic<bool> stopping_{false};
@@ -355,7 +380,8 @@ void Session::Submit(std::unique_ptr<InferenceRequest> request, Finish finish) {
   // started: it only posts to the strand, and the work guard keeps the io threads running
   // until it has.
   server_->core()->Infer(std::move(request), [self = shared_from_this(), finish,
-                                              guard = server_->MakeWorkGuard()](
+                                              guard =
+                                                  server_->MakeWorkGuard(socket_.get_executor())](
                                                  absl::StatusOr<InferenceResponse> result) {
     asio::post(self->socket_.get_executor(), [self, finish, result = std::move(result)]() mutable {
       (self.get()->*finish)(std::move(result));
@@ -538,7 +564,7 @@ absl::Status HttpServerImpl::Start() {
   if (!ec) {
     endpoint = tcp::endpoint(address, static_cast<uint16_t>(o.port));
   } else {
-    tcp::resolver resolver(ioc_);
+    tcp::resolver resolver(*iocs_[0]);
     auto results = resolver.resolve(o.host, std::to_string(o.port), ec);
     if (ec || results.empty()) {
       return absl::InvalidArgumentError(
@@ -556,19 +582,20 @@ absl::Status HttpServerImpl::Start() {
   }
   port_ = acceptor_.local_endpoint(ec).port();
 
-  work_.emplace(asio::make_work_guard(ioc_));
+  for (auto& ioc : iocs_) work_.push_back(asio::make_work_guard(*ioc));
   DoAccept();
-  threads_.reserve(o.num_threads);
-  for (int i = 0; i < o.num_threads; ++i) {
-    threads_.emplace_back([this] { ioc_.run(); });
+  threads_.reserve(iocs_.size());
+  for (auto& ioc : iocs_) {
+    threads_.emplace_back([ctx = ioc.get()] { ctx->run(); });
   }
   return absl::OkStatus();
 }
 
 void HttpServerImpl::DoAccept() {
-  acceptor_.async_accept(asio::make_strand(ioc_), [this](beast::error_code ec, tcp::socket socket) {
-    OnAccept(ec, std::move(socket));
-  });
+  asio::io_context& target = *iocs_[next_ioc_++ % iocs_.size()];
+  acceptor_.async_accept(
+      asio::make_strand(target),
+      [this](beast::error_code ec, tcp::socket socket) { OnAccept(ec, std::move(socket)); });
 }
 
 void HttpServerImpl::OnAccept(beast::error_code ec, tcp::socket socket) {
@@ -600,7 +627,7 @@ void HttpServerImpl::StopAccepting() {
     acceptor_.close(ignored);
     done->Notify();
   });
-  if (!threads_.empty() && !ioc_.get_executor().running_in_this_thread()) {
+  if (!threads_.empty() && !InIoThread()) {
     done->WaitForNotification();
   }
 }
@@ -621,7 +648,7 @@ void HttpServerImpl::Shutdown() {
   StopAccepting();
   for (const auto& s : open) s->CloseIfIdle();
   open.clear();
-  work_.reset();
+  work_.clear();
   for (std::thread& t : threads_) t.join();
   threads_.clear();
 }

@@ -1,10 +1,13 @@
 // ferry-agent: the node agent. In standalone mode it serves every Function found in the given
 // manifests over HTTP (KServe v2, Clipper predict, Prometheus metrics) and gRPC (KServe v2).
+#include <sched.h>
+
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -23,10 +26,19 @@ ABSL_FLAG(std::string, manifests, "", "manifest file or folder of manifests to s
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
 ABSL_FLAG(int, http_port, 8000, "HTTP port (0 = pick a free one)");
 ABSL_FLAG(int, grpc_port, 8001, "gRPC port (0 = pick a free one; -1 = no gRPC)");
-ABSL_FLAG(int, http_threads, 2, "HTTP event-loop threads");
+ABSL_FLAG(int, http_threads, 0,
+          "HTTP event-loop threads (0 = one per CPU this process may run on)");
 ABSL_FLAG(int64_t, max_body_bytes, int64_t{64} << 20, "largest accepted request body, bytes");
 
 namespace {
+
+// CPUs this process may run on (its affinity mask, so `taskset` and container CPU sets count).
+int UsableCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
 
 void Log(const std::string& line) {
   std::fprintf(stderr, "ferry-agent: %s\n", line.c_str());
@@ -82,7 +94,8 @@ int Run() {
   ferry::agent::HttpServerOptions http_options;
   http_options.host = absl::GetFlag(FLAGS_host);
   http_options.port = absl::GetFlag(FLAGS_http_port);
-  http_options.num_threads = absl::GetFlag(FLAGS_http_threads);
+  http_options.num_threads =
+      absl::GetFlag(FLAGS_http_threads) > 0 ? absl::GetFlag(FLAGS_http_threads) : UsableCpus();
   http_options.max_body_bytes = absl::GetFlag(FLAGS_max_body_bytes);
   ferry::agent::AgentCore* core_ptr = core->get();
   http_options.metrics_text = [core_ptr] { return core_ptr->MetricsText(); };
@@ -108,7 +121,7 @@ int Run() {
     grpc_address = absl::StrCat(grpc_options.host, ":", grpc->port());
   }
   Log(absl::StrCat("listening http=", http_options.host, ":", (*http)->port(),
-                   " grpc=", grpc_address));
+                   " grpc=", grpc_address, " (", http_options.num_threads, " HTTP threads)"));
   Log("ready");
 
   int signal_number = 0;
