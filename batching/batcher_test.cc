@@ -367,11 +367,14 @@ TEST_F(BatcherTest, QueueFullIsRejectedInlineExactlyOnce) {
   // Finished before Submit returned, with the same status, and only once.
   EXPECT_THAT(recorder_.ids(), ElementsAre(3));
   EXPECT_EQ(recorder_.Get(3).status, s);
+  EXPECT_TRUE(recorder_.Get(3).timing.rejected_at_submit);
   clock_.AdvanceMicros(options_.max_queue_delay_us);
   EXPECT_TRUE(b->RunOnce());
   EXPECT_TRUE(Submit(*b, 4).ok());  // room again
   b.reset();
   EXPECT_THAT(recorder_.ids(), ElementsAre(3, 1, 2, 4));
+  EXPECT_FALSE(recorder_.Get(1).timing.rejected_at_submit);
+  EXPECT_FALSE(recorder_.Get(4).timing.rejected_at_submit);
 }
 
 TEST_F(BatcherTest, ResponsesReachTheirOwnCallersInOrderWithTiming) {
@@ -636,6 +639,74 @@ TEST(BatcherThreadedTest, DestructorDrainsWithoutWaitingForDelay) {
   for (int i = 0; i < 10; ++i) EXPECT_EQ(counts[i].load(), 1);
   EXPECT_EQ(errors.load(), 0);
   EXPECT_GE(executor.batches_.load(), 1);
+}
+
+// Records which thread ran each batch and how long it pretends to take.
+class ThreadRecordingExecutor : public Executor {
+ public:
+  absl::Status Execute(absl::Span<Task* const> batch, absl::Span<absl::Status>) override {
+    absl::MutexLock lock(&mu_);
+    threads_.push_back(std::this_thread::get_id());
+    return absl::OkStatus();
+  }
+  std::vector<std::thread::id> threads() const {
+    absl::MutexLock lock(&mu_);
+    return threads_;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<std::thread::id> threads_ ABSL_GUARDED_BY(mu_);
+};
+
+// Submits one task and waits until it is finished (which thread ran it is the executor's record:
+// a worker may well finish a task before Submit returns, so timing proves nothing).
+void SubmitAndWait(Batcher& b, int id, Recorder* recorder) {
+  const size_t before = recorder->finished().size();
+  EXPECT_TRUE(b.Submit(std::make_unique<TestTask>(id, 1, recorder)).ok());
+  for (int spins = 0; recorder->finished().size() == before && spins < 10'000'000; ++spins) {
+    std::this_thread::yield();
+  }
+  // The batch's timing reaches the execution model after its tasks are finished, together with
+  // the release of the executor slot.
+  for (int spins = 0; b.stats().running_batches > 0 && spins < 10'000'000; ++spins) {
+    std::this_thread::yield();
+  }
+}
+
+TEST(BatcherThreadedTest, ShortBatchesRunOnTheSubmittingThreadOnceLearned) {
+  BatcherOptions options;
+  options.policy = Policy::kOff;  // every task is due at once
+  options.max_batch_size = 4;
+  options.inline_max_exec_us = 1'000'000;  // anything this executor does is "short"
+  ThreadRecordingExecutor executor;
+  Recorder recorder;
+  auto b = Batcher::Create(options, &executor);
+  ASSERT_TRUE(b.ok()) << b.status();
+  // Until the execution model has samples, batches go to the batcher thread.
+  for (int i = 0; i < 3; ++i) SubmitAndWait(**b, i, &recorder);
+  // Then a due batch with a free executor runs right here, inside Submit.
+  SubmitAndWait(**b, 3, &recorder);
+  const std::vector<std::thread::id> threads = executor.threads();
+  ASSERT_EQ(threads.size(), 4u);
+  for (int i = 0; i < 3; ++i) EXPECT_NE(threads[i], std::this_thread::get_id()) << i;
+  EXPECT_EQ(threads[3], std::this_thread::get_id());
+  EXPECT_TRUE(recorder.Get(3).status.ok());
+  EXPECT_FALSE(recorder.Get(3).timing.rejected_at_submit);
+}
+
+TEST(BatcherThreadedTest, NoInlineExecutionWhenDisabled) {
+  BatcherOptions options;
+  options.policy = Policy::kOff;
+  options.max_batch_size = 4;
+  options.inline_max_exec_us = 0;
+  ThreadRecordingExecutor executor;
+  Recorder recorder;
+  auto b = Batcher::Create(options, &executor);
+  ASSERT_TRUE(b.ok()) << b.status();
+  for (int i = 0; i < 8; ++i) SubmitAndWait(**b, i, &recorder);
+  ASSERT_EQ(executor.threads().size(), 8u);
+  for (std::thread::id t : executor.threads()) EXPECT_NE(t, std::this_thread::get_id());
 }
 
 }  // namespace
