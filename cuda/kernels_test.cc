@@ -15,6 +15,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "cuda/cublas_loader.h"
 #include "cuda/device.h"
 #include "cuda/gpu_mlp.h"
 #include "gtest/gtest.h"
@@ -162,6 +163,38 @@ TEST(DeviceTest, ListGpusReturnsGpusOrSaysWhyNot) {
     EXPECT_GT(g.free_memory_bytes, 0);
     EXPECT_LE(g.free_memory_bytes, g.total_memory_bytes);
   }
+}
+
+// cuBLAS is loaded with dlopen, which needs no GPU: where the toolkit's library is installed the
+// entry points resolve and are callable (cublasCreate then reports that there is no device).
+TEST(CublasLoaderTest, ResolvesEntryPointsWhereCublasIsInstalled) {
+  auto api = LoadCublas();
+  if (!api.ok()) {
+    EXPECT_TRUE(absl::StrContains(api.status().message(), "libcublas.so")) << api.status();
+    GTEST_SKIP() << "cuBLAS not installed: " << api.status();
+  }
+  const CublasApi& a = **api;
+  ASSERT_NE(a.create, nullptr);
+  ASSERT_NE(a.destroy, nullptr);
+  ASSERT_NE(a.set_stream, nullptr);
+  ASSERT_NE(a.set_math_mode, nullptr);
+  ASSERT_NE(a.sgemm, nullptr);
+  ASSERT_NE(a.status_string, nullptr);
+  EXPECT_STREQ(a.status_string(CUBLAS_STATUS_SUCCESS), "success");
+  cublasHandle_t handle = nullptr;
+  const cublasStatus_t st = a.create(&handle);
+  int gpus = 0;
+  if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus == 0) {
+    (void)cudaGetLastError();
+    EXPECT_NE(st, CUBLAS_STATUS_SUCCESS) << "cublasCreate succeeded without a GPU";
+  } else {
+    ASSERT_EQ(st, CUBLAS_STATUS_SUCCESS) << a.status_string(st);
+    EXPECT_EQ(a.destroy(handle), CUBLAS_STATUS_SUCCESS);
+  }
+  // The second load is the same, cached, table.
+  auto again = LoadCublas();
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *api);
 }
 
 TEST(KernelArgsTest, BadShapesAreRejectedBeforeAnyLaunch) {

@@ -96,7 +96,7 @@ spec:
   runtime: mlp
   model: {{uri: "file://big.safetensors"}}
   hardware: {hw}
-  batching: {{maxBatchSize: 256, maxQueueDelayMicros: 500, policy: aimd, maxQueueSize: 4096}}
+  batching: {{maxBatchSize: 256, maxQueueDelayMicros: 0, policy: aimd, maxQueueSize: 4096}}
 """)
     with open(os.path.join(work, "mlp.yaml"), "w") as f:
         f.write("---\n".join(docs))
