@@ -84,6 +84,15 @@ inline absl::StatusOr<std::string> GetString(const FunctionSpec& spec, std::stri
 }
 
 // An integer in [min_value, max_value].
+// A tensor name (inputName, outputName, ...): a string that must not be empty.
+inline absl::StatusOr<std::string> GetName(const FunctionSpec& spec, std::string_view key,
+                                           std::string_view default_value) {
+  absl::StatusOr<std::string> name = GetString(spec, key, std::string(default_value));
+  if (!name.ok()) return name.status();
+  if (name->empty()) return Error(spec, Field(key), "expected a non-empty name");
+  return name;
+}
+
 inline absl::StatusOr<int64_t> GetInt(const FunctionSpec& spec, std::string_view key,
                                       int64_t default_value, int64_t min_value, int64_t max_value) {
   const nlohmann::json* v = Find(spec, key);

@@ -28,16 +28,10 @@ absl::StatusOr<EchoRuntime::Options> EchoRuntime::ParseOptions(const FunctionSpe
   absl::StatusOr<std::vector<int64_t>> shape = config::GetDims(spec, "shape", {});
   if (!shape.ok()) return shape.status();
   options.row_shape = *std::move(shape);
-  absl::StatusOr<std::string> input = config::GetString(spec, "inputName", "INPUT0");
+  absl::StatusOr<std::string> input = config::GetName(spec, "inputName", "INPUT0");
   if (!input.ok()) return input.status();
-  absl::StatusOr<std::string> output = config::GetString(spec, "outputName", "OUTPUT0");
+  absl::StatusOr<std::string> output = config::GetName(spec, "outputName", "OUTPUT0");
   if (!output.ok()) return output.status();
-  if (input->empty()) {
-    return config::Error(spec, config::Field("inputName"), "expected a non-empty name");
-  }
-  if (output->empty()) {
-    return config::Error(spec, config::Field("outputName"), "expected a non-empty name");
-  }
   options.input_name = *std::move(input);
   options.output_name = *std::move(output);
   absl::StatusOr<int64_t> delay = config::GetInt(spec, "delayMicros", 0, 0, 10'000'000);

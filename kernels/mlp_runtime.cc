@@ -140,16 +140,10 @@ absl::StatusOr<MlpRuntime::Options> MlpRuntime::ParseOptions(const FunctionSpec&
                            "expected one activation per layer, got an empty list");
     }
   }
-  absl::StatusOr<std::string> input = config::GetString(spec, "inputName", "input");
+  absl::StatusOr<std::string> input = config::GetName(spec, "inputName", "input");
   if (!input.ok()) return input.status();
-  absl::StatusOr<std::string> output = config::GetString(spec, "outputName", "output");
+  absl::StatusOr<std::string> output = config::GetName(spec, "outputName", "output");
   if (!output.ok()) return output.status();
-  if (input->empty()) {
-    return config::Error(spec, config::Field("inputName"), "expected a non-empty name");
-  }
-  if (output->empty()) {
-    return config::Error(spec, config::Field("outputName"), "expected a non-empty name");
-  }
   options.input_name = *std::move(input);
   options.output_name = *std::move(output);
   return options;
