@@ -447,7 +447,7 @@ class GrpcInferenceServiceImpl final : public inference::GRPCInferenceService::C
     return FinishNow(context, grpc::Status::OK);
   }
 
-  grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* /*context*/,
+  grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* context,
                                        const inference::ModelInferRequest* request,
                                        inference::ModelInferResponse* response) override {
     const int64_t arrival_us = RealClock::Get()->NowMicros();
@@ -468,6 +468,16 @@ class GrpcInferenceServiceImpl final : public inference::GRPCInferenceService::C
     call->id = decoded->id;
     auto owned = std::make_unique<InferenceRequest>(*std::move(decoded));
     owned->arrival_us = arrival_us;
+    // A client's gRPC deadline is a timeout the scheduler can use: a request that cannot finish
+    // in time is shed at once instead of running for nobody.
+    const auto deadline = context->deadline();
+    if (deadline != std::chrono::system_clock::time_point::max()) {
+      const int64_t left_us =
+          std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::microseconds>(
+                                   deadline - std::chrono::system_clock::now())
+                                   .count());
+      if (owned->timeout_us == 0 || left_us < owned->timeout_us) owned->timeout_us = left_us;
+    }
     core_->Infer(std::move(owned), [call](absl::StatusOr<InferenceResponse> result) {
       if (call->finished.exchange(true)) return;  // cancelled; the reactor may be gone
       if (!result.ok()) {

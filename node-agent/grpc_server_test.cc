@@ -272,6 +272,40 @@ TEST_F(GrpcServerTest, HealthServiceAnswersServing) {
   EXPECT_EQ(bytes, std::string("\x08\x01", 2));
 }
 
+TEST_F(GrpcServerTest, ClientDeadlineBecomesTheRequestTimeout) {
+  inference::ModelInferRequest req;
+  req.set_model_name("echo");
+  auto* in = req.add_inputs();
+  in->set_name("x");
+  in->set_datatype("FP32");
+  in->add_shape(1);
+  req.add_raw_input_contents(Fp32Bytes({1}));
+  inference::ModelInferResponse resp;
+
+  // No deadline, no timeout parameter: no timeout.
+  ASSERT_TRUE(Infer(req, &resp).ok());
+  EXPECT_EQ(core_.last_timeout_us(), 0);
+
+  // A 30 s deadline arrives as a timeout of about 30 s (the grpc-timeout header carries it
+  // with a few significant digits, rounded up).
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    ASSERT_TRUE(stub_->ModelInfer(&context, req, &resp).ok());
+    EXPECT_GT(core_.last_timeout_us(), 20'000'000);
+    EXPECT_LE(core_.last_timeout_us(), 31'000'000);
+  }
+
+  // The shorter of the deadline and the timeout parameter wins.
+  (*req.mutable_parameters())["timeout"].set_int64_param(1500);
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    ASSERT_TRUE(stub_->ModelInfer(&context, req, &resp).ok());
+    EXPECT_EQ(core_.last_timeout_us(), 1500);
+  }
+}
+
 TEST_F(GrpcServerTest, InferRawFp32) {
   inference::ModelInferRequest req;
   req.set_model_name("echo");
