@@ -6,7 +6,7 @@ JOBS ?= $(shell nproc)
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 
-.PHONY: deps configure build up test unit e2e bench format clean
+.PHONY: deps configure build up test unit e2e bench sanitize format clean
 
 deps:
 	@scripts/install-deps.sh $(BUILD_DIR)
@@ -42,6 +42,19 @@ test: build examples
 
 bench: build examples
 	$(BUILD_DIR)/venv/bin/python perf/bench_agent.py --build-dir $(BUILD_DIR)
+
+# Address + undefined-behaviour sanitizers over every unit and end-to-end test (CPU build).
+sanitize: deps examples
+	@if [ ! -f build-asan/build.ninja ]; then \
+	  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFERRY_ENABLE_CUDA=OFF \
+	    -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" \
+	    -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
+	    -DCMAKE_CXX_COMPILER_LAUNCHER=ccache; \
+	fi
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest --output-on-failure -j $(JOBS)
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 FERRY_BUILD_DIR=build-asan \
+	  $(BUILD_DIR)/venv/bin/python -m pytest -q tests/e2e
 
 format:
 	find sdk batching cuda kernels node-agent control-plane tests perf -name '*.h' -o -name '*.cc' -o -name '*.cu' | xargs clang-format -i
