@@ -14,6 +14,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "cuda/device.h"
@@ -139,6 +141,13 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --help lists the agent's own flags (abseil's default matches files named like the binary).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) {
+    return absl::StrContains(path, "node-agent/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "ferry node agent. Standalone: ferry-agent --manifests DIR_OR_FILE "
       "[--http-port 8000] [--grpc-port 8001]");
