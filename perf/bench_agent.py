@@ -24,7 +24,6 @@ import os
 import pathlib
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,8 @@ import urllib.request
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 WRK_DIR = REPO_ROOT / "perf" / "wrk"
-LISTENING_RE = re.compile(r"ferry-agent: listening http=(\S+):(\d+) grpc=(\S+):(\d+)")
+sys.path.insert(0, str(REPO_ROOT / "tests" / "e2e"))
+from agentproc import AgentProcess  # noqa: E402  (one harness for tests and benchmarks)
 
 # The paper's figures (AWS, 2018).
 SEED_NOOP_LAMBDA_US = 303_000.0       # no-op invoke on 1 KB, Lambda
@@ -76,51 +76,19 @@ spec:
 # --- the agent ------------------------------------------------------------------------------
 
 
-class Agent:
-    def __init__(self, binary, manifests, log_path, http_threads, cpus):
-        self.args = [str(binary), "--manifests", str(manifests), "--host", "127.0.0.1",
-                     "--http-port", "0", "--grpc-port", "0"]
-        if http_threads:
-            self.args += ["--http-threads", str(http_threads)]
-        if cpus:
-            self.args = ["taskset", "-c", cpus] + self.args  # taskset execs: same PID
-        self.log_path = log_path
-        self.proc = None
-        self.port = None
-
-    def start(self, timeout_s=30.0):
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            m = LISTENING_RE.search(text)
-            if m and "ferry-agent: ready" in text:
-                self.port = int(m.group(2))
-                return
-            if self.proc.poll() is not None:
-                sys.exit(f"bench: ferry-agent exited with {self.proc.returncode}:\n{text}")
-            time.sleep(0.05)
-        self.stop()
-        sys.exit(f"bench: ferry-agent not ready after {timeout_s} s:\n"
-                 f"{self.log_path.read_text(errors='replace')}")
-
-    def stop(self, timeout_s=15.0):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            code = None
-        self.log.close()
-        return code
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
+def start_agent(binary, manifests, log_path, http_threads, cpus):
+    """Starts ferry-agent through the end-to-end tests' harness and waits until it is ready."""
+    extra = ["--http-threads", str(http_threads)] if http_threads else []
+    prefix = ["taskset", "-c", cpus] if cpus else []
+    agent = AgentProcess(manifests, log_path, max_body_bytes=64 << 20, extra_args=extra,
+                         binary=binary, prefix=prefix)
+    agent.start()
+    try:
+        agent.wait_ready()
+    except RuntimeError as e:
+        agent.terminate()
+        sys.exit(f"bench: {e}")
+    return agent
 
 
 def rss_kib(pid):
@@ -366,7 +334,7 @@ def measure(agent, scenario, script, docs, connections, duration, wrk_cpus):
     pid = agent.proc.pid
     cpu0 = cpu_seconds(pid)
     with Sampler(pid) as sampler:
-        stats, _ = run_wrk(agent.url, script, connections, duration, wrk_cpus)
+        stats, _ = run_wrk(agent.http_url, script, connections, duration, wrk_cpus)
     cpu = cpu_seconds(pid) - cpu0
     rss = [kib for _, kib in sampler.samples] or [0]
     row = {"scenario": scenario, "connections": connections, "duration_s": duration,
@@ -386,7 +354,7 @@ def measure(agent, scenario, script, docs, connections, duration, wrk_cpus):
 def soak(agent, seconds, connections, wrk_cpus, out_dir):
     print(f"bench: soak: wordfilter, {connections} connections, {seconds} s")
     with Sampler(agent.proc.pid) as sampler:
-        stats, _ = run_wrk(agent.url, WRK_DIR / "wordfilter.lua", connections, seconds, wrk_cpus)
+        stats, _ = run_wrk(agent.http_url, WRK_DIR / "wordfilter.lua", connections, seconds, wrk_cpus)
     samples = sampler.samples
     write_csv(out_dir / "agent_soak.csv",
               [{"t_s": round(t, 1), "rss_kib": kib} for t, kib in samples], ["t_s", "rss_kib"])
@@ -496,12 +464,11 @@ def main():
         manifests.mkdir()
         for name, text in manifests_yaml(args.max_batch_size, args.queue_delay_us).items():
             (manifests / name).write_text(text)
-        agent = Agent(binary, manifests, tmp / "agent.log", args.http_threads, agent_cpus)
-        agent.start()
-        print(f"bench: ferry-agent pid {agent.proc.pid} at {agent.url}"
+        agent = start_agent(binary, manifests, tmp / "agent.log", args.http_threads, agent_cpus)
+        print(f"bench: ferry-agent pid {agent.proc.pid} at {agent.http_url}"
               + (f", agent on CPU {agent_cpus}, wrk on CPU {wrk_cpus}" if pin else ""))
         try:
-            check_functions(agent.url)
+            check_functions(agent.http_url)
             plan = []
             if args.only in (None, "echo"):
                 plan.append(("echo-1kb", WRK_DIR / "echo.lua", 1))
@@ -509,7 +476,7 @@ def main():
                 plan.append(("wordfilter-10", WRK_DIR / "wordfilter.lua", 10))
             for _, script, _ in plan:
                 if args.warmup > 0:
-                    run_wrk(agent.url, script, args.connections, args.warmup, wrk_cpus)
+                    run_wrk(agent.http_url, script, args.connections, args.warmup, wrk_cpus)
             rows = []
             for scenario, script, docs in plan:
                 for conns in (1, args.connections):
@@ -519,7 +486,7 @@ def main():
             if args.soak > 0:
                 soak_samples = soak(agent, args.soak, args.connections, wrk_cpus, out_dir)
         finally:
-            code = agent.stop()
+            code = agent.terminate()
         if code != 0:
             print(f"bench: warning: ferry-agent exited with {code} after SIGTERM:\n"
                   f"{(tmp / 'agent.log').read_text(errors='replace')[-2000:]}")

@@ -28,15 +28,18 @@ def agent_binary():
 class AgentProcess:
     """One ferry-agent child process on ephemeral loopback ports."""
 
-    def __init__(self, manifests, log_path, max_body_bytes=1 << 20, extra_args=()):
-        self.binary = agent_binary()
+    def __init__(self, manifests, log_path, max_body_bytes=1 << 20, extra_args=(), binary=None,
+                 prefix=()):
+        """`binary` overrides $FERRY_BUILD_DIR's agent; `prefix` wraps the command (the benchmark
+        passes `taskset -c CPUS`, which execs, so the PID stays the agent's)."""
+        self.binary = pathlib.Path(binary) if binary else agent_binary()
         if not self.binary.exists():
             raise FileNotFoundError(
                 f"{self.binary} not found: build it first (cmake --build BUILD --target ferry-agent)"
                 " or set FERRY_BUILD_DIR")
         self.log_path = pathlib.Path(log_path)
         self.args = [
-            str(self.binary), "--manifests", str(manifests), "--host", "127.0.0.1",
+            *prefix, str(self.binary), "--manifests", str(manifests), "--host", "127.0.0.1",
             "--http-port", "0", "--grpc-port", "0", "--max-body-bytes", str(max_body_bytes),
             *extra_args
         ]
