@@ -129,14 +129,10 @@ class FunctionHost::Executor final : public batching::Executor {
       calls[i].response = task->response();
       rows += task->cost();
     }
-    const int64_t t0 = host_->clock_->NowMicros();
+    // The batcher times the batch (TaskTiming::compute_us); nothing to time here.
     absl::Status status = host_->runtime_->Execute(absl::MakeSpan(calls));
-    const int64_t compute_us = host_->clock_->NowMicros() - t0;
     for (size_t i = 0; i < batch.size(); ++i) task_status[i] = std::move(calls[i].status);
-    host_->metrics_->RecordBatch(rows, static_cast<int64_t>(batch.size()), compute_us);
-    if (host_->batcher_ != nullptr) {
-      host_->metrics_->SetTargetBatchSize(host_->batcher_->target_batch_size());
-    }
+    host_->metrics_->RecordBatch(rows);
     return status;
   }
 
@@ -192,9 +188,11 @@ absl::StatusOr<std::unique_ptr<FunctionHost>> FunctionHost::Create(
         host->spec_.source, ": function '", host->spec_.name, "': ", batcher.status().message()));
   }
   host->batcher_ = *std::move(batcher);
-  metrics->SetTargetBatchSize(host->batcher_->target_batch_size());
+  host->RefreshGauges();
   return host;
 }
+
+void FunctionHost::RefreshGauges() { metrics_->SetTargetBatchSize(batcher_->target_batch_size()); }
 
 FunctionHost::~FunctionHost() { Drain(); }
 

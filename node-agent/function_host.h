@@ -47,6 +47,10 @@ class FunctionHost {
   // Stops accepting (Unavailable) and answers everything queued. Blocks. Idempotent.
   void Drain();
 
+  // Copies batcher state that metrics show as gauges (the target batch size) into the metrics;
+  // called when metrics are read, so the request path does not pay for it.
+  void RefreshGauges();
+
   // Manual-mode hook for tests (options.start_threads == false).
   batching::Batcher* batcher_for_test() { return batcher_.get(); }
 

@@ -34,12 +34,10 @@ void FunctionMetrics::RecordFailure(FailureReason reason, int64_t request_us) {
   request_duration_us_->Increment(static_cast<double>(request_us));
 }
 
-void FunctionMetrics::RecordBatch(int64_t rows, int64_t tasks, int64_t compute_us) {
-  (void)compute_us;
+void FunctionMetrics::RecordBatch(int64_t rows) {
   exec_count_->Increment();
   inference_count_->Increment(static_cast<double>(rows));
   batch_size_->Observe(static_cast<double>(rows));
-  (void)tasks;
 }
 
 void FunctionMetrics::SetTargetBatchSize(int64_t size) {

@@ -32,8 +32,9 @@ class FunctionMetrics {
  public:
   void RecordSuccess(int64_t request_us, int64_t queue_us, int64_t compute_us);
   void RecordFailure(FailureReason reason, int64_t request_us);
-  // One executed batch: `rows` batch units in `tasks` requests, taking `compute_us`.
-  void RecordBatch(int64_t rows, int64_t tasks, int64_t compute_us);
+  // One executed batch of `rows` batch units. (Compute time is charged per request in
+  // RecordSuccess, as Triton's compute duration is.)
+  void RecordBatch(int64_t rows);
   void SetTargetBatchSize(int64_t size);
   void AddPending(int64_t delta);
   // Requests answered with the SLO's default output under overload.

@@ -57,6 +57,11 @@ void AgentCore::Drain() {
   for (auto& [name, host] : hosts_) host->Drain();
 }
 
+std::string AgentCore::MetricsText() const {
+  for (const auto& [name, host] : hosts_) host->RefreshGauges();
+  return metrics_.Serialize();
+}
+
 std::vector<std::string> AgentCore::FunctionNames() const {
   std::vector<std::string> names;
   for (const auto& [name, host] : hosts_) names.push_back(name);

@@ -48,7 +48,8 @@ class AgentCore final : public ServingCore {
   // accepted. Blocks until done. Idempotent.
   void Drain();
 
-  std::string MetricsText() const { return metrics_.Serialize(); }
+  // The Prometheus text of every function's metrics, gauges refreshed first.
+  std::string MetricsText() const;
   std::vector<std::string> FunctionNames() const;
   // For tests in manual batching mode.
   FunctionHost* host_for_test(const std::string& name);

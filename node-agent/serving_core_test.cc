@@ -111,6 +111,9 @@ TEST_F(ServingCoreTest, EchoRoundTripThroughTheBatcher) {
       << metrics;
   EXPECT_NE(metrics.find("ferry_inference_exec_count{model=\"echo\",version=\"1\"} 1"),
             std::string::npos);
+  // policy fixed: the target is maxBatchSize.
+  EXPECT_NE(metrics.find("ferry_inference_target_batch_size{model=\"echo\",version=\"1\"} 8"),
+            std::string::npos);
 }
 
 TEST_F(ServingCoreTest, UnknownModelAndVersionAreNotFound) {
