@@ -62,12 +62,6 @@ std::string AgentCore::MetricsText() const {
   return metrics_.Serialize();
 }
 
-std::vector<std::string> AgentCore::FunctionNames() const {
-  std::vector<std::string> names;
-  for (const auto& [name, host] : hosts_) names.push_back(name);
-  return names;
-}
-
 FunctionHost* AgentCore::host_for_test(const std::string& name) {
   auto it = hosts_.find(name);
   return it == hosts_.end() ? nullptr : it->second.get();

@@ -50,7 +50,6 @@ class AgentCore final : public ServingCore {
 
   // The Prometheus text of every function's metrics, gauges refreshed first.
   std::string MetricsText() const;
-  std::vector<std::string> FunctionNames() const;
   // For tests in manual batching mode.
   FunctionHost* host_for_test(const std::string& name);
 
