@@ -5,8 +5,10 @@ CUDA ?= AUTO
 JOBS ?= $(shell nproc)
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
+# CI (which sets CI=true) configures with -Werror; see "Checking builds" in docs/operations.md.
+WERROR_FLAG := $(if $(filter true,$(CI)),-DFERRY_WERROR=ON)
 
-.PHONY: deps configure build up test unit e2e bench sanitize format clean
+.PHONY: deps configure build up test unit e2e bench sanitize thread-safety tsan format clean
 
 deps:
 	@scripts/install-deps.sh $(BUILD_DIR)
@@ -14,7 +16,7 @@ deps:
 configure: deps
 	@if [ ! -f $(BUILD_DIR)/build.ninja ]; then \
 	  cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
-	    -DFERRY_ENABLE_CUDA=$(CUDA) -DCMAKE_C_COMPILER_LAUNCHER=ccache \
+	    -DFERRY_ENABLE_CUDA=$(CUDA) $(WERROR_FLAG) -DCMAKE_C_COMPILER_LAUNCHER=ccache \
 	    -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache; \
 	fi
 
@@ -39,6 +41,7 @@ e2e: build examples
 test: build examples
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 	FERRY_BUILD_DIR=$(BUILD_DIR) $(BUILD_DIR)/venv/bin/python -m pytest -q tests/e2e
+	$(MAKE) --no-print-directory thread-safety
 
 bench: build examples
 	$(BUILD_DIR)/venv/bin/python perf/bench_agent.py --build-dir $(BUILD_DIR)
@@ -55,6 +58,43 @@ sanitize: deps examples
 	cd build-asan && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ctest --output-on-failure -j $(JOBS)
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 FERRY_BUILD_DIR=build-asan \
 	  $(BUILD_DIR)/venv/bin/python -m pytest -q tests/e2e
+
+# clang-16's -Wthread-safety over every ferry C++ file (syntax only, no code generation): checks
+# each ABSL_GUARDED_BY / ABSL_EXCLUSIVE_LOCKS_REQUIRED; a violation is an error.
+CLANG_DIR ?= build-clang
+thread-safety: deps
+	@if [ ! -f $(CLANG_DIR)/build.ninja ]; then \
+	  CC=clang-16 CXX=clang++-16 cmake -S . -B $(CLANG_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+	    -DFERRY_ENABLE_CUDA=OFF -DFERRY_THREAD_SAFETY=ON -DFERRY_BUILD_BENCHMARKS=OFF \
+	    -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null; \
+	fi
+	python3 scripts/check_thread_safety.py $(CLANG_DIR) -j $(JOBS)
+
+# ThreadSanitizer over every unit and end-to-end test (CPU build). tests/tsan/ makes abseil's
+# Mutex visible to TSan and proves that a real race is still reported; reports go to files under
+# $(TSAN_DIR)/tsan-reports and any report fails the target.
+TSAN_DIR ?= build-tsan
+TSAN_REPORTS = $(CURDIR)/$(TSAN_DIR)/tsan-reports
+TSAN_ENV = TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan/suppressions.txt \
+  log_path=$(TSAN_REPORTS)/report second_deadlock_stack=1"
+tsan: deps
+	$(BUILD_DIR)/venv/bin/python examples/make_examples.py
+	@if [ ! -f $(TSAN_DIR)/build.ninja ]; then \
+	  cmake -S . -B $(TSAN_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_ENABLE_CUDA=OFF \
+	    -DFERRY_TSAN=ON -DFERRY_BUILD_BENCHMARKS=OFF -DCMAKE_C_COMPILER_LAUNCHER=ccache \
+	    -DCMAKE_CXX_COMPILER_LAUNCHER=ccache; \
+	fi
+	cmake --build $(TSAN_DIR) -j $(JOBS)
+	rm -rf $(TSAN_REPORTS) && mkdir -p $(TSAN_REPORTS)
+	status=0; \
+	(cd $(TSAN_DIR) && $(TSAN_ENV) ctest --output-on-failure -j $(JOBS)) || status=1; \
+	$(TSAN_ENV) FERRY_BUILD_DIR=$(TSAN_DIR) $(BUILD_DIR)/venv/bin/python -m pytest -q tests/e2e \
+	  || status=1; \
+	if ls $(TSAN_REPORTS)/report.* >/dev/null 2>&1; then \
+	  cat $(TSAN_REPORTS)/report.*; \
+	  echo "make tsan: ThreadSanitizer reports above (files in $(TSAN_REPORTS))"; status=1; \
+	fi; \
+	exit $$status
 
 format:
 	find sdk batching cuda kernels node-agent control-plane tests perf -name '*.h' -o -name '*.cc' -o -name '*.cu' | xargs clang-format -i

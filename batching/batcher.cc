@@ -93,6 +93,7 @@ class Batcher::Impl {
 
   void Start() {
     if (!options_.start_threads) return;
+    absl::MutexLock lock(&join_mu_);
     threads_.reserve(options_.num_executors);
     for (int i = 0; i < options_.num_executors; ++i) {
       threads_.emplace_back([this] { WorkerLoop(); });
@@ -103,10 +104,16 @@ class Batcher::Impl {
     if (task == nullptr) return absl::InvalidArgumentError(prefix_ + "null task");
     absl::Status status;
     const int64_t cost = task->cost();
+    const int64_t bytes = task->size_bytes();
     if (cost < 1 || cost > options_.max_batch_size) {
       status = absl::InvalidArgumentError(
           absl::StrCat(prefix_, "task cost ", cost,
                        " outside [1, max_batch_size=", options_.max_batch_size, "]"));
+    } else if (options_.max_queue_bytes > 0 && bytes > options_.max_queue_bytes) {
+      // It could never be queued, so "retry later" would be a lie.
+      status = absl::InvalidArgumentError(
+          absl::StrCat(prefix_, "task of ", bytes, " bytes exceeds max_queue_bytes=",
+                       options_.max_queue_bytes));
     } else {
       mu_.Lock();
       const int64_t now = clock_->NowMicros();
@@ -116,6 +123,11 @@ class Batcher::Impl {
       } else if (static_cast<int64_t>(queue_.size()) >= options_.max_queue_size) {
         status = absl::ResourceExhaustedError(
             absl::StrCat(prefix_, "queue full (", queue_.size(), " tasks): retry later"));
+      } else if (options_.max_queue_bytes > 0 &&
+                 queued_bytes_ + bytes > options_.max_queue_bytes) {
+        status = absl::ResourceExhaustedError(absl::StrCat(
+            prefix_, "queue full (", queued_bytes_, " of ", options_.max_queue_bytes,
+            " bytes queued): retry later"));
       } else if (deadline != 0 &&
                  (deadline <= now || (model_.samples() >= kMinSamplesForAdmission &&
                                       now + model_.Predict(cost) > deadline))) {
@@ -124,7 +136,8 @@ class Batcher::Impl {
                          " us left, predicted execution ", model_.Predict(cost), " us"));
       } else {
         queued_cost_ += cost;
-        queue_.push_back(Entry{std::move(task), now});
+        queued_bytes_ += bytes;
+        queue_.push_back(Entry{std::move(task), now, bytes});
         Batch batch;
         const bool run_inline = InlineAllowedLocked() && TakeBatchLocked(now, &batch);
         // Workers still handle whatever the inline batch did not take.
@@ -192,6 +205,7 @@ class Batcher::Impl {
     BatcherStats s;
     s.queued_tasks = static_cast<int64_t>(queue_.size());
     s.queued_cost = queued_cost_;
+    s.queued_bytes = queued_bytes_;
     s.running_batches = running_;
     s.target_batch_size = target_;
     s.model_slope_us = model_.slope();
@@ -208,6 +222,7 @@ class Batcher::Impl {
   struct Entry {
     std::unique_ptr<Task> task;
     int64_t enqueue_us = 0;
+    int64_t bytes = 0;  // Task::size_bytes() at Submit
   };
   struct Batch {
     std::vector<Entry> run;      // executed, in submission order
@@ -259,6 +274,7 @@ class Batcher::Impl {
       const int64_t deadline = front.task->deadline_us();
       if (deadline != 0 && deadline < now) {
         queued_cost_ -= cost;
+        queued_bytes_ -= front.bytes;
         batch->expired.push_back(std::move(front));
         queue_.pop_front();
         continue;
@@ -266,6 +282,7 @@ class Batcher::Impl {
       // Never split a task; the first one always fits (cost <= max_batch_size at Submit).
       if (!batch->run.empty() && batch->cost + cost > limit) break;
       queued_cost_ -= cost;
+      queued_bytes_ -= front.bytes;
       batch->cost += cost;
       batch->run.push_back(std::move(front));
       queue_.pop_front();
@@ -375,6 +392,7 @@ class Batcher::Impl {
   absl::CondVar cv_;
   std::deque<Entry> queue_ ABSL_GUARDED_BY(mu_);
   int64_t queued_cost_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int64_t target_ ABSL_GUARDED_BY(mu_) = 1;
@@ -392,6 +410,7 @@ absl::StatusOr<std::unique_ptr<Batcher>> Batcher::Create(const BatcherOptions& o
   if (options.max_batch_size < 1) return bad("max_batch_size must be >= 1");
   if (options.max_queue_delay_us < 0) return bad("max_queue_delay_us must be >= 0");
   if (options.max_queue_size < 1) return bad("max_queue_size must be >= 1");
+  if (options.max_queue_bytes < 0) return bad("max_queue_bytes must be >= 0");
   if (options.inline_max_exec_us < 0) return bad("inline_max_exec_us must be >= 0");
   if (options.slo_us < 0) return bad("slo_us must be >= 0");
   if (options.initial_batch_size < 0 || options.initial_batch_size > options.max_batch_size) {

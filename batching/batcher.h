@@ -40,6 +40,9 @@ class Task {
   virtual ~Task() = default;
   // Batch units this task uses (rows, or tokens for text); >= 1. Must not change after Submit.
   virtual int64_t cost() const = 0;
+  // Memory the task holds while it waits (its request's payload), counted against
+  // BatcherOptions::max_queue_bytes. Must not change after Submit.
+  virtual int64_t size_bytes() const { return 0; }
   // Absolute deadline on the batcher's clock, microseconds; 0 = none.
   virtual int64_t deadline_us() const { return 0; }
   // Called exactly once per submitted task, on a batcher thread or inline in Submit (when the
@@ -76,6 +79,10 @@ struct BatcherOptions {
   int64_t max_batch_size = 32;        // cost units, >= 1
   int64_t max_queue_delay_us = 1000;  // >= 0
   int64_t max_queue_size = 1024;      // tasks waiting (not counting running), >= 1
+  // Bytes the waiting tasks may hold together (Task::size_bytes); 0 = no limit. A task that
+  // would pass it is ResourceExhausted (retry later); one larger than it alone is
+  // InvalidArgument (it can never be queued).
+  int64_t max_queue_bytes = 0;
   int64_t slo_us = 0;                 // batch latency target for AIMD; 0 = none (grow to max)
   int64_t initial_batch_size = 0;     // AIMD start; 0 = 1
   AimdOptions aimd;
@@ -94,6 +101,7 @@ struct BatcherOptions {
 struct BatcherStats {
   int64_t queued_tasks = 0;
   int64_t queued_cost = 0;
+  int64_t queued_bytes = 0;
   int64_t running_batches = 0;
   int64_t target_batch_size = 0;
   // Linear execution-time model: predicted_us(cost) = slope_us * cost + intercept_us.
@@ -115,8 +123,8 @@ class Batcher {
 
   // Thread-safe, never blocks on execution. Takes the task. Returns OK if queued. Otherwise the
   // task is finished inline with the returned status before Submit returns:
-  // ResourceExhausted when the queue is full, InvalidArgument when its cost exceeds
-  // max_batch_size, DeadlineExceeded when it cannot meet its deadline even if run alone now,
+  // ResourceExhausted when the queue is full (tasks or bytes), InvalidArgument when its cost
+  // exceeds max_batch_size or its size max_queue_bytes, DeadlineExceeded when it cannot meet its deadline even if run alone now,
   // Unavailable once Shutdown began.
   absl::Status Submit(std::unique_ptr<Task> task);
 

@@ -60,9 +60,10 @@ class Recorder {
 
 class TestTask : public Task {
  public:
-  TestTask(int id, int64_t cost, Recorder* recorder, int64_t deadline_us = 0)
-      : id_(id), cost_(cost), deadline_us_(deadline_us), recorder_(recorder) {}
+  TestTask(int id, int64_t cost, Recorder* recorder, int64_t deadline_us = 0, int64_t bytes = 0)
+      : id_(id), cost_(cost), deadline_us_(deadline_us), bytes_(bytes), recorder_(recorder) {}
   int64_t cost() const override { return cost_; }
+  int64_t size_bytes() const override { return bytes_; }
   int64_t deadline_us() const override { return deadline_us_; }
   void Finish(absl::Status status, const TaskTiming& timing) override {
     recorder_->Add({id_, std::move(status), timing});
@@ -73,6 +74,7 @@ class TestTask : public Task {
   int id_;
   int64_t cost_;
   int64_t deadline_us_;
+  int64_t bytes_;
   Recorder* recorder_;
 };
 
@@ -152,6 +154,7 @@ TEST_F(BatcherTest, CreateValidatesOptions) {
       {[](BatcherOptions& o) { o.max_batch_size = 0; }, "max_batch_size"},
       {[](BatcherOptions& o) { o.max_queue_delay_us = -1; }, "max_queue_delay_us"},
       {[](BatcherOptions& o) { o.max_queue_size = 0; }, "max_queue_size"},
+      {[](BatcherOptions& o) { o.max_queue_bytes = -1; }, "max_queue_bytes"},
       {[](BatcherOptions& o) { o.slo_us = -5; }, "slo_us"},
       {[](BatcherOptions& o) { o.initial_batch_size = 64; }, "initial_batch_size"},
       {[](BatcherOptions& o) { o.aimd.additive_increase = 0; }, "additive_increase"},
@@ -375,6 +378,35 @@ TEST_F(BatcherTest, QueueFullIsRejectedInlineExactlyOnce) {
   EXPECT_THAT(recorder_.ids(), ElementsAre(3, 1, 2, 4));
   EXPECT_FALSE(recorder_.Get(1).timing.rejected_at_submit);
   EXPECT_FALSE(recorder_.Get(4).timing.rejected_at_submit);
+}
+
+TEST_F(BatcherTest, QueueBytesBoundTheWaitingPayloads) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 8;
+  options_.max_queue_bytes = 1000;
+  auto b = Make();
+  auto submit = [&](int id, int64_t bytes) {
+    return b->Submit(std::make_unique<TestTask>(id, 1, &recorder_, 0, bytes));
+  };
+  ASSERT_TRUE(submit(1, 600).ok());
+  ASSERT_TRUE(submit(2, 400).ok());
+  EXPECT_EQ(b->stats().queued_bytes, 1000);
+  // Full by bytes, though far from max_queue_size tasks: retry later.
+  absl::Status s = submit(3, 1);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("1000 of 1000 bytes queued"));
+  // Larger than the whole budget: it could never be queued, so it is not "retry later".
+  s = submit(4, 1001);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("exceeds max_queue_bytes=1000"));
+  // Departure returns the bytes.
+  clock_.AdvanceMicros(options_.max_queue_delay_us);
+  ASSERT_TRUE(b->RunOnce());
+  EXPECT_EQ(b->stats().queued_bytes, 0);
+  EXPECT_TRUE(submit(5, 1000).ok());
+  b.reset();
+  EXPECT_THAT(recorder_.ids(), ElementsAre(3, 4, 1, 2, 5));
+  EXPECT_TRUE(recorder_.Get(5).status.ok());
 }
 
 TEST_F(BatcherTest, ResponsesReachTheirOwnCallersInOrderWithTiming) {
@@ -644,7 +676,7 @@ TEST(BatcherThreadedTest, DestructorDrainsWithoutWaitingForDelay) {
 // Records which thread ran each batch and how long it pretends to take.
 class ThreadRecordingExecutor : public Executor {
  public:
-  absl::Status Execute(absl::Span<Task* const> batch, absl::Span<absl::Status>) override {
+  absl::Status Execute(absl::Span<Task* const>, absl::Span<absl::Status>) override {
     absl::MutexLock lock(&mu_);
     threads_.push_back(std::this_thread::get_id());
     return absl::OkStatus();

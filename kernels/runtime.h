@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -13,35 +14,20 @@
 #include "absl/types/span.h"
 #include "ferry/inference.h"
 #include "ferry/manifest.h"
+#include "ferry/signature.h"
 #include "ferry/tensor.h"
 
 namespace ferry::kernels {
 
-// One input or output as the model declares it. Dims of -1 are variable. The first dim is the
-// per-request batch dimension when ModelSignature::batched is true.
-struct TensorSpec {
-  std::string name;
-  DataType dtype = DataType::kInvalid;
-  std::vector<int64_t> shape;
-};
-
-struct ModelSignature {
-  std::string platform;  // e.g. "ferry_wordfilter"; reported in model metadata
-  std::vector<TensorSpec> inputs;
-  std::vector<TensorSpec> outputs;
-  // true: every input and output has a leading batch dim (reported as -1), requests are stacked
-  // along it, and a request's cost is that dim.
-  bool batched = true;
-};
-
-// Checks one request against a signature: every declared input present exactly once (no
-// unknown ones), datatype equal, rank equal, fixed dims equal, payload consistent, and all
-// inputs agreeing on the batch dim; requested outputs must exist. InvalidArgument names the
-// input and what was expected.
-absl::Status ValidateRequest(const ModelSignature& signature, const InferenceRequest& request);
-
-// Batch units a validated request costs: its batch dim when batched, else 1.
-int64_t RequestCost(const ModelSignature& signature, const InferenceRequest& request);
+// The signature contract (TensorSpec, ModelSignature, ValidateRequest, CheckDeclaredInput,
+// RequestCost) lives in the SDK (ferry/signature.h) so that front ends can check requests
+// without linking any runtime.
+using ::ferry::CheckDeclaredInput;
+using ::ferry::DeclaredInput;
+using ::ferry::ModelSignature;
+using ::ferry::RequestCost;
+using ::ferry::TensorSpec;
+using ::ferry::ValidateRequest;
 
 // One request of a batch. The runtime fills `response->outputs` (every declared output; the
 // agent filters to the requested ones) or sets `status` to fail only this request.

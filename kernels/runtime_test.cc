@@ -316,7 +316,7 @@ std::pair<std::vector<std::string>, std::vector<int32_t>> FilterDocs(
   EXPECT_EQ(filtered->shape, std::vector<int64_t>{static_cast<int64_t>(docs.size())});
   EXPECT_EQ(count->shape, std::vector<int64_t>{static_cast<int64_t>(docs.size())});
   EXPECT_EQ(count->dtype, DataType::kInt32);
-  return {filtered->bytes, Ints(*count)};
+  return {filtered->bytes.ToVector(), Ints(*count)};
 }
 
 TEST(WordFilterTest, SignatureAndMasking) {
@@ -614,7 +614,7 @@ TEST(MlpTest, EveryActivation) {
   std::vector<RefLayer> layers = RandomLayers({6, 8, 5}, 2);
   const std::string path = WriteModel("acts.safetensors", layers);
   for (const std::string a : {"none", "relu", "gelu", "tanh", "sigmoid"}) {
-    for (const std::string last : {a, std::string("softmax")}) {
+    for (const std::string& last : {a, std::string("softmax")}) {
       SCOPED_TRACE(a + "," + last);
       absl::StatusOr<std::unique_ptr<Runtime>> rt =
           CreateRuntime(MlpSpec(path, {{"activations", {a, last}}}), RuntimeContext{});

@@ -117,10 +117,34 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   const int map_err = errno;
   ::close(fd);  // the mapping keeps its own reference to the file
   if (map == MAP_FAILED) return Bad(path, absl::StrCat("mmap failed: ", std::strerror(map_err)));
-  file->map_ = map;  // owned from here on: the destructor unmaps on every error path below
+  file->map_ = map;  // owned from here on: the destructor unmaps on every error path
   file->map_size_ = size;
-  const auto* bytes = static_cast<const unsigned char*>(map);
+  if (absl::Status s = file->Parse(static_cast<const unsigned char*>(map), size); !s.ok()) {
+    return s;
+  }
+  return file;
+}
 
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromBytes(std::string contents,
+                                                                            std::string name) {
+  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->path_ = std::move(name);
+  file->contents_ = std::move(contents);
+  const uint64_t size = file->contents_.size();
+  if (size < 8) {
+    return Bad(file->path_,
+               absl::StrCat("file is ", size, " bytes, shorter than the 8-byte header length"));
+  }
+  if (absl::Status s =
+          file->Parse(reinterpret_cast<const unsigned char*>(file->contents_.data()), size);
+      !s.ok()) {
+    return s;
+  }
+  return file;
+}
+
+absl::Status SafetensorsFile::Parse(const unsigned char* bytes, uint64_t size) {
+  const std::string& path = path_;
   uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | bytes[i];
   if (header_size > size - 8) {
@@ -132,7 +156,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
                                   kMaxHeaderBytes, " bytes"));
   }
   const char* header = reinterpret_cast<const char*>(bytes + 8);
-  file->data_ = header + header_size;
+  data_ = header + header_size;
   const uint64_t data_size = size - 8 - header_size;
 
   nlohmann::json root;
@@ -155,7 +179,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
           return Bad(path, absl::StrCat("__metadata__.", key, " must be a string, got ",
                                         value.type_name()));
         }
-        file->metadata_[key] = value.get<std::string>();
+        metadata_[key] = value.get<std::string>();
       }
       continue;
     }
@@ -239,15 +263,15 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
                                     " needs ", want, " bytes, but data_offsets [", t.begin, ", ",
                                     t.end, "] hold ", t.end - t.begin));
     }
-    file->tensors_.push_back(std::move(t));
+    tensors_.push_back(std::move(t));
   }
 
-  std::sort(file->tensors_.begin(), file->tensors_.end(),
+  std::sort(tensors_.begin(), tensors_.end(),
             [](const SafetensorsTensor& a, const SafetensorsTensor& b) {
               return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
             });
   uint64_t expected = 0;
-  for (const SafetensorsTensor& t : file->tensors_) {
+  for (const SafetensorsTensor& t : tensors_) {
     if (t.begin < expected) {
       return BadTensor(path, t.name,
                        absl::StrCat("data_offsets [", t.begin, ", ", t.end,
@@ -265,7 +289,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     return Bad(path, absl::StrCat("tensors cover ", expected, " bytes but the data section has ",
                                   data_size, " (truncated or trailing bytes)"));
   }
-  return file;
+  return absl::OkStatus();
 }
 
 SafetensorsFile::~SafetensorsFile() {

@@ -35,6 +35,11 @@ class SafetensorsFile {
   // sorted by offset, cover the data section exactly without gaps or overlap. Errors are
   // InvalidArgument (NotFound when the file cannot be opened) naming the file and tensor.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+  // The same validation over a file's contents held in memory (the object keeps them; `name`
+  // stands for the path in messages and path()). Lets tests and fuzzers check the parser with
+  // exactly sized buffers, where a read past the end is caught.
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> FromBytes(std::string contents,
+                                                                    std::string name);
 
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
@@ -59,8 +64,11 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
+  // Validates the `size` bytes at `bytes` (size >= 8) and fills data_, tensors_ and metadata_.
+  absl::Status Parse(const unsigned char* bytes, uint64_t size);
 
   std::string path_;
+  std::string contents_;  // FromBytes only
   void* map_ = nullptr;
   size_t map_size_ = 0;
   const char* data_ = nullptr;  // start of the data section inside the mapping

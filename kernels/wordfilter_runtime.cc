@@ -256,14 +256,17 @@ absl::Status WordFilterRuntime::Execute(absl::Span<RuntimeCall> batch) {
     filtered.name = "filtered";
     filtered.dtype = DataType::kBytes;
     filtered.shape = {rows};
-    filtered.bytes.resize(rows);
+    // Masking keeps lengths, so the output needs exactly the input's bytes.
+    filtered.bytes.reserve(rows, text->bytes.total_bytes());
     Tensor count;
     count.name = "count";
     count.dtype = DataType::kInt32;
     count.shape = {rows};
     count.data.resize(rows * sizeof(int32_t));
+    std::string scratch;
     for (int64_t r = 0; r < rows; ++r) {
-      const int32_t c = Filter(text->bytes[r], &filtered.bytes[r]);
+      const int32_t c = Filter(text->bytes[r], &scratch);
+      filtered.bytes.push_back(scratch);
       std::memcpy(count.data.data() + r * sizeof(int32_t), &c, sizeof(c));
     }
     call.response->outputs.push_back(std::move(filtered));

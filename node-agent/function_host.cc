@@ -13,6 +13,8 @@ namespace {
 // or gRPC thread) when an executor is free: for CPU functions that take microseconds, the two
 // thread hand-offs would cost more than the work. Longer batches always go to batcher threads.
 constexpr int64_t kInlineMaxExecUs = 100;
+// Longest timeout a request can ask for (1 day); see FunctionHost::Infer.
+constexpr int64_t kMaxTimeoutUs = int64_t{86'400} * 1'000'000;
 
 batching::Policy ToPolicy(BatchPolicy p) {
   switch (p) {
@@ -35,6 +37,16 @@ int64_t BatchLatencyTargetUs(const FunctionSpec& spec) {
   return std::max(slo_us / 2, slo_us - spec.batching.max_queue_delay_us);
 }
 
+// What a queued request holds: its tensors' payloads (BYTES: the bytes plus one offset each).
+int64_t PayloadBytes(const InferenceRequest& request) {
+  int64_t bytes = 0;
+  for (const Tensor& t : request.inputs) {
+    bytes += static_cast<int64_t>(t.data.size() + t.bytes.total_bytes() +
+                                  t.bytes.size() * sizeof(size_t));
+  }
+  return bytes;
+}
+
 }  // namespace
 
 class FunctionHost::Task final : public batching::Task {
@@ -45,10 +57,12 @@ class FunctionHost::Task final : public batching::Task {
         request_(std::move(request)),
         done_(std::move(done)),
         cost_(cost),
+        bytes_(PayloadBytes(*request_)),
         deadline_us_(deadline_us),
         start_us_(start_us) {}
 
   int64_t cost() const override { return cost_; }
+  int64_t size_bytes() const override { return bytes_; }
   int64_t deadline_us() const override { return deadline_us_; }
   const InferenceRequest& request() const { return *request_; }
   InferenceResponse* response() { return &response_; }
@@ -110,6 +124,7 @@ class FunctionHost::Task final : public batching::Task {
   InferDone done_;
   InferenceResponse response_;
   const int64_t cost_;
+  const int64_t bytes_;
   const int64_t deadline_us_;
   const int64_t start_us_;
 };
@@ -172,6 +187,7 @@ absl::StatusOr<std::unique_ptr<FunctionHost>> FunctionHost::Create(
   bo.max_batch_size = host->spec_.batching.max_batch_size;
   bo.max_queue_delay_us = host->spec_.batching.max_queue_delay_us;
   bo.max_queue_size = host->spec_.batching.max_queue_size;
+  bo.max_queue_bytes = host->spec_.batching.max_queue_bytes;
   bo.slo_us = BatchLatencyTargetUs(host->spec_);
   bo.aimd.additive_increase = host->spec_.batching.aimd.additive_increase;
   bo.aimd.hold_band = host->spec_.batching.aimd.hold_band;
@@ -232,6 +248,9 @@ void FunctionHost::Infer(std::unique_ptr<InferenceRequest> request, InferDone do
   if (request->timeout_us > 0 && (timeout_us == 0 || request->timeout_us < timeout_us)) {
     timeout_us = request->timeout_us;
   }
+  // A client may send any int64; beyond a day a timeout means "no sooner than the model's", and
+  // capping it keeps every deadline computation far from overflow.
+  timeout_us = std::min(timeout_us, kMaxTimeoutUs);
   const int64_t deadline_us = timeout_us > 0 ? now_us + timeout_us : 0;
   metrics_->AddPending(1);
   auto task =

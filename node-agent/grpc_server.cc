@@ -79,6 +79,9 @@ absl::StatusOr<Parameters> FromProtoParameters(const ProtoParameters& proto,
     if (!decoded.ok()) return decoded.status();
     out.emplace(key, *std::move(decoded));
   }
+  std::string_view what = where.empty() ? std::string_view("request") : where;
+  if (!what.empty() && what.back() == ' ') what.remove_suffix(1);
+  if (absl::Status s = CheckParameters(out, what); !s.ok()) return s;
   return out;
 }
 
@@ -229,7 +232,7 @@ absl::Status DecodeTyped(const InferTensorContents& contents, int64_t count, Ten
     case DataType::kFp64:
       return CopyElements<double>(contents.fp64_contents(), tensor, want, data);
     case DataType::kBytes:
-      tensor.bytes.assign(contents.bytes_contents().begin(), contents.bytes_contents().end());
+      for (const std::string& element : contents.bytes_contents()) tensor.bytes.push_back(element);
       return absl::OkStatus();
     default:
       return absl::InternalError("unreachable datatype");
@@ -283,9 +286,13 @@ struct InferCall {
   std::string id;
 };
 
+// Made only once the request is decoded and handed to the core: a handler that returns early
+// (or throws) has no reactor to leak. Holds the request's bytes on the agent's budget until the
+// call is done.
 class InferReactor final : public grpc::ServerUnaryReactor {
  public:
-  explicit InferReactor(std::shared_ptr<InferCall> call) : call_(std::move(call)) {}
+  InferReactor(std::shared_ptr<InferCall> call, ByteBudget::Lease lease)
+      : call_(std::move(call)), lease_(std::move(lease)) {}
 
   void OnCancel() override {
     if (!call_->finished.exchange(true)) Finish(grpc::Status::CANCELLED);
@@ -294,14 +301,21 @@ class InferReactor final : public grpc::ServerUnaryReactor {
 
  private:
   std::shared_ptr<InferCall> call_;
+  ByteBudget::Lease lease_;
 };
+
+grpc::Status InternalError(const char* what) {
+  return grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("internal error: ", what));
+}
 
 }  // namespace
 
-absl::StatusOr<InferenceRequest> FromProto(inference::ModelInferRequest* proto) {
+absl::StatusOr<InferenceRequest> FromProto(inference::ModelInferRequest* proto,
+                                           const ModelMetadata* metadata) {
   InferenceRequest request;
   request.model_name = proto->model_name();
   request.model_version = proto->model_version();
+  if (absl::Status s = CheckRequestId(proto->id()); !s.ok()) return s;
   request.id = proto->id();
   auto parameters = FromProtoParameters(proto->parameters(), "");
   if (!parameters.ok()) return parameters.status();
@@ -333,9 +347,16 @@ absl::StatusOr<InferenceRequest> FromProto(inference::ModelInferRequest* proto) 
     }
     tensor.shape.assign(input.shape().begin(), input.shape().end());
     const int64_t count = ElementCount(tensor.shape);
-    if (count < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": invalid shape ", ShapeToString(tensor.shape)));
+    if (count < 0 ||
+        (tensor.dtype != DataType::kBytes && TensorByteSize(tensor.dtype, tensor.shape) < 0)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": invalid shape ", ShapeToString(tensor.shape), " (negative or too large)"));
+    }
+    if (metadata != nullptr) {
+      auto declared =
+          CheckDeclaredInput(metadata->inputs, metadata->batched, metadata->max_batch_size,
+                             tensor.name, tensor.dtype, tensor.shape);
+      if (!declared.ok()) return declared.status();
     }
     if (auto s = RejectSharedMemory(input.parameters(), what); !s.ok()) return s;
     const bool has_typed = TotalCount(input.contents()) > 0;
@@ -389,80 +410,110 @@ void ToProto(InferenceResponse response, inference::ModelInferResponse* proto) {
 
 class GrpcInferenceServiceImpl final : public inference::GRPCInferenceService::CallbackService {
  public:
-  explicit GrpcInferenceServiceImpl(ServingCore* core) : core_(core) {}
+  GrpcInferenceServiceImpl(ServingCore* core, ByteBudget* budget) : core_(core), budget_(budget) {}
 
   grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* context,
                                        const inference::ServerLiveRequest*,
                                        inference::ServerLiveResponse* response) override {
-    response->set_live(core_->IsLive());
-    return FinishNow(context, grpc::Status::OK);
+    return Guarded(context, [&]() -> grpc::ServerUnaryReactor* {
+      response->set_live(core_->IsLive());
+      return FinishNow(context, grpc::Status::OK);
+    });
   }
 
   grpc::ServerUnaryReactor* ServerReady(grpc::CallbackServerContext* context,
                                         const inference::ServerReadyRequest*,
                                         inference::ServerReadyResponse* response) override {
-    response->set_ready(core_->IsReady());
-    return FinishNow(context, grpc::Status::OK);
+    return Guarded(context, [&]() -> grpc::ServerUnaryReactor* {
+      response->set_ready(core_->IsReady());
+      return FinishNow(context, grpc::Status::OK);
+    });
   }
 
   grpc::ServerUnaryReactor* ModelReady(grpc::CallbackServerContext* context,
                                        const inference::ModelReadyRequest* request,
                                        inference::ModelReadyResponse* response) override {
-    const absl::Status status = core_->ModelReady(request->name(), request->version());
-    // Loading or stopping is a state, not a failure: the client asked "is it ready?". Unknown
-    // models stay errors so a typo is not mistaken for "still loading".
-    if (status.ok() || absl::IsUnavailable(status)) {
-      response->set_ready(status.ok());
-      return FinishNow(context, grpc::Status::OK);
-    }
-    return FinishNow(context, ToGrpcStatus(status));
+    return Guarded(context, [&]() -> grpc::ServerUnaryReactor* {
+      const absl::Status status = core_->ModelReady(request->name(), request->version());
+      // Loading or stopping is a state, not a failure: the client asked "is it ready?". Unknown
+      // models stay errors so a typo is not mistaken for "still loading".
+      if (status.ok() || absl::IsUnavailable(status)) {
+        response->set_ready(status.ok());
+        return FinishNow(context, grpc::Status::OK);
+      }
+      return FinishNow(context, ToGrpcStatus(status));
+    });
   }
 
   grpc::ServerUnaryReactor* ServerMetadata(grpc::CallbackServerContext* context,
                                            const inference::ServerMetadataRequest*,
                                            inference::ServerMetadataResponse* response) override {
-    const agent::ServerMetadata metadata = core_->GetServerMetadata();
-    response->set_name(metadata.name);
-    response->set_version(metadata.version);
-    for (const auto& extension : metadata.extensions) response->add_extensions(extension);
-    return FinishNow(context, grpc::Status::OK);
+    return Guarded(context, [&]() -> grpc::ServerUnaryReactor* {
+      const agent::ServerMetadata metadata = core_->GetServerMetadata();
+      response->set_name(metadata.name);
+      response->set_version(metadata.version);
+      for (const auto& extension : metadata.extensions) response->add_extensions(extension);
+      return FinishNow(context, grpc::Status::OK);
+    });
   }
 
   grpc::ServerUnaryReactor* ModelMetadata(grpc::CallbackServerContext* context,
                                           const inference::ModelMetadataRequest* request,
                                           inference::ModelMetadataResponse* response) override {
-    auto metadata = core_->GetModelMetadata(request->name(), request->version());
-    if (!metadata.ok()) return FinishNow(context, ToGrpcStatus(metadata.status()));
-    response->set_name(metadata->name);
-    for (const auto& version : metadata->versions) response->add_versions(version);
-    response->set_platform(metadata->platform);
-    auto fill = [](const kernels::TensorSpec& spec,
-                   inference::ModelMetadataResponse::TensorMetadata* out) {
-      out->set_name(spec.name);
-      out->set_datatype(std::string(DataTypeName(spec.dtype)));
-      out->mutable_shape()->Add(spec.shape.begin(), spec.shape.end());
-    };
-    for (const auto& spec : metadata->inputs) fill(spec, response->add_inputs());
-    for (const auto& spec : metadata->outputs) fill(spec, response->add_outputs());
-    return FinishNow(context, grpc::Status::OK);
+    return Guarded(context, [&]() -> grpc::ServerUnaryReactor* {
+      auto metadata = core_->GetModelMetadata(request->name(), request->version());
+      if (!metadata.ok()) return FinishNow(context, ToGrpcStatus(metadata.status()));
+      response->set_name(metadata->name);
+      for (const auto& version : metadata->versions) response->add_versions(version);
+      response->set_platform(metadata->platform);
+      auto fill = [](const kernels::TensorSpec& spec,
+                     inference::ModelMetadataResponse::TensorMetadata* out) {
+        out->set_name(spec.name);
+        out->set_datatype(std::string(DataTypeName(spec.dtype)));
+        out->mutable_shape()->Add(spec.shape.begin(), spec.shape.end());
+      };
+      for (const auto& spec : metadata->inputs) fill(spec, response->add_inputs());
+      for (const auto& spec : metadata->outputs) fill(spec, response->add_outputs());
+      return FinishNow(context, grpc::Status::OK);
+    });
   }
 
   grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* context,
                                        const inference::ModelInferRequest* request,
                                        inference::ModelInferResponse* response) override {
+    return Guarded(context, [&] { return Infer(context, request, response); });
+  }
+
+ private:
+  grpc::ServerUnaryReactor* Infer(grpc::CallbackServerContext* context,
+                                  const inference::ModelInferRequest* request,
+                                  inference::ModelInferResponse* response) {
     const int64_t arrival_us = RealClock::Get()->NowMicros();
-    auto call = std::make_shared<InferCall>();
-    auto* reactor = new InferReactor(call);
-    call->reactor = reactor;
-    call->response = response;
+    // gRPC has already read the message (up to max_message_bytes): what the budget decides is
+    // whether the agent holds it, and what it decodes into, any longer.
+    ByteBudget::Lease lease;
+    if (budget_ != nullptr) {
+      bool ok = false;
+      lease = budget_->TryLease(static_cast<int64_t>(request->ByteSizeLong()), &ok);
+      if (!ok) {
+        return FinishNow(context,
+                         grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                      absl::StrCat("the agent holds too many request bytes (",
+                                                   budget_->capacity_bytes(),
+                                                   " in flight at most); retry later")));
+      }
+    }
     // The request message belongs to this call and gRPC does not read it after handing it to
     // the handler, so the tensor payloads can be moved out instead of copied.
-    auto decoded = FromProto(const_cast<inference::ModelInferRequest*>(request));
-    if (!decoded.ok()) {
-      call->finished.store(true);
-      reactor->Finish(ToGrpcStatus(decoded.status()));
-      return reactor;
-    }
+    // The model is looked up first: an unknown model is NOT_FOUND before anything is decoded,
+    // and each input's declared shape is checked against the model before it is decoded.
+    auto metadata = core_->GetModelMetadata(request->model_name(), request->model_version());
+    auto decoded = metadata.ok()
+                       ? FromProto(const_cast<inference::ModelInferRequest*>(request), &*metadata)
+                       : absl::StatusOr<InferenceRequest>(metadata.status());
+    if (!decoded.ok()) return FinishNow(context, ToGrpcStatus(decoded.status()));
+    auto call = std::make_shared<InferCall>();
+    call->response = response;
     call->model_name = decoded->model_name;
     call->model_version = decoded->model_version;
     call->id = decoded->id;
@@ -478,23 +529,41 @@ class GrpcInferenceServiceImpl final : public inference::GRPCInferenceService::C
                                    .count());
       if (owned->timeout_us == 0 || left_us < owned->timeout_us) owned->timeout_us = left_us;
     }
-    core_->Infer(std::move(owned), [call](absl::StatusOr<InferenceResponse> result) {
-      if (call->finished.exchange(true)) return;  // cancelled; the reactor may be gone
-      if (!result.ok()) {
-        call->reactor->Finish(ToGrpcStatus(result.status()));
-        return;
-      }
-      // The core normally echoes these; fill them in when it did not.
-      if (result->model_name.empty()) result->model_name = call->model_name;
-      if (result->model_version.empty()) result->model_version = call->model_version;
-      if (result->id.empty()) result->id = call->id;
-      ToProto(*std::move(result), call->response);
-      call->reactor->Finish(grpc::Status::OK);
-    });
+    auto* reactor = new InferReactor(call, std::move(lease));
+    call->reactor = reactor;
+    // From here the reactor is returned whatever happens, and finished exactly once.
+    try {
+      core_->Infer(std::move(owned), [call](absl::StatusOr<InferenceResponse> result) {
+        if (call->finished.exchange(true)) return;  // cancelled; the reactor may be gone
+        // This runs on a batcher thread: nothing may escape it.
+        grpc::Status status = grpc::Status::OK;
+        try {
+          if (!result.ok()) {
+            status = ToGrpcStatus(result.status());
+          } else {
+            // The core normally echoes these; fill them in when it did not.
+            if (result->model_name.empty()) result->model_name = call->model_name;
+            if (result->model_version.empty()) result->model_version = call->model_version;
+            if (result->id.empty()) result->id = call->id;
+            ToProto(*std::move(result), call->response);
+          }
+        } catch (const std::exception& e) {
+          call->response->Clear();
+          status = InternalError(e.what());
+        } catch (...) {
+          call->response->Clear();
+          status = InternalError("unknown exception");
+        }
+        call->reactor->Finish(std::move(status));
+      });
+    } catch (const std::exception& e) {
+      if (!call->finished.exchange(true)) reactor->Finish(InternalError(e.what()));
+    } catch (...) {
+      if (!call->finished.exchange(true)) reactor->Finish(InternalError("unknown exception"));
+    }
     return reactor;
   }
 
- private:
   static grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
                                              grpc::Status status) {
     auto* reactor = context->DefaultReactor();
@@ -502,14 +571,28 @@ class GrpcInferenceServiceImpl final : public inference::GRPCInferenceService::C
     return reactor;
   }
 
+  // The error boundary of every handler. gRPC would catch an exception itself, but answers
+  // UNIMPLEMENTED and leaks whatever the handler had made; here it answers INTERNAL with the
+  // message. `handler` finishes the call only as its last step, so the call is finished once.
+  template <typename Handler>
+  static grpc::ServerUnaryReactor* Guarded(grpc::CallbackServerContext* context,
+                                           Handler&& handler) {
+    try {
+      return handler();
+    } catch (const std::exception& e) {
+      return FinishNow(context, InternalError(e.what()));
+    } catch (...) {
+      return FinishNow(context, InternalError("unknown exception"));
+    }
+  }
+
   ServingCore* const core_;
+  ByteBudget* const budget_;  // may be null
 };
 
 GrpcServer::GrpcServer() = default;
 
-absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Create(const GrpcServerOptions& options,
-                                                               ServingCore* core) {
-  if (core == nullptr) return absl::InvalidArgumentError("GrpcServer needs a ServingCore");
+absl::Status ValidateGrpcServerOptions(const GrpcServerOptions& options) {
   if (options.host.empty()) return absl::InvalidArgumentError("GrpcServer: empty host");
   if (options.port < 0 || options.port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("GrpcServer: invalid port ", options.port));
@@ -518,12 +601,37 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Create(const GrpcServerO
     return absl::InvalidArgumentError(absl::StrCat("GrpcServer: max_message_bytes must be in [1, ",
                                                    INT_MAX, "], got ", options.max_message_bytes));
   }
+  if (options.max_concurrent_streams < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GrpcServer: max_concurrent_streams must be positive, got ",
+                     options.max_concurrent_streams));
+  }
+  for (const auto& [name, value] :
+       {std::pair<const char*, int64_t>{"keepalive_time_ms", options.keepalive_time_ms},
+        {"keepalive_timeout_ms", options.keepalive_timeout_ms},
+        {"min_client_ping_interval_ms", options.min_client_ping_interval_ms}}) {
+    if (value < 1 || value > INT_MAX) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("GrpcServer: ", name, " must be in [1, ", INT_MAX, "], got ", value));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Create(const GrpcServerOptions& options,
+                                                               ServingCore* core) {
+  if (core == nullptr) return absl::InvalidArgumentError("GrpcServer needs a ServingCore");
+  if (options.host.empty()) return absl::InvalidArgumentError("GrpcServer: empty host");
+  if (options.port < 0 || options.port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("GrpcServer: invalid port ", options.port));
+  }
+  if (absl::Status s = ValidateGrpcServerOptions(options); !s.ok()) return s;
   // Process-wide and not thread-safe in gRPC, so set it once.
   static std::once_flag health_once;
   std::call_once(health_once, [] { grpc::EnableDefaultHealthCheckService(true); });
 
   auto server = absl::WrapUnique(new GrpcServer());
-  server->service_ = std::make_unique<GrpcInferenceServiceImpl>(core);
+  server->service_ = std::make_unique<GrpcInferenceServiceImpl>(core, options.byte_budget);
   const std::string address = ListenAddress(options.host, options.port);
   grpc::ServerBuilder builder;
   int bound_port = 0;
@@ -532,6 +640,19 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Create(const GrpcServerO
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, options.max_concurrent_streams);
+  // Keepalive both ways: the server pings a connection quiet for keepalive_time_ms and drops it
+  // when no answer comes within keepalive_timeout_ms (a vanished client frees its resources);
+  // a client may ping, even without calls, but not more often than min_client_ping_interval_ms:
+  // past two strikes the connection is closed with GOAWAY ("too_many_pings").
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             static_cast<int>(options.keepalive_time_ms));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             static_cast<int>(options.keepalive_timeout_ms));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             static_cast<int>(options.min_client_ping_interval_ms));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
   builder.RegisterService(server->service_.get());
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (grpc_server == nullptr || bound_port == 0) {

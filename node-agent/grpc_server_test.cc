@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -40,15 +41,25 @@ class FakeCore : public ServingCore {
   }
   absl::StatusOr<ModelMetadata> GetModelMetadata(const std::string& name,
                                                  const std::string& version) const override {
-    if (name != "echo" || !(version.empty() || version == "1")) {
+    if (name == "throwmeta") throw std::runtime_error("metadata exploded");
+    const bool known =
+        name == "echo" || name == "full" || name == "default" || name == "hold" || name == "throw";
+    if (!known || !(version.empty() || version == "1")) {
       return absl::NotFoundError("unknown model '" + name + "'");
     }
+    // The front end checks each input's header against these before decoding it; the tests
+    // below send these names with these datatypes and ranks.
     ModelMetadata m;
-    m.name = "echo";
+    m.name = name;
     m.versions = {"1"};
     m.platform = "ferry_echo";
-    m.inputs = {{"x", DataType::kFp32, {-1, 3}}};
-    m.outputs = {{"x", DataType::kFp32, {-1, 3}}};
+    m.inputs = {{"x", DataType::kFp32, {-1, -1}}, {"y", DataType::kInt32, {-1}},
+                {"s", DataType::kBytes, {-1}},    {"i8", DataType::kInt8, {-1}},
+                {"u16", DataType::kUint16, {-1}}, {"f64", DataType::kFp64, {-1, -1}},
+                {"b", DataType::kBool, {-1}},     {"u8", DataType::kUint8, {-1}},
+                {"h", DataType::kFp16, {-1, -1}}};
+    m.outputs = {{"x", DataType::kFp32, {-1, -1}}};
+    m.max_batch_size = 8;
     return m;
   }
   absl::Status ModelReady(const std::string& name, const std::string& /*version*/) const override {
@@ -93,6 +104,8 @@ class FakeCore : public ServingCore {
     } else if (model == "hold") {
       absl::MutexLock lock(&mu_);
       held_.push_back(std::move(done));
+    } else if (model == "throw") {
+      throw std::runtime_error("core exploded");
     } else {
       done(absl::NotFoundError("unknown model '" + model + "'"));
     }
@@ -232,10 +245,10 @@ TEST_F(GrpcServerTest, HealthAndMetadata) {
     EXPECT_EQ(r.name(), "echo");
     EXPECT_THAT(r.versions(), ElementsAre("1"));
     EXPECT_EQ(r.platform(), "ferry_echo");
-    ASSERT_EQ(r.inputs_size(), 1);
+    ASSERT_EQ(r.inputs_size(), 9);
     EXPECT_EQ(r.inputs(0).name(), "x");
     EXPECT_EQ(r.inputs(0).datatype(), "FP32");
-    EXPECT_THAT(r.inputs(0).shape(), ElementsAre(-1, 3));
+    EXPECT_THAT(r.inputs(0).shape(), ElementsAre(-1, -1));
     ASSERT_EQ(r.outputs_size(), 1);
   }
   {
@@ -278,6 +291,7 @@ TEST_F(GrpcServerTest, ClientDeadlineBecomesTheRequestTimeout) {
   auto* in = req.add_inputs();
   in->set_name("x");
   in->set_datatype("FP32");
+  in->add_shape(1);
   in->add_shape(1);
   req.add_raw_input_contents(Fp32Bytes({1}));
   inference::ModelInferResponse resp;
@@ -490,7 +504,10 @@ TEST_F(GrpcServerTest, ErrorCodesAreMapped) {
   }
   {
     auto r = Fp32Request("echo");
+    r.mutable_inputs(0)->set_name("i8");
     r.mutable_inputs(0)->set_datatype("INT8");
+    r.mutable_inputs(0)->clear_shape();
+    r.mutable_inputs(0)->add_shape(2);
     r.mutable_inputs(0)->mutable_contents()->add_int_contents(1);
     r.mutable_inputs(0)->mutable_contents()->add_int_contents(200);
     cases.push_back({"int8 range", r, grpc::StatusCode::INVALID_ARGUMENT, "out of range"});
@@ -514,10 +531,48 @@ TEST_F(GrpcServerTest, ErrorCodesAreMapped) {
   }
   {
     auto r = Fp32Request("echo");
+    r.mutable_inputs(0)->set_name("h");
     r.mutable_inputs(0)->set_datatype("FP16");
     r.mutable_inputs(0)->mutable_contents()->add_fp32_contents(1);
     r.mutable_inputs(0)->mutable_contents()->add_fp32_contents(2);
     cases.push_back({"fp16 typed", r, grpc::StatusCode::INVALID_ARGUMENT, "raw_input_contents"});
+  }
+  // Headers are checked against the model before any contents are decoded.
+  {
+    auto r = Fp32Request("echo");
+    r.mutable_inputs(0)->set_shape(1, int64_t{1} << 62);
+    cases.push_back({"byte size overflow", r, grpc::StatusCode::INVALID_ARGUMENT, "too large"});
+  }
+  {
+    auto r = Fp32Request("echo");
+    r.mutable_inputs(0)->set_shape(0, 9);
+    r.mutable_inputs(0)->set_shape(1, int64_t{1} << 40);
+    cases.push_back({"batch dim", r, grpc::StatusCode::INVALID_ARGUMENT, "maxBatchSize 8"});
+  }
+  {
+    auto r = Fp32Request("echo");
+    r.mutable_inputs(0)->set_datatype("INT32");
+    r.mutable_inputs(0)->mutable_contents()->add_int_contents(1);
+    cases.push_back({"declared datatype", r, grpc::StatusCode::INVALID_ARGUMENT,
+                     "datatype INT32, expected FP32"});
+  }
+  {
+    auto r = Fp32Request("echo");
+    r.mutable_inputs(0)->set_name("zz");
+    cases.push_back({"unknown input", r, grpc::StatusCode::INVALID_ARGUMENT, "unknown input 'zz'"});
+  }
+  {
+    auto r = Fp32Request("echo");
+    r.add_raw_input_contents(Fp32Bytes({1, 2}));
+    r.set_id(std::string(kMaxRequestIdBytes + 1, 'i'));
+    cases.push_back({"long id", r, grpc::StatusCode::INVALID_ARGUMENT, "'id'"});
+  }
+  {
+    auto r = Fp32Request("echo");
+    r.add_raw_input_contents(Fp32Bytes({1, 2}));
+    (*r.mutable_parameters())["tag"].set_string_param(
+        std::string(kMaxParameterStringBytes + 1, 't'));
+    cases.push_back({"long parameter", r, grpc::StatusCode::INVALID_ARGUMENT, "'tag'"});
   }
   for (const Case& c : cases) {
     inference::ModelInferResponse resp;
@@ -677,6 +732,92 @@ TEST(GrpcTranslationTest, ResponseToProto) {
   ASSERT_EQ(proto.raw_output_contents_size(), 1);
   EXPECT_EQ(proto.raw_output_contents(0), EncodeBytesElements({"p", "qr"}));
   EXPECT_EQ(proto.outputs(0).contents().bytes_contents_size(), 0);
+}
+
+// A ModelInferRequest for "hold" with one FP32 input of `floats` values.
+inference::ModelInferRequest HoldRequest(int floats) {
+  inference::ModelInferRequest req;
+  req.set_model_name("hold");
+  auto* in = req.add_inputs();
+  in->set_name("x");
+  in->set_datatype("FP32");
+  in->add_shape(1);
+  in->add_shape(floats);
+  req.add_raw_input_contents(std::string(static_cast<size_t>(floats) * 4, '\0'));
+  return req;
+}
+
+TEST(GrpcServerOptionsTest, Validates) {
+  EXPECT_TRUE(ValidateGrpcServerOptions(GrpcServerOptions{}).ok());
+  auto invalid = [](void (*change)(GrpcServerOptions&)) {
+    GrpcServerOptions options;
+    change(options);
+    return ValidateGrpcServerOptions(options).code() == absl::StatusCode::kInvalidArgument;
+  };
+  EXPECT_TRUE(invalid([](GrpcServerOptions& o) { o.host.clear(); }));
+  EXPECT_TRUE(invalid([](GrpcServerOptions& o) { o.port = -1; }));
+  EXPECT_TRUE(invalid([](GrpcServerOptions& o) { o.max_message_bytes = int64_t{1} << 40; }));
+  EXPECT_TRUE(invalid([](GrpcServerOptions& o) { o.max_concurrent_streams = 0; }));
+  EXPECT_TRUE(invalid([](GrpcServerOptions& o) { o.keepalive_time_ms = 0; }));
+  EXPECT_TRUE(invalid([](GrpcServerOptions& o) { o.keepalive_timeout_ms = int64_t{1} << 40; }));
+  EXPECT_TRUE(invalid([](GrpcServerOptions& o) { o.min_client_ping_interval_ms = -5; }));
+}
+
+TEST_F(GrpcServerTest, AnExceptionInAHandlerIsInternalAndTheServerKeepsServing) {
+  inference::ModelInferRequest req;
+  req.set_model_name("throw");
+  inference::ModelInferResponse resp;
+  grpc::Status status = Infer(req, &resp);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_THAT(status.error_message(), HasSubstr("core exploded"));
+  {
+    grpc::ClientContext ctx;
+    inference::ModelMetadataRequest meta;
+    meta.set_name("throwmeta");
+    inference::ModelMetadataResponse meta_resp;
+    status = stub_->ModelMetadata(&ctx, meta, &meta_resp);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL);
+    EXPECT_THAT(status.error_message(), HasSubstr("metadata exploded"));
+  }
+  // Before the request is decoded (no per-call state exists yet): INTERNAL, not the
+  // UNIMPLEMENTED gRPC answers for an exception it catches itself.
+  req.set_model_name("throwmeta");
+  status = Infer(req, &resp);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL);
+  grpc::ClientContext ctx;
+  inference::ServerLiveResponse live;
+  EXPECT_TRUE(stub_->ServerLive(&ctx, {}, &live).ok());
+  EXPECT_TRUE(live.live());
+}
+
+TEST_F(GrpcServerTest, MessagesOverTheByteBudgetAreRefusedAtOnce) {
+  ByteBudget budget(1000);
+  server_.reset();
+  Start(GrpcServerOptions{.port = 0, .byte_budget = &budget});
+  inference::ModelInferResponse resp;
+  grpc::Status status = Infer(HoldRequest(500), &resp);  // 2000 bytes of tensor data
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("in flight"));
+  EXPECT_EQ(budget.in_use_bytes(), 0);
+
+  // A held call keeps its bytes charged until it is done.
+  const inference::ModelInferRequest req = HoldRequest(150);  // 600 bytes
+  grpc::ClientContext held_ctx;
+  grpc::Status held_status;
+  absl::Notification held_done;
+  stub_->async()->ModelInfer(&held_ctx, &req, &resp, [&](grpc::Status s) {
+    held_status = std::move(s);
+    held_done.Notify();
+  });
+  core_.WaitForHeld(1);
+  EXPECT_GE(budget.in_use_bytes(), 600);
+  inference::ModelInferResponse second;
+  EXPECT_EQ(Infer(req, &second).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  core_.ReleaseHeld();
+  held_done.WaitForNotification();
+  EXPECT_TRUE(held_status.ok()) << held_status.error_message();
+  server_->Shutdown();  // every call's OnDone has run once the server stopped
+  EXPECT_EQ(budget.in_use_bytes(), 0);
 }
 
 }  // namespace

@@ -3,9 +3,12 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdio>
+#include <exception>
 #include <optional>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 // clang-format off
@@ -43,6 +46,22 @@ constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 // does not turn into a reset that destroys the error response) up to these limits.
 constexpr size_t kMaxDrainBytes = size_t{16} << 20;
 constexpr auto kDrainTimeout = std::chrono::seconds(2);
+// Bodies at least this large are parsed on the worker threads: parsing tens of MiB takes long
+// enough to hold up every other connection of an io thread (health checks included).
+constexpr size_t kOffloadBodyBytes = size_t{1} << 20;
+// What a connection beyond --max-connections gets before it is closed (best effort: it is sent
+// without waiting, and a client that already sent its request may see a reset instead).
+constexpr std::string_view kTooManyConnections =
+    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    "Content-Length: 54\r\nConnection: close\r\n\r\n"
+    "{\"error\":\"the agent has too many open connections\"}\n";
+
+// Accept errors that mean "out of descriptors or kernel memory": the listening socket stays
+// readable, so retrying at once would spin.
+bool IsResourceShortage(const beast::error_code& ec) {
+  return ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space ||
+         ec == asio::error::no_memory || ec == boost::system::errc::too_many_files_open_in_system;
+}
 
 std::string_view ToStd(beast::string_view s) { return {s.data(), s.size()}; }
 absl::string_view ToAbsl(beast::string_view s) { return {s.data(), s.size()}; }
@@ -77,17 +96,35 @@ class HttpServerImpl {
       : options_(options),
         core_(core),
         iocs_(MakeContexts(options.num_threads)),
-        acceptor_(asio::make_strand(*iocs_[0])) {}
+        acceptor_(asio::make_strand(*iocs_[0])),
+        accept_timer_(acceptor_.get_executor()),
+        workers_(static_cast<size_t>(std::max(1, options.num_threads / 2))) {}
 
   absl::Status Start();
   int port() const { return port_; }
   void StopAccepting();
-  void Shutdown();
+  void Shutdown(absl::Time deadline);
+  int open_connections() {
+    absl::MutexLock lock(&mu_);
+    return open_connections_;
+  }
+  // Called by every Session's destructor.
+  void SessionClosed() {
+    absl::MutexLock lock(&mu_);
+    --open_connections_;
+  }
+  // A lease on the agent's byte budget (an unlimited one when there is none).
+  ByteBudget::Lease NewLease() const {
+    return options_.byte_budget != nullptr ? options_.byte_budget->EmptyLease()
+                                           : ByteBudget::Lease();
+  }
 
   const HttpServerOptions& options() const { return options_; }
   ServingCore* core() const { return core_; }
   bool stopping() const { return stopping_.load(std::memory_order_acquire); }
   int64_t TakeQueryIds(int64_t n) { return next_query_id_.fetch_add(n); }
+  // For work too long for an io thread (see Session::Offload).
+  asio::thread_pool& workers() { return workers_; }
   // Keeps the io thread of `executor` (a connection's) running until the guard is dropped.
   WorkGuard MakeWorkGuard(const asio::any_io_executor& executor) {
     auto& ctx = asio::query(executor, asio::execution::context);
@@ -113,33 +150,57 @@ class HttpServerImpl {
   }
   void DoAccept();
   void OnAccept(beast::error_code ec, tcp::socket socket);
+  // Writes kTooManyConnections without blocking and closes.
+  static void RefuseConnection(tcp::socket socket);
+  std::vector<std::shared_ptr<Session>> OpenSessions();
 
   const HttpServerOptions options_;
   ServingCore* const core_;
   // Declared first: everything below holds handles into it and must be destroyed before it.
   std::vector<std::unique_ptr<asio::io_context>> iocs_;
-  tcp::acceptor acceptor_;  // on iocs_[0]
+  tcp::acceptor acceptor_;           // on iocs_[0]
+  asio::steady_timer accept_timer_;  // the EMFILE back-off; on the acceptor's strand
   std::vector<WorkGuard> work_;
   size_t next_ioc_ = 0;  // touched only on the acceptor's strand
   std::vector<std::thread> threads_;
+  // After iocs_: destroyed first, with any job (and the session it holds) still queued.
+  asio::thread_pool workers_;
   int port_ = 0;
   std::atomic<bool> stopping_{false};
   std::atomic<int64_t> next_query_id_{0};
 
   absl::Mutex mu_;
   std::vector<std::weak_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
+  int open_connections_ ABSL_GUARDED_BY(mu_) = 0;  // Sessions alive
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-// One connection. Lives as long as a handler (read, write, pending inference) holds it. Every
-// member is touched only on the connection's strand.
+// One connection. Lives as long as a handler (read, write, timer, pending inference) holds it.
+// Every member is touched only on the connection's strand.
+//
+// Phases and their limits (options): reading a request header (header_timeout_ms, counted from
+// the accept or from the first byte of a kept-alive connection's next request), its body
+// (body_timeout_ms without a byte arriving), waiting for the next request (idle_timeout_ms),
+// writing a response (write_timeout_ms). While the core works on a request no limit applies:
+// the core has its own timeouts. A phase over its limit closes the connection.
 class Session : public std::enable_shared_from_this<Session> {
  public:
+  // The caller has counted the connection in the server's open_connections_.
   Session(tcp::socket socket, HttpServerImpl* server)
-      : socket_(std::move(socket)), server_(server), drain_timer_(socket_.get_executor()) {}
+      : socket_(std::move(socket)),
+        server_(server),
+        lease_(server->NewLease()),
+        timer_(socket_.get_executor()) {}
+  ~Session() { server_->SessionClosed(); }
 
   void Start() {
     asio::dispatch(socket_.get_executor(), [self = shared_from_this()] { self->DoRead(); });
+  }
+
+  // Called at shutdown once the grace period is over: closes the connection whatever it is doing
+  // (a response the client does not read, a request still with the core).
+  void ForceClose() {
+    asio::post(socket_.get_executor(), [self = shared_from_this()] { self->Close(); });
   }
 
   // Called at shutdown: a connection waiting for its next request is closed now; one with a
@@ -152,8 +213,12 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   void DoRead();
+  void ReadHeader();
   void OnHeader(beast::error_code ec);
   void ReadBody();
+  void ReadBodySome();
+  void OnBody(beast::error_code ec);
+  void RejectOverBudget();
   void OnReadError(beast::error_code ec);
   void OnRequest();
   void Route();
@@ -172,9 +237,25 @@ class Session : public std::enable_shared_from_this<Session> {
   void Drain();
   void Close();
 
+  // Closes the connection `ms` from now unless re-armed or disarmed first.
+  void Arm(int64_t ms);
+  void Disarm();
+
+  // Runs `handler` as an error boundary: an exception answers 500 (unless a response is already
+  // being written or the core has the request, which answer by themselves) and never reaches
+  // the io loop.
+  template <typename Handler>
+  void Guarded(Handler&& handler);
+
   // Hands the request to the core; `finish` runs on this connection's strand with the result.
   template <typename Finish>
   void Submit(std::unique_ptr<InferenceRequest> request, Finish finish);
+
+  // then(work()) on the strand; for a large request body, `work` runs on the server's worker
+  // threads in between. `work` may read request_ (nothing else touches it meanwhile) but no
+  // other member; an exception from it reaches the Guarded boundary around `then`.
+  template <typename Work, typename Then>
+  void Offload(Work work, Then then);
 
   tcp::socket socket_;
   HttpServerImpl* const server_;
@@ -185,24 +266,89 @@ class Session : public std::enable_shared_from_this<Session> {
   int64_t arrival_us_ = 0;
   // Between a complete request and its written response.
   bool busy_ = false;
+  // The first request is timed from the accept; later ones from their first byte.
+  bool first_request_ = true;
+  bool writing_ = false;  // between async_write and its completion
+  // Between Infer (or an offloaded parse) and its result arriving on the strand.
+  bool awaiting_core_ = false;
+  // The current request's body bytes on the agent's budget; returned once it is answered (or
+  // the connection closes).
+  ByteBudget::Lease lease_;
   // What encoding the response needs of the request once its inputs went to the core.
   InferenceRequest pending_request_;
   ClipperQuery pending_query_;
   int64_t pending_query_id_ = 0;
+  // The current phase's limit (see Arm); a generation tells a stale expiry from a live one.
+  asio::steady_timer timer_;
+  uint64_t timer_generation_ = 0;
   // For draining after an error.
-  asio::steady_timer drain_timer_;
   std::unique_ptr<std::array<char, 16384>> drain_buffer_;
   size_t drained_bytes_ = 0;
 };
 
+void Session::Arm(int64_t ms) {
+  const uint64_t generation = ++timer_generation_;
+  timer_.expires_after(std::chrono::milliseconds(ms));
+  timer_.async_wait([self = shared_from_this(), generation](beast::error_code ec) {
+    // Closing the socket makes the phase's pending operation complete with an error, which
+    // ends the session.
+    if (!ec && generation == self->timer_generation_) self->Close();
+  });
+}
+
+void Session::Disarm() {
+  ++timer_generation_;
+  timer_.cancel();
+}
+
+template <typename Handler>
+void Session::Guarded(Handler&& handler) {
+  std::string what;
+  try {
+    handler();
+    return;
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+    what = "unknown exception";
+  }
+  try {
+    if (writing_ || awaiting_core_) return;
+    busy_ = true;
+    Reply(500, EncodeError(absl::StrCat("internal error: ", what)), kJson, -1, /*close=*/true);
+  } catch (...) {
+    Close();  // not even an error response could be made (out of memory)
+  }
+}
+
 void Session::DoRead() {
   busy_ = false;
+  lease_.Reset();
   if (server_->stopping()) {
     Close();
     return;
   }
   parser_.emplace();
   parser_->body_limit(static_cast<uint64_t>(server_->options().max_body_bytes));
+  if (first_request_ || buffer_.size() > 0) {
+    first_request_ = false;
+    ReadHeader();
+    return;
+  }
+  // A kept-alive connection: it may stay quiet for the idle limit; the header limit starts with
+  // its next byte.
+  Arm(server_->options().idle_timeout_ms);
+  socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+    if (ec) {
+      self->Close();
+    } else {
+      self->ReadHeader();
+    }
+  });
+}
+
+void Session::ReadHeader() {
+  Arm(server_->options().header_timeout_ms);
   http::async_read_header(
       socket_, buffer_, *parser_,
       [self = shared_from_this()](beast::error_code ec, size_t) { self->OnHeader(ec); });
@@ -214,7 +360,16 @@ void Session::OnHeader(beast::error_code ec) {
     return;
   }
   if (parser_->is_done()) {
+    Disarm();
     OnRequest();
+    return;
+  }
+  // The body is charged to the agent's budget before a byte of it is read (the parser has
+  // already refused a Content-Length over the body limit). A chunked one is charged as it
+  // arrives (OnBody).
+  if (const auto length = parser_->content_length();
+      length && !lease_.TryGrow(static_cast<int64_t>(*length))) {
+    RejectOverBudget();
     return;
   }
   // curl sends "Expect: 100-continue" for bodies over 1 KiB and waits a second for the go-ahead.
@@ -222,6 +377,7 @@ void Session::OnHeader(beast::error_code ec) {
   if (header.version() >= 11) {
     const auto expect = header.find(http::field::expect);
     if (expect != header.end() && absl::EqualsIgnoreCase(ToAbsl(expect->value()), "100-continue")) {
+      Arm(server_->options().write_timeout_ms);
       asio::async_write(socket_, asio::buffer(kContinue.data(), kContinue.size()),
                         [self = shared_from_this()](beast::error_code ec, size_t) {
                           if (ec) {
@@ -243,14 +399,50 @@ void Session::ReadBody() {
       length && *length <= static_cast<uint64_t>(server_->options().max_body_bytes)) {
     parser_->get().body().reserve(*length + kJsonPaddingBytes);
   }
-  http::async_read(socket_, buffer_, *parser_,
-                   [self = shared_from_this()](beast::error_code ec, size_t) {
-                     if (ec) {
-                       self->OnReadError(ec);
-                     } else {
-                       self->OnRequest();
-                     }
-                   });
+  ReadBodySome();
+}
+
+// The body is read piece by piece so that its limit is on progress (a slow but steady upload
+// passes, a stalled one does not) and a chunked body is charged as it grows.
+void Session::ReadBodySome() {
+  Arm(server_->options().body_timeout_ms);
+  http::async_read_some(
+      socket_, buffer_, *parser_,
+      [self = shared_from_this()](beast::error_code ec, size_t) { self->OnBody(ec); });
+}
+
+void Session::OnBody(beast::error_code ec) {
+  if (ec) {
+    OnReadError(ec);
+    return;
+  }
+  if (!parser_->content_length()) {
+    // What the growing string holds, not its size: that is the memory it takes.
+    const auto held = static_cast<int64_t>(parser_->get().body().capacity());
+    if (held > lease_.bytes() && !lease_.TryGrow(held - lease_.bytes())) {
+      RejectOverBudget();
+      return;
+    }
+  }
+  if (parser_->is_done()) {
+    Disarm();
+    OnRequest();
+    return;
+  }
+  ReadBodySome();
+}
+
+void Session::RejectOverBudget() {
+  Disarm();
+  busy_ = true;
+  lease_.Reset();
+  parser_.reset();  // no operation is pending on it; frees a partly read chunked body
+  const ByteBudget* budget = server_->options().byte_budget;
+  Reply(429,
+        EncodeError(absl::StrCat("the agent holds too many request bytes (",
+                                 budget != nullptr ? budget->capacity_bytes() : 0,
+                                 " in flight at most); retry later")),
+        kJson, -1, /*close=*/true);
 }
 
 void Session::OnReadError(beast::error_code ec) {
@@ -279,8 +471,10 @@ void Session::OnReadError(beast::error_code ec) {
 void Session::OnRequest() {
   busy_ = true;
   arrival_us_ = RealClock::Get()->NowMicros();
-  request_ = parser_->release();
-  Route();
+  Guarded([this] {
+    request_ = parser_->release();
+    Route();
+  });
 }
 
 void Session::Route() {
@@ -378,14 +572,80 @@ template <typename Finish>
 void Session::Submit(std::unique_ptr<InferenceRequest> request, Finish finish) {
   // The callback may run on a batcher thread, inline in Infer, or (at worst) after Shutdown
   // started: it only posts to the strand, and the work guard keeps the io threads running
-  // until it has.
-  server_->core()->Infer(std::move(request), [self = shared_from_this(), finish,
-                                              guard =
-                                                  server_->MakeWorkGuard(socket_.get_executor())](
-                                                 absl::StatusOr<InferenceResponse> result) {
-    asio::post(self->socket_.get_executor(), [self, finish, result = std::move(result)]() mutable {
-      (self.get()->*finish)(std::move(result));
-    });
+  // until it has. The session must die before the guard does (members are destroyed in reverse
+  // order): otherwise run() may return, and the io_context go, while a batcher thread still
+  // holds the last reference to a session whose socket belongs to it.
+  struct Completion {
+    WorkGuard guard;
+    std::shared_ptr<Session> session;
+    // Infer answers exactly once, unless it throws: then whoever sets this first answers.
+    std::atomic<bool> answered{false};
+  };
+  auto completion = std::make_shared<Completion>(server_->MakeWorkGuard(socket_.get_executor()),
+                                                 shared_from_this());
+  awaiting_core_ = true;
+  try {
+    server_->core()->Infer(
+        std::move(request), [completion, finish](absl::StatusOr<InferenceResponse> result) {
+          if (completion->answered.exchange(true)) return;
+          const std::shared_ptr<Session>& self = completion->session;
+          try {
+            asio::post(self->socket_.get_executor(),
+                       [self, finish, result = std::move(result)]() mutable {
+                         self->awaiting_core_ = false;
+                         self->Guarded([&] { (self.get()->*finish)(std::move(result)); });
+                       });
+          } catch (...) {
+            // Out of memory for the handler: nothing can reach the connection from this thread.
+            // It stays open until the client or the shutdown closes it.
+          }
+        });
+  } catch (...) {
+    // Infer threw. If it had already answered, that answer is on its way; otherwise the
+    // boundary around the handler answers 500.
+    if (completion->answered.exchange(true)) return;
+    awaiting_core_ = false;
+    throw;
+  }
+}
+
+template <typename Work, typename Then>
+void Session::Offload(Work work, Then then) {
+  if (request_.body().size() < kOffloadBodyBytes) {
+    then(work());
+    return;
+  }
+  using Result = std::invoke_result_t<Work&>;
+  // As in Submit: the session dies before the guard that keeps its io thread running.
+  struct Job {
+    WorkGuard guard;
+    std::shared_ptr<Session> session;
+  };
+  auto job =
+      std::make_shared<Job>(server_->MakeWorkGuard(socket_.get_executor()), shared_from_this());
+  awaiting_core_ = true;
+  asio::post(server_->workers(), [job, work = std::move(work), then = std::move(then)]() mutable {
+    std::optional<Result> result;
+    std::exception_ptr error;
+    try {
+      result.emplace(work());
+    } catch (...) {
+      error = std::current_exception();
+    }
+    try {
+      asio::post(job->session->socket_.get_executor(),
+                 [job, then = std::move(then), result = std::move(result), error]() mutable {
+                   Session* self = job->session.get();
+                   self->awaiting_core_ = false;
+                   self->Guarded([&] {
+                     if (error) std::rethrow_exception(error);
+                     then(*std::move(result));
+                   });
+                 });
+    } catch (...) {
+      // Out of memory for the handler: the connection stays open until the client or the
+      // shutdown closes it.
+    }
   });
 }
 
@@ -402,32 +662,34 @@ void Session::HandleInfer(std::string_view model, std::string_view version) {
   }
   const std::string model_name(model);
   const std::string model_version(version);
-  // Only a body without JSON header needs the model's signature to be understood.
-  ModelMetadata metadata;
-  if (header_length == 0) {
-    auto m = server_->core()->GetModelMetadata(model_name, model_version);
-    if (!m.ok()) {
-      ReplyError(m.status());
-      return;
-    }
-    metadata = *std::move(m);
-  }
-  auto parsed = ParseInferRequest(request_.body(), header_length, model_name, model_version,
-                                  metadata, SpareCapacity(request_.body()));
-  if (!parsed.ok()) {
-    ReplyError(parsed.status());
+  // The model comes first: an unknown model is 404 before the body is looked at, and every
+  // input's declared shape is checked against its signature before any data is decoded.
+  auto metadata = server_->core()->GetModelMetadata(model_name, model_version);
+  if (!metadata.ok()) {
+    ReplyError(metadata.status());
     return;
   }
-  auto request = std::make_unique<InferenceRequest>(*std::move(parsed));
-  request->arrival_us = arrival_us_;
-  // Keep what the encoder needs; the inputs go to the core.
-  pending_request_.model_name = request->model_name;
-  pending_request_.model_version = request->model_version;
-  pending_request_.id = request->id;
-  pending_request_.outputs = request->outputs;
-  pending_request_.binary_data_output = request->binary_data_output;
-  request_.body() = std::string();  // release a large body now, not at the next request
-  Submit(std::move(request), &Session::FinishInfer);
+  Offload(
+      [this, header_length, model_name, model_version, metadata = *std::move(metadata)] {
+        return ParseInferRequest(request_.body(), header_length, model_name, model_version,
+                                 metadata, SpareCapacity(request_.body()));
+      },
+      [this](absl::StatusOr<InferenceRequest> parsed) {
+        if (!parsed.ok()) {
+          ReplyError(parsed.status());
+          return;
+        }
+        auto request = std::make_unique<InferenceRequest>(*std::move(parsed));
+        request->arrival_us = arrival_us_;
+        // Keep what the encoder needs; the inputs go to the core.
+        pending_request_.model_name = request->model_name;
+        pending_request_.model_version = request->model_version;
+        pending_request_.id = request->id;
+        pending_request_.outputs = request->outputs;
+        pending_request_.binary_data_output = request->binary_data_output;
+        request_.body() = std::string();  // release a large body now, not at the next request
+        Submit(std::move(request), &Session::FinishInfer);
+      });
 }
 
 void Session::FinishInfer(absl::StatusOr<InferenceResponse> result) {
@@ -446,18 +708,23 @@ void Session::HandlePredict(std::string_view model) {
     ReplyError(metadata.status());
     return;
   }
-  auto parsed = ParseClipperPredict(request_.body(), *metadata, SpareCapacity(request_.body()));
-  if (!parsed.ok()) {
-    ReplyError(parsed.status());
-    return;
-  }
-  pending_query_ = *std::move(parsed);
-  pending_query_id_ = server_->TakeQueryIds(pending_query_.rows);
-  auto request = std::make_unique<InferenceRequest>(std::move(pending_query_.request));
-  pending_query_.request = InferenceRequest();
-  request->arrival_us = arrival_us_;
-  request_.body() = std::string();  // release a large body now, not at the next request
-  Submit(std::move(request), &Session::FinishPredict);
+  Offload(
+      [this, metadata = *std::move(metadata)] {
+        return ParseClipperPredict(request_.body(), metadata, SpareCapacity(request_.body()));
+      },
+      [this](absl::StatusOr<ClipperQuery> parsed) {
+        if (!parsed.ok()) {
+          ReplyError(parsed.status());
+          return;
+        }
+        pending_query_ = *std::move(parsed);
+        pending_query_id_ = server_->TakeQueryIds(pending_query_.rows);
+        auto request = std::make_unique<InferenceRequest>(std::move(pending_query_.request));
+        pending_query_.request = InferenceRequest();
+        request->arrival_us = arrival_us_;
+        request_.body() = std::string();  // release a large body now, not at the next request
+        Submit(std::move(request), &Session::FinishPredict);
+      });
 }
 
 void Session::FinishPredict(absl::StatusOr<InferenceResponse> result) {
@@ -491,12 +758,19 @@ void Session::Reply(unsigned status, std::string body, std::string_view content_
   response_.keep_alive(keep_alive);
   response_.body() = std::move(body);
   response_.prepare_payload();
+  // The request is answered: its body (if still held) and its bytes on the budget go now.
+  request_.body() = std::string();
+  lease_.Reset();
+  Arm(server_->options().write_timeout_ms);
   http::async_write(socket_, response_,
                     [self = shared_from_this(), close_after = !keep_alive, drain = close](
                         beast::error_code ec, size_t) { self->OnWrite(close_after, drain, ec); });
+  writing_ = true;
 }
 
 void Session::OnWrite(bool close, bool drain, beast::error_code ec) {
+  writing_ = false;
+  Disarm();
   response_.body() = std::string();
   if (ec) {
     Close();
@@ -519,10 +793,7 @@ void Session::OnWrite(bool close, bool drain, beast::error_code ec) {
 void Session::Drain() {
   if (!drain_buffer_) {
     drain_buffer_ = std::make_unique<std::array<char, 16384>>();
-    drain_timer_.expires_after(kDrainTimeout);
-    drain_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
-      if (!ec) self->Close();
-    });
+    Arm(std::chrono::duration_cast<std::chrono::milliseconds>(kDrainTimeout).count());
   }
   socket_.async_read_some(asio::buffer(*drain_buffer_),
                           [self = shared_from_this()](beast::error_code ec, size_t n) {
@@ -536,15 +807,16 @@ void Session::Drain() {
 }
 
 void Session::Close() {
-  drain_timer_.cancel();
+  ++timer_generation_;
+  timer_.cancel();
+  lease_.Reset();
   if (!socket_.is_open()) return;
   beast::error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);
 }
 
-absl::Status HttpServerImpl::Start() {
-  const HttpServerOptions& o = options_;
+absl::Status ValidateHttpServerOptions(const HttpServerOptions& o) {
   if (o.port < 0 || o.port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("http port ", o.port, " is not in 0..65535"));
   }
@@ -556,6 +828,29 @@ absl::Status HttpServerImpl::Start() {
     return absl::InvalidArgumentError(
         absl::StrCat("http max_body_bytes ", o.max_body_bytes, " must be positive"));
   }
+  if (o.max_connections < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("http max_connections ", o.max_connections, " must be positive"));
+  }
+  // Up to a day: a limit is meant to cut off clients, and larger values overflow the clock.
+  constexpr int64_t kMaxTimeoutMs = int64_t{24} * 3600 * 1000;
+  for (const auto& [name, value] :
+       {std::pair<const char*, int64_t>{"header_timeout_ms", o.header_timeout_ms},
+        {"body_timeout_ms", o.body_timeout_ms},
+        {"idle_timeout_ms", o.idle_timeout_ms},
+        {"write_timeout_ms", o.write_timeout_ms},
+        {"accept_backoff_ms", o.accept_backoff_ms}}) {
+    if (value < 1 || value > kMaxTimeoutMs) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("http ", name, " ", value, " is not in 1..", kMaxTimeoutMs));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HttpServerImpl::Start() {
+  const HttpServerOptions& o = options_;
+  if (absl::Status s = ValidateHttpServerOptions(o); !s.ok()) return s;
   if (core_ == nullptr) return absl::InvalidArgumentError("http server needs a serving core");
 
   beast::error_code ec;
@@ -586,7 +881,20 @@ absl::Status HttpServerImpl::Start() {
   DoAccept();
   threads_.reserve(iocs_.size());
   for (auto& ioc : iocs_) {
-    threads_.emplace_back([ctx = ioc.get()] { ctx->run(); });
+    threads_.emplace_back([ctx = ioc.get()] {
+      // The last line of defence: handlers catch their own errors, but an exception that still
+      // gets here must not end the thread (and with it the process).
+      while (true) {
+        try {
+          ctx->run();
+          return;
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "ferry-agent: http: error in an io handler: %s\n", e.what());
+        } catch (...) {
+          std::fprintf(stderr, "ferry-agent: http: unknown error in an io handler\n");
+        }
+      }
+    });
   }
   return absl::OkStatus();
 }
@@ -600,22 +908,71 @@ void HttpServerImpl::DoAccept() {
 
 void HttpServerImpl::OnAccept(beast::error_code ec, tcp::socket socket) {
   if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
-  if (!ec && !stopping()) {
-    beast::error_code ignored;
-    socket.set_option(tcp::no_delay(true), ignored);
-    auto session = std::make_shared<Session>(std::move(socket), this);
-    {
-      absl::MutexLock lock(&mu_);
-      // Forget closed connections now and then so the list stays as long as the open ones.
-      if (sessions_.size() >= 64 && (sessions_.size() & (sessions_.size() - 1)) == 0) {
-        std::erase_if(sessions_, [](const std::weak_ptr<Session>& s) { return s.expired(); });
-      }
-      sessions_.push_back(session);
-    }
-    session->Start();
+  if (IsResourceShortage(ec)) {
+    // Out of descriptors: the pending connection stays in the backlog and the listening socket
+    // readable, so accepting again at once would spin. Descriptors come back as connections
+    // close; try again shortly.
+    accept_timer_.expires_after(std::chrono::milliseconds(options_.accept_backoff_ms));
+    accept_timer_.async_wait([this](beast::error_code timer_ec) {
+      if (!timer_ec && acceptor_.is_open()) DoAccept();
+    });
+    return;
   }
-  // Errors such as running out of file descriptors affect one accept; keep listening.
+  if (!ec && !stopping()) {
+    try {
+      beast::error_code ignored;
+      socket.set_option(tcp::no_delay(true), ignored);
+      bool admit = false;
+      {
+        absl::MutexLock lock(&mu_);
+        admit = open_connections_ < options_.max_connections;
+        if (admit) ++open_connections_;  // the Session's destructor takes it back
+      }
+      if (!admit) {
+        RefuseConnection(std::move(socket));
+      } else {
+        // Made and (on error) destroyed outside mu_, which its destructor takes.
+        std::shared_ptr<Session> session;
+        try {
+          session = std::make_shared<Session>(std::move(socket), this);
+        } catch (...) {
+          SessionClosed();
+          throw;
+        }
+        {
+          absl::MutexLock lock(&mu_);
+          // Forget closed connections now and then so the list stays as long as the open ones.
+          if (sessions_.size() >= 64 && (sessions_.size() & (sessions_.size() - 1)) == 0) {
+            std::erase_if(sessions_, [](const std::weak_ptr<Session>& s) { return s.expired(); });
+          }
+          sessions_.push_back(session);
+        }
+        session->Start();
+      }
+    } catch (const std::exception& e) {
+      // Out of memory for one more connection: it is closed (by the socket's destructor).
+      std::fprintf(stderr, "ferry-agent: http: cannot take a connection: %s\n", e.what());
+    }
+  }
+  // Other errors (a connection reset before it was accepted) affect one accept; keep listening.
   DoAccept();
+}
+
+void HttpServerImpl::RefuseConnection(tcp::socket socket) {
+  beast::error_code ignored;
+  socket.non_blocking(true, ignored);
+  socket.send(asio::buffer(kTooManyConnections.data(), kTooManyConnections.size()), 0, ignored);
+  socket.shutdown(tcp::socket::shutdown_both, ignored);
+  socket.close(ignored);
+}
+
+std::vector<std::shared_ptr<Session>> HttpServerImpl::OpenSessions() {
+  std::vector<std::shared_ptr<Session>> open;
+  absl::MutexLock lock(&mu_);
+  for (const auto& weak : sessions_) {
+    if (auto s = weak.lock()) open.push_back(std::move(s));
+  }
+  return open;
 }
 
 void HttpServerImpl::StopAccepting() {
@@ -625,6 +982,7 @@ void HttpServerImpl::StopAccepting() {
   asio::post(acceptor_.get_executor(), [this, done] {
     beast::error_code ignored;
     acceptor_.close(ignored);
+    accept_timer_.cancel();
     done->Notify();
   });
   if (!threads_.empty() && !InIoThread()) {
@@ -632,25 +990,37 @@ void HttpServerImpl::StopAccepting() {
   }
 }
 
-void HttpServerImpl::Shutdown() {
-  std::vector<std::shared_ptr<Session>> open;
+void HttpServerImpl::Shutdown(absl::Time deadline) {
   {
     absl::MutexLock lock(&mu_);
     if (shut_down_) return;
     shut_down_ = true;
     stopping_.store(true, std::memory_order_release);
-    for (const auto& weak : sessions_) {
-      if (auto s = weak.lock()) open.push_back(std::move(s));
-    }
-    sessions_.clear();
   }
   if (threads_.empty()) return;  // never started
   StopAccepting();
+  // Sessions are destroyed outside mu_ (their destructor takes it): `open` is cleared unlocked.
+  std::vector<std::shared_ptr<Session>> open = OpenSessions();
   for (const auto& s : open) s->CloseIfIdle();
+  open.clear();
+  {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithDeadline(absl::Condition(
+                              +[](int* n) { return *n == 0; }, &open_connections_),
+                          deadline);
+  }
+  // The grace period is over: whatever is still open (a client that does not read its
+  // response, a request still with the core) is closed now.
+  open = OpenSessions();
+  for (const auto& s : open) s->ForceClose();
   open.clear();
   work_.clear();
   for (std::thread& t : threads_) t.join();
   threads_.clear();
+  // Every job was holding a work guard of an io thread: none is left.
+  workers_.join();
+  absl::MutexLock lock(&mu_);
+  sessions_.clear();
 }
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Create(const HttpServerOptions& options,
@@ -668,6 +1038,8 @@ int HttpServer::port() const { return impl_->port(); }
 
 void HttpServer::StopAccepting() { impl_->StopAccepting(); }
 
-void HttpServer::Shutdown() { impl_->Shutdown(); }
+void HttpServer::Shutdown(absl::Time deadline) { impl_->Shutdown(deadline); }
+
+int HttpServer::open_connections() const { return impl_->open_connections(); }
 
 }  // namespace ferry::agent

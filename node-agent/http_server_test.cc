@@ -1,9 +1,13 @@
 #include "node-agent/http_server.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,6 +59,7 @@ class FakeCore : public ServingCore {
     if (name == "nope" || (!version.empty() && version != "1")) {
       return absl::NotFoundError(absl::StrCat("unknown model '", name, "'"));
     }
+    if (name == "throwmeta") throw std::runtime_error("metadata exploded");
     ModelMetadata m;
     m.name = name;
     m.versions = {"1"};
@@ -78,6 +83,7 @@ class FakeCore : public ServingCore {
     if (model == "full") return done(absl::ResourceExhaustedError("queue is full"));
     if (model == "stopping") return done(absl::UnavailableError("agent is stopping"));
     if (model == "broken") return done(absl::InternalError("runtime failed"));
+    if (model == "throw") throw std::bad_alloc();
     InferenceResponse response;
     response.model_name = model;
     response.model_version = "1";
@@ -490,6 +496,139 @@ TEST(HttpServerCreateTest, RejectsATakenPortAndBadOptions) {
   options.num_threads = 1;
   EXPECT_EQ(HttpServer::Create(options, nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST(HttpServerCreateTest, ValidatesOptions) {
+  EXPECT_TRUE(ValidateHttpServerOptions(HttpServerOptions{}).ok());
+  auto invalid = [](void (*change)(HttpServerOptions&)) {
+    HttpServerOptions options;
+    change(options);
+    return ValidateHttpServerOptions(options).code() == absl::StatusCode::kInvalidArgument;
+  };
+  EXPECT_TRUE(invalid([](HttpServerOptions& o) { o.port = 65536; }));
+  EXPECT_TRUE(invalid([](HttpServerOptions& o) { o.num_threads = 0; }));
+  EXPECT_TRUE(invalid([](HttpServerOptions& o) { o.max_body_bytes = 0; }));
+  EXPECT_TRUE(invalid([](HttpServerOptions& o) { o.max_connections = 0; }));
+  EXPECT_TRUE(invalid([](HttpServerOptions& o) { o.header_timeout_ms = 0; }));
+  EXPECT_TRUE(invalid([](HttpServerOptions& o) { o.body_timeout_ms = -1; }));
+  EXPECT_TRUE(invalid([](HttpServerOptions& o) { o.idle_timeout_ms = int64_t{1} << 60; }));
+  EXPECT_TRUE(invalid([](HttpServerOptions& o) { o.write_timeout_ms = 0; }));
+  EXPECT_TRUE(invalid([](HttpServerOptions& o) { o.accept_backoff_ms = 0; }));
+  HttpServerOptions options;
+  options.header_timeout_ms = 0;
+  FakeCore core;
+  auto server = HttpServer::Create(options, &core);
+  ASSERT_FALSE(server.ok());
+  EXPECT_THAT(std::string(server.status().message()), HasSubstr("header_timeout_ms"));
+}
+
+TEST_F(HttpServerTest, AnExceptionInAHandlerAnswers500AndTheServerKeepsServing) {
+  Client c = Connect();
+  // Thrown by the core's Infer (std::bad_alloc, as a huge allocation would).
+  Response r = c.Do(http::verb::post, "/v2/models/throw/infer", JsonInfer("x"));
+  EXPECT_EQ(r.result_int(), 500);
+  EXPECT_THAT(r.body(), HasSubstr("internal error"));
+  // Thrown while routing, before the core is involved.
+  Client d = Connect();
+  r = d.Do(http::verb::get, "/v2/models/throwmeta");
+  EXPECT_EQ(r.result_int(), 500);
+  EXPECT_THAT(r.body(), HasSubstr("metadata exploded"));
+  Client e = Connect();
+  EXPECT_EQ(e.Do(http::verb::post, "/v2/models/echo/infer", JsonInfer("ok")).result_int(), 200);
+}
+
+// A server with `change` applied to small test options.
+std::unique_ptr<HttpServer> MakeServer(FakeCore* core,
+                                       const std::function<void(HttpServerOptions&)>& change) {
+  HttpServerOptions options;
+  options.port = 0;
+  options.num_threads = 1;
+  options.max_body_bytes = 4096;
+  change(options);
+  auto server = HttpServer::Create(options, core);
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? *std::move(server) : nullptr;
+}
+
+TEST(HttpServerLimitsTest, BodyOverTheByteBudgetIs429BeforeItIsRead) {
+  FakeCore core;
+  ByteBudget budget(1000);
+  auto server = MakeServer(&core, [&](HttpServerOptions& o) { o.byte_budget = &budget; });
+  ASSERT_NE(server, nullptr);
+  {
+    Client c(server->port());
+    // Only the header: the answer must not wait for the 2000 bytes it announces.
+    const std::string head =
+        "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n";
+    asio::write(c.socket(), asio::buffer(head));
+    Response r = c.Read();
+    EXPECT_EQ(r.result_int(), 429);
+    EXPECT_THAT(r.body(), HasSubstr("in flight"));
+  }
+  // Bodies that fit are served, and what they held is given back.
+  Client c(server->port());
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(c.Do(http::verb::post, "/v2/models/echo/infer", JsonInfer("small")).result_int(),
+              200);
+  }
+  EXPECT_EQ(budget.in_use_bytes(), 0);
+}
+
+TEST(HttpServerLimitsTest, ConnectionsBeyondTheMaximumAreRefused) {
+  FakeCore core;
+  auto server = MakeServer(&core, [](HttpServerOptions& o) { o.max_connections = 2; });
+  ASSERT_NE(server, nullptr);
+  Client a(server->port());
+  Client b(server->port());
+  EXPECT_EQ(a.Do(http::verb::get, "/v2/health/live").result_int(), 200);
+  EXPECT_EQ(b.Do(http::verb::get, "/v2/health/live").result_int(), 200);
+  Client refused(server->port());
+  beast::error_code ec;
+  Response r;
+  beast::flat_buffer buffer;
+  http::read(refused.socket(), buffer, r, ec);
+  // Either the 503 arrived or the close overtook it; never an answer from a third session.
+  if (!ec) EXPECT_EQ(r.result_int(), 503);
+  EXPECT_EQ(server->open_connections(), 2);
+  EXPECT_EQ(a.Do(http::verb::get, "/v2/health/live").result_int(), 200);
+}
+
+TEST(HttpServerLimitsTest, SilentAndIdleConnectionsAreCutOff) {
+  FakeCore core;
+  auto server = MakeServer(&core, [](HttpServerOptions& o) {
+    o.header_timeout_ms = 100;
+    o.idle_timeout_ms = 100;
+    o.body_timeout_ms = 100;
+  });
+  ASSERT_NE(server, nullptr);
+  Client silent(server->port());
+  EXPECT_TRUE(silent.ServerClosed());
+  Client kept_alive(server->port());
+  EXPECT_EQ(kept_alive.Do(http::verb::get, "/v2/health/live").result_int(), 200);
+  EXPECT_TRUE(kept_alive.ServerClosed());
+  Client stalled(server->port());
+  const std::string head =
+      "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{";
+  asio::write(stalled.socket(), asio::buffer(head));
+  EXPECT_TRUE(stalled.ServerClosed());
+  Client fresh(server->port());
+  EXPECT_EQ(fresh.Do(http::verb::get, "/v2/health/live").result_int(), 200);
+}
+
+TEST(HttpServerLimitsTest, ShutdownClosesAClientThatNeverReadsItsResponse) {
+  FakeCore core;
+  auto server = MakeServer(&core, [](HttpServerOptions& o) {
+    // More than the socket buffers hold, so the write blocks on a client that reads nothing.
+    o.metrics_text = [] { return std::string(size_t{32} << 20, 'm'); };
+  });
+  ASSERT_NE(server, nullptr);
+  Client c(server->port());
+  c.socket().set_option(asio::socket_base::receive_buffer_size(4096));
+  c.Send(http::verb::get, "/metrics");
+  const auto started = std::chrono::steady_clock::now();
+  server->Shutdown(absl::Now() + absl::Milliseconds(200));
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(5));
+  EXPECT_EQ(server->open_connections(), 0);
 }
 
 }  // namespace

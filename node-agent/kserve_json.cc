@@ -406,6 +406,7 @@ absl::StatusOr<Parameters> ParseParameters(dom::element j, std::string_view what
     if (!v.ok()) return v.status();
     params.emplace(std::string(field.key), *std::move(v));
   }
+  if (absl::Status s = CheckParameters(params, what); !s.ok()) return s;
   return params;
 }
 absl::StatusOr<int64_t> NonNegativeInt(const Parameters& params, const std::string& key,
@@ -640,8 +641,10 @@ absl::StatusOr<InferenceRequest> ParseRawBody(std::string_view body, const std::
   return request;
 }
 
+// `json_bytes`: the size of the JSON text, which bounds how many elements its 'data' can hold.
 absl::Status ParseInput(dom::element j, std::string_view binary, size_t* binary_offset,
-                        bool has_header, Tensor* t) {
+                        bool has_header, size_t json_bytes, const ModelMetadata& metadata,
+                        Tensor* t) {
   dom::object input;
   if (j.get(input)) {
     return absl::InvalidArgumentError(
@@ -667,7 +670,11 @@ absl::Status ParseInput(dom::element j, std::string_view binary, size_t* binary_
   auto shape = ParseShape(*shape_field, t->name);
   if (!shape.ok()) return shape.status();
   t->shape = *std::move(shape);
-  const int64_t count = ElementCount(t->shape);
+  // Everything the header part says is checked against the model before any data is decoded.
+  auto declared = CheckDeclaredInput(metadata.inputs, metadata.batched, metadata.max_batch_size,
+                                     t->name, t->dtype, t->shape);
+  if (!declared.ok()) return declared.status();
+  const int64_t count = declared->element_count;
 
   int64_t binary_size = -1;
   if (const std::optional<dom::element> params = Find(input, "parameters")) {
@@ -700,7 +707,7 @@ absl::Status ParseInput(dom::element j, std::string_view binary, size_t* binary_
       if (!elements.ok()) return elements.status();
       t->bytes = *std::move(elements);
     } else {
-      const int64_t want = count * DataTypeSizeBytes(t->dtype);
+      const int64_t want = declared->byte_size;
       if (binary_size != want) {
         return Invalid(what, absl::StrCat("shape ", ShapeToString(t->shape), " of ",
                                           std::string(DataTypeName(t->dtype)), " needs ", want,
@@ -712,8 +719,15 @@ absl::Status ParseInput(dom::element j, std::string_view binary, size_t* binary_
   }
 
   if (!data) return Invalid(what, "has neither 'data' nor parameters.binary_data_size");
+  // Each JSON element takes at least one byte of text, so a count beyond the text's size cannot
+  // be there; refusing it here keeps the reservations below bounded by the body.
+  if (static_cast<uint64_t>(count) > json_bytes) {
+    return Invalid(what,
+                   absl::StrCat("shape ", ShapeToString(t->shape), " needs ", count,
+                                " elements but the JSON text has only ", json_bytes, " bytes"));
+  }
   if (t->dtype == DataType::kBytes) {
-    t->bytes.reserve(count);
+    t->bytes.reserve(count, 0);
   } else {
     t->data.reserve(count * DataTypeSizeBytes(t->dtype));
   }
@@ -833,6 +847,7 @@ absl::StatusOr<InferenceRequest> ParseInferRequest(std::string_view body, int64_
   if (const std::optional<dom::element> id = Find(root, "id")) {
     std::string_view text;
     if (id->get(text)) return absl::InvalidArgumentError("'id' must be a string");
+    if (absl::Status st = CheckRequestId(text); !st.ok()) return st;
     request.id = std::string(text);
   }
   if (const std::optional<dom::element> params = Find(root, "parameters")) {
@@ -862,8 +877,8 @@ absl::StatusOr<InferenceRequest> ParseInferRequest(std::string_view body, int64_
   size_t binary_offset = 0;
   size_t i = 0;
   for (dom::element input : inputs) {
-    if (absl::Status s =
-            ParseInput(input, binary, &binary_offset, has_header, &request.inputs[i++]);
+    if (absl::Status s = ParseInput(input, binary, &binary_offset, has_header, json_text.size(),
+                                    metadata, &request.inputs[i++]);
         !s.ok()) {
       return s;
     }
@@ -893,7 +908,7 @@ EncodedBody EncodeInferResponse(const InferenceResponse& response,
   size_t estimate = 128;
   for (const Tensor& t : response.outputs) {
     estimate += 96 + t.name.size() + t.data.size() * 3;
-    for (const std::string& b : t.bytes) estimate += b.size() + 8;
+    estimate += t.bytes.total_bytes() + 8 * t.bytes.size();
   }
   out.reserve(estimate);
 
@@ -1075,9 +1090,22 @@ absl::StatusOr<ClipperQuery> ParseClipperPredict(std::string_view body,
     }
     if (r == 0) {
       row_dims = dims;
-      const int64_t n = ElementCount(row_dims) * query.rows;
+      // Check the whole input the queries would make (rows against maxBatchSize, size overflow)
+      // before reserving for it; the first row's shape is only a claim about the others.
+      std::vector<int64_t> full = row_dims;
+      if (metadata.batched) full.insert(full.begin(), query.rows);
+      auto declared = CheckDeclaredInput(metadata.inputs, metadata.batched, metadata.max_batch_size,
+                                         t.name, t.dtype, full);
+      if (!declared.ok()) return declared.status();
+      const int64_t n = declared->element_count;
+      // Each element takes at least a byte of JSON text; a ragged batch fails in AppendRow.
+      if (static_cast<uint64_t>(n) > body.size()) {
+        return Invalid(
+            what, absl::StrCat("the queries would need ", n, " elements but the body has only ",
+                               body.size(), " bytes (a ragged batch?)"));
+      }
       if (t.dtype == DataType::kBytes) {
-        t.bytes.reserve(n);
+        t.bytes.reserve(n, 0);
       } else {
         t.data.reserve(n * DataTypeSizeBytes(t.dtype));
       }

@@ -64,8 +64,36 @@ ModelMetadata VectorModel() {
   return m;
 }
 
-absl::StatusOr<InferenceRequest> Parse(const std::string& body, int64_t header_length = -1,
-                                       const ModelMetadata& metadata = ModelMetadata()) {
+// For tests of decoding rather than of signatures: an unbatched model that declares each input
+// the body's JSON header names, with the datatype it sends and every dim variable, so header
+// checks pass whatever the shape. Malformed headers give a model without inputs.
+ModelMetadata AcceptingModel(std::string_view body, int64_t header_length = -1) {
+  ModelMetadata m;
+  m.name = "m";
+  m.batched = false;
+  const std::string_view text = header_length > 0 ? body.substr(0, header_length) : body;
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("inputs") || !j["inputs"].is_array()) return m;
+  for (const json& input : j["inputs"]) {
+    if (!input.is_object() || !input.contains("name") || !input["name"].is_string()) continue;
+    TensorSpec spec;
+    spec.name = input["name"].get<std::string>();
+    if (input.contains("datatype") && input["datatype"].is_string()) {
+      spec.dtype = DataTypeFromName(input["datatype"].get<std::string>());
+    }
+    if (input.contains("shape") && input["shape"].is_array()) {
+      spec.shape.assign(input["shape"].size(), -1);
+    }
+    m.inputs.push_back(spec);
+  }
+  return m;
+}
+
+absl::StatusOr<InferenceRequest> Parse(const std::string& body, int64_t header_length = -1) {
+  return ParseInferRequest(body, header_length, "m", "", AcceptingModel(body, header_length));
+}
+absl::StatusOr<InferenceRequest> Parse(const std::string& body, int64_t header_length,
+                                       const ModelMetadata& metadata) {
   return ParseInferRequest(body, header_length, "m", "", metadata);
 }
 
@@ -78,7 +106,7 @@ std::string Le32(uint32_t n) {
 // ---- ParseInferRequest: JSON ----
 
 TEST(ParseInferRequestTest, DecodesTypedJsonInputsAndFields) {
-  auto r = ParseInferRequest(R"({
+  const std::string body = R"({
     "id": "req-7",
     "parameters": {"priority": 1, "timeout": 2500, "binary_data_output": true, "tag": "x",
                    "ratio": 0.5},
@@ -90,8 +118,8 @@ TEST(ParseInferRequestTest, DecodesTypedJsonInputsAndFields) {
       {"name": "e", "shape": [2], "datatype": "UINT8", "data": [0, 255]}
     ],
     "outputs": [{"name": "y", "parameters": {"binary_data": false}}, {"name": "z"}]
-  })",
-                             -1, "mlp", "3", ModelMetadata());
+  })";
+  auto r = ParseInferRequest(body, -1, "mlp", "3", AcceptingModel(body));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->model_name, "mlp");
   EXPECT_EQ(r->model_version, "3");
@@ -288,7 +316,7 @@ TEST(ParseInferRequestTest, ParsesInPlaceWhateverFollowsTheBody) {
         "],4,5]}x" + std::string(kJsonPaddingBytes, '\0')}) {
     const std::string buffer = json + tail;
     auto r = ParseInferRequest(std::string_view(buffer.data(), json.size()), -1, "m", "",
-                               ModelMetadata(), tail.size());
+                               AcceptingModel(json), tail.size());
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_THAT(Values<int32_t>(r->inputs[0]), ElementsAre(1, 2, 3));
   }
@@ -298,10 +326,89 @@ TEST(ParseInferRequestTest, ParsesInPlaceWhateverFollowsTheBody) {
   const std::string body = header + std::string("\x01\0\0\0\x02\0\0\0", 8);
   std::string buffer = body + std::string(kJsonPaddingBytes, '[');
   auto r = ParseInferRequest(std::string_view(buffer.data(), body.size()),
-                             static_cast<int64_t>(header.size()), "m", "", ModelMetadata(),
+                             static_cast<int64_t>(header.size()), "m", "", AcceptingModel(header),
                              kJsonPaddingBytes);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_THAT(Values<int32_t>(r->inputs[0]), ElementsAre(1, 2));
+}
+
+// ---- ParseInferRequest: the header part is checked before any data is decoded ----
+
+TEST(ParseInferRequestTest, UntrustedShapesNeverSizeAnAllocation) {
+  ModelMetadata m = VectorModel();  // x: FP32 [-1, 4]
+  m.max_batch_size = 64;
+  ModelMetadata open = m;
+  open.inputs[0].shape = {-1, -1};
+  open.max_batch_size = 0;
+  ModelMetadata text = TextModel();  // text: BYTES [-1]
+  struct Case {
+    std::string label;
+    std::string body;
+    int64_t header_length;
+    const ModelMetadata* model;
+    std::string expected;
+  };
+  const std::string huge_header =
+      R"({"inputs":[{"name":"x","shape":[1099511627776,4],"datatype":"FP32","data":[]}]})";
+  const std::string overflow_header =
+      R"({"inputs":[{"name":"x","shape":[1,4611686018427387904],"datatype":"FP32",)"
+      R"("parameters":{"binary_data_size":0}}]})";
+  const std::string bytes_header =
+      R"({"inputs":[{"name":"text","shape":[1099511627776],"datatype":"BYTES",)"
+      R"("parameters":{"binary_data_size":8}}]})";
+  const std::string many_json =
+      R"({"inputs":[{"name":"x","shape":[1,1099511627776],"datatype":"FP32","data":[1]}]})";
+  const std::vector<Case> cases = {
+      {"batch dim over maxBatchSize", huge_header, -1, &m, "exceeds maxBatchSize 64"},
+      {"byte size overflows", overflow_header, static_cast<int64_t>(overflow_header.size()), &open,
+       "too large"},
+      {"BYTES count beyond the payload", bytes_header + std::string(8, '\0'),
+       static_cast<int64_t>(bytes_header.size()), &text, "hold at most 2"},
+      {"JSON count beyond the text", many_json, -1, &open, "the JSON text has only"},
+      {"datatype against the model",
+       R"({"inputs":[{"name":"x","shape":[1,4],"datatype":"INT32","data":[1,2,3,4]}]})", -1, &m,
+       "datatype INT32, expected FP32"},
+      {"rank against the model",
+       R"({"inputs":[{"name":"x","shape":[4],"datatype":"FP32","data":[1,2,3,4]}]})", -1, &m,
+       "expected rank 2"},
+      {"fixed dim against the model",
+       R"({"inputs":[{"name":"x","shape":[1,1099511627776],"datatype":"FP32","data":[]}]})", -1, &m,
+       "dim 1 must be 4"},
+      {"unknown input", R"({"inputs":[{"name":"q","shape":[1],"datatype":"FP32","data":[1]}]})", -1,
+       &m, "unknown input 'q'"},
+  };
+  for (const Case& c : cases) {
+    auto r = Parse(c.body, c.header_length, *c.model);
+    ASSERT_FALSE(r.ok()) << c.label;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << c.label;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(c.expected)) << c.label;
+  }
+}
+
+TEST(ParseInferRequestTest, EchoedFieldsHaveLengthCaps) {
+  const std::string input =
+      R"("inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}])";
+  auto r =
+      Parse(absl::StrCat(R"({"id":")", std::string(kMaxRequestIdBytes, 'i'), R"(",)", input, "}"),
+            -1, VectorModel());
+  ASSERT_TRUE(r.ok()) << r.status();
+  r = Parse(
+      absl::StrCat(R"({"id":")", std::string(kMaxRequestIdBytes + 1, 'i'), R"(",)", input, "}"), -1,
+      VectorModel());
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("'id' is 1025 bytes"));
+  r = Parse(absl::StrCat(R"({"parameters":{"tag":")",
+                         std::string(kMaxParameterStringBytes + 1, 't'), R"("},)", input, "}"),
+            -1, VectorModel());
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("parameter 'tag'"));
+  std::string many = R"({"parameters":{)";
+  for (size_t i = 0; i <= kMaxParameters; ++i) {
+    absl::StrAppend(&many, i == 0 ? "" : ",", "\"p", i, "\":1");
+  }
+  r = Parse(absl::StrCat(many, "},", input, "}"), -1, VectorModel());
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("65 parameters"));
 }
 
 // ---- ParseInferRequest: binary tensor data extension ----
@@ -644,6 +751,28 @@ TEST(ClipperTest, RejectsBadQueries) {
   q = ParseClipperPredict(R"({"input": [1,2,3,4]})", two);
   ASSERT_FALSE(q.ok());
   EXPECT_THAT(std::string(q.status().message()), HasSubstr("exactly one input"));
+}
+
+// A ragged batch whose first row claims a huge shape must not size an allocation: the stacked
+// input is checked (rows, overflow) and bounded by the body before anything is reserved.
+TEST(ClipperTest, HugeFirstRowOfARaggedBatchIsRefusedBeforeAllocating) {
+  ModelMetadata wide = VectorModel();
+  wide.inputs[0].shape = {-1, -1};
+  wide.max_batch_size = 1 << 20;
+  std::string body = R"({"input_batch": [[)";
+  for (int i = 0; i < 5000; ++i) body += i == 0 ? "0" : ",0";
+  body += "]";
+  for (int i = 0; i < 20000; ++i) body += ",[0]";
+  body += "]}";
+  auto q = ParseClipperPredict(body, wide);
+  ASSERT_FALSE(q.ok());
+  EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(q.status().message()), HasSubstr("ragged"));
+
+  wide.max_batch_size = 4;
+  q = ParseClipperPredict(R"({"input_batch": [[1],[2],[3],[4],[5]]})", wide);
+  ASSERT_FALSE(q.ok());
+  EXPECT_THAT(std::string(q.status().message()), HasSubstr("exceeds maxBatchSize 4"));
 }
 
 TEST(ClipperTest, UnbatchedModelTakesTheWholeInput) {

@@ -7,14 +7,35 @@
 
 namespace ferry::agent {
 
+namespace {
+
+// Creates `spec`'s runtime, on a GPU when `use_gpu` (falling back to the CPU for `any`).
+absl::StatusOr<std::unique_ptr<kernels::Runtime>> MakeRuntime(const FunctionSpec& spec,
+                                                              bool use_gpu) {
+  kernels::RuntimeContext context;
+  context.use_gpu = use_gpu;
+  auto runtime = kernels::CreateRuntime(spec, context);
+  if (!runtime.ok() && context.use_gpu && spec.hardware.accelerator == Accelerator::kAny) {
+    // "any" means the function also runs on a CPU: fall back when the GPU path is missing.
+    context.use_gpu = false;
+    runtime = kernels::CreateRuntime(spec, context);
+  }
+  return runtime;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<AgentCore>> AgentCore::Create(const AgentCoreOptions& options) {
   std::unique_ptr<AgentCore> core(new AgentCore());
+  core->clock_ = options.clock;
+  core->start_threads_ = options.start_threads;
+  absl::MutexLock lock(&core->mu_);
   for (const FunctionSpec& spec : options.functions) {
     if (core->hosts_.count(spec.name) > 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(spec.source, ": function '", spec.name, "' is defined twice"));
     }
-    kernels::RuntimeContext context;
+    bool use_gpu = false;
     switch (spec.hardware.accelerator) {
       case Accelerator::kGpu:
         if (options.num_gpus == 0) {
@@ -23,20 +44,15 @@ absl::StatusOr<std::unique_ptr<AgentCore>> AgentCore::Create(const AgentCoreOpti
                            "': spec.hardware.accelerator is gpu but this node has no GPU (",
                            options.gpu_absent_reason, ")"));
         }
-        context.use_gpu = true;
+        use_gpu = true;
         break;
       case Accelerator::kAny:
-        context.use_gpu = options.num_gpus > 0;
+        use_gpu = options.num_gpus > 0;
         break;
       case Accelerator::kCpu:
         break;
     }
-    auto runtime = kernels::CreateRuntime(spec, context);
-    if (!runtime.ok() && context.use_gpu && spec.hardware.accelerator == Accelerator::kAny) {
-      // "any" means the function also runs on a CPU: fall back when the GPU path is missing.
-      context.use_gpu = false;
-      runtime = kernels::CreateRuntime(spec, context);
-    }
+    auto runtime = MakeRuntime(spec, use_gpu);
     if (!runtime.ok()) return runtime.status();
     FunctionHostOptions host_options;
     host_options.spec = spec;
@@ -45,27 +61,86 @@ absl::StatusOr<std::unique_ptr<AgentCore>> AgentCore::Create(const AgentCoreOpti
     auto host = FunctionHost::Create(host_options, *std::move(runtime),
                                      core->metrics_.ForFunction(spec.name, kDefaultVersion));
     if (!host.ok()) return host.status();
-    core->hosts_.emplace(spec.name, *std::move(host));
+    core->hosts_.emplace(spec.name, std::shared_ptr<FunctionHost>(*std::move(host)));
   }
   return core;
+}
+
+absl::Status AgentCore::LoadFunction(const FunctionSpec& spec, bool use_gpu) {
+  // Load outside the lock: a model load may take seconds while requests keep flowing.
+  auto runtime = MakeRuntime(spec, use_gpu);
+  if (!runtime.ok()) return runtime.status();
+  FunctionHostOptions host_options;
+  host_options.spec = spec;
+  host_options.clock = clock_;
+  host_options.start_threads = start_threads_;
+  auto host = FunctionHost::Create(host_options, *std::move(runtime),
+                                   metrics_.ForFunction(spec.name, kDefaultVersion));
+  if (!host.ok()) return host.status();
+  std::shared_ptr<FunctionHost> old;
+  {
+    absl::MutexLock lock(&mu_);
+    std::shared_ptr<FunctionHost>& slot = hosts_[spec.name];
+    old = std::move(slot);
+    slot = std::shared_ptr<FunctionHost>(*std::move(host));
+  }
+  if (old != nullptr) old->Drain();  // its accepted requests finish; new ones go to the new host
+  return absl::OkStatus();
+}
+
+absl::Status AgentCore::UnloadFunction(const std::string& name) {
+  std::shared_ptr<FunctionHost> old;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = hosts_.find(name);
+    if (it == hosts_.end()) {
+      return absl::NotFoundError(absl::StrCat("function '", name, "' is not loaded"));
+    }
+    old = std::move(it->second);
+    hosts_.erase(it);
+  }
+  // A request that found the host just before it was removed may still reach it and gets
+  // Unavailable; everything it accepted is answered before Drain returns.
+  old->Drain();
+  return absl::OkStatus();
+}
+
+std::vector<std::string> AgentCore::LoadedFunctions() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> names;
+  for (const auto& [name, host] : hosts_) names.push_back(name);
+  return names;
+}
+
+std::shared_ptr<FunctionHost> AgentCore::Host(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  auto it = hosts_.find(name);
+  return it == hosts_.end() ? nullptr : it->second;
 }
 
 AgentCore::~AgentCore() { Drain(); }
 
 void AgentCore::Drain() {
   draining_.store(true, std::memory_order_release);
-  for (auto& [name, host] : hosts_) host->Drain();
+  std::vector<std::shared_ptr<FunctionHost>> hosts;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [name, host] : hosts_) hosts.push_back(host);
+  }
+  for (auto& host : hosts) host->Drain();
 }
 
 std::string AgentCore::MetricsText() const {
-  for (const auto& [name, host] : hosts_) host->RefreshGauges();
+  std::vector<std::shared_ptr<FunctionHost>> hosts;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [name, host] : hosts_) hosts.push_back(host);
+  }
+  for (const auto& host : hosts) host->RefreshGauges();
   return metrics_.Serialize();
 }
 
-FunctionHost* AgentCore::host_for_test(const std::string& name) {
-  auto it = hosts_.find(name);
-  return it == hosts_.end() ? nullptr : it->second.get();
-}
+FunctionHost* AgentCore::host_for_test(const std::string& name) { return Host(name).get(); }
 
 ServerMetadata AgentCore::GetServerMetadata() const {
   ServerMetadata md;
@@ -75,17 +150,17 @@ ServerMetadata AgentCore::GetServerMetadata() const {
   return md;
 }
 
-absl::StatusOr<FunctionHost*> AgentCore::Find(const std::string& name,
-                                              const std::string& version) const {
-  auto it = hosts_.find(name);
-  if (it == hosts_.end()) {
+absl::StatusOr<std::shared_ptr<FunctionHost>> AgentCore::Find(const std::string& name,
+                                                              const std::string& version) const {
+  std::shared_ptr<FunctionHost> host = Host(name);
+  if (host == nullptr) {
     return absl::NotFoundError(absl::StrCat("unknown model '", name, "'"));
   }
   if (!version.empty() && version != kDefaultVersion) {
     return absl::NotFoundError(absl::StrCat("model '", name, "' has no version '", version,
                                             "' (versions: ", kDefaultVersion, ")"));
   }
-  return it->second.get();
+  return host;
 }
 
 absl::StatusOr<ModelMetadata> AgentCore::GetModelMetadata(const std::string& name,

@@ -4,12 +4,15 @@
 #define FERRY_NODE_AGENT_SERVING_CORE_IMPL_H_
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "ferry/clock.h"
 #include "ferry/manifest.h"
 #include "node-agent/function_host.h"
@@ -28,7 +31,10 @@ struct AgentCoreOptions {
   std::string gpu_absent_reason;
 };
 
-// Thread-safe. Functions are fixed after Create (standalone mode).
+// Thread-safe. Standalone mode fixes the functions at Create; under a control plane they are
+// loaded and unloaded while serving (LoadFunction / UnloadFunction). Each function's host is held
+// by shared_ptr, so a request that found it keeps it alive until it is answered, even when the
+// function is unloaded or replaced meanwhile.
 class AgentCore final : public ServingCore {
  public:
   // Loads every function: creates its runtime and batcher. All-or-nothing: the first failure
@@ -48,6 +54,19 @@ class AgentCore final : public ServingCore {
   // accepted. Blocks until done. Idempotent.
   void Drain();
 
+  // Loads `spec` (creates its runtime and batcher; blocks while the model loads) and then
+  // serves it under spec.name, replacing a loaded function of that name: requests already
+  // accepted by the old one finish there. `use_gpu`: run on a GPU (when the runtime has a GPU
+  // path); false runs on CPU. On error nothing changes.
+  absl::Status LoadFunction(const FunctionSpec& spec, bool use_gpu);
+  // Stops routing to `name` (new requests get NotFound), then blocks until every request it
+  // accepted is answered. NotFound when it is not loaded.
+  absl::Status UnloadFunction(const std::string& name);
+  // The loaded functions' names, sorted.
+  std::vector<std::string> LoadedFunctions() const;
+  // The host serving `name`, or nullptr.
+  std::shared_ptr<FunctionHost> Host(const std::string& name) const;
+
   // The Prometheus text of every function's metrics, gauges refreshed first.
   std::string MetricsText() const;
   // For tests in manual batching mode.
@@ -55,10 +74,14 @@ class AgentCore final : public ServingCore {
 
  private:
   AgentCore() = default;
-  absl::StatusOr<FunctionHost*> Find(const std::string& name, const std::string& version) const;
+  absl::StatusOr<std::shared_ptr<FunctionHost>> Find(const std::string& name,
+                                                     const std::string& version) const;
 
   AgentMetrics metrics_;
-  std::map<std::string, std::unique_ptr<FunctionHost>> hosts_;  // fixed after Create
+  Clock* clock_ = nullptr;
+  bool start_threads_ = true;
+  mutable absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<FunctionHost>> hosts_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> draining_{false};
 };
 

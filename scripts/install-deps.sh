@@ -10,6 +10,7 @@ DEB_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   nlohmann-json3-dev libsimdjson-dev libyaml-cpp-dev libboost-dev libopenblas-dev prometheus-cpp-dev
   libsqlite3-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev wrk python3-venv
+  clang-16
 )
 
 missing=()

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "yaml-cpp/eventhandler.h"
 #include "yaml-cpp/yaml.h"
 
 namespace ferry {
@@ -41,6 +42,10 @@ using json = nlohmann::json;
 constexpr int kMaxDepth = 64;
 // Aliases let a small YAML text expand into a huge tree ("billion laughs"); manifests are small.
 constexpr int64_t kMaxNodes = 1'000'000;
+// The node cap alone still lets an 800-byte text alias one long scalar a million times (a
+// gigabyte); the text of scalars and keys, aliases expanded, is capped too.
+constexpr int64_t kMaxExpandedBytes = 16 << 20;
+constexpr int64_t kMaxDocuments = 1000;
 constexpr size_t kMaxShownValueChars = 80;
 
 const std::vector<std::string_view> kRuntimes = {"echo", "wordfilter", "mlp", "sentence-embedding",
@@ -131,6 +136,23 @@ std::string MarkText(const YAML::Mark& mark) {
   return absl::StrCat("line ", mark.line + 1, ", column ", mark.column + 1);
 }
 
+// Sees a YAML text's events and keeps none of them; used to count documents.
+class IgnoreEvents final : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
 class YamlConverter {
  public:
   explicit YamlConverter(std::string prefix) : prefix_(std::move(prefix)) {}
@@ -147,6 +169,7 @@ class YamlConverter {
       case YAML::NodeType::Null:
         return json(nullptr);
       case YAML::NodeType::Scalar:
+        if (absl::Status s = CountBytes(node, path, node.Scalar().size()); !s.ok()) return s;
         return ConvertScalar(node, path);
       case YAML::NodeType::Sequence: {
         json out = json::array();
@@ -166,6 +189,7 @@ class YamlConverter {
             return Error(kv.first, path, "mapping keys must be plain strings");
           }
           const std::string key = kv.first.Scalar();
+          if (absl::Status s = CountBytes(kv.first, path, key.size()); !s.ok()) return s;
           const std::string child = path.empty() ? key : absl::StrCat(path, ".", key);
           if (out.contains(key)) return Error(kv.first, child, "duplicate key");
           FERRY_MANIFEST_ASSIGN_OR_RETURN(json value, Convert(kv.second, child, depth + 1));
@@ -199,6 +223,14 @@ class YamlConverter {
     return Error(node, path, absl::StrCat("unsupported tag ", tag));
   }
 
+  absl::Status CountBytes(const YAML::Node& node, const std::string& path, size_t n) {
+    bytes_ += static_cast<int64_t>(n);
+    if (bytes_ <= kMaxExpandedBytes) return absl::OkStatus();
+    return Error(node, path,
+                 absl::StrCat("document holds more than ", kMaxExpandedBytes,
+                              " bytes of keys and scalars (with aliases expanded)"));
+  }
+
   absl::Status Error(const YAML::Node& node, const std::string& path, std::string_view what) {
     std::string where = MarkText(node.Mark());
     return absl::InvalidArgumentError(
@@ -208,6 +240,7 @@ class YamlConverter {
 
   std::string prefix_;
   int64_t nodes_ = 0;
+  int64_t bytes_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -539,6 +572,19 @@ absl::StatusOr<std::vector<Document>> LoadDocuments(std::string_view text,
                                                     const std::string& source) {
   std::vector<YAML::Node> nodes;
   try {
+    // yaml-cpp 0.7 reads a "," outside any flow collection as an endless series of empty
+    // documents without consuming it, so YAML::LoadAll never returns and its vector of documents
+    // grows until memory runs out. Count the documents first, with a cap.
+    std::istringstream stream{std::string(text)};
+    YAML::Parser parser(stream);
+    IgnoreEvents ignore;
+    for (int64_t documents = 0; parser.HandleNextDocument(ignore);) {
+      if (++documents > kMaxDocuments) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            source, ": invalid YAML: more than ", kMaxDocuments,
+            " documents (a stray ',' outside [...] or {...} reads as endless empty documents)"));
+      }
+    }
     nodes = YAML::LoadAll(std::string(text));
   } catch (const YAML::Exception& e) {
     const std::string where = MarkText(e.mark);
@@ -616,12 +662,14 @@ absl::Status ParseBatching(const Fields& spec, BatchingSpec* b) {
   if (!spec.Has("batching")) return absl::OkStatus();
   FERRY_MANIFEST_ASSIGN_OR_RETURN(
       Fields f, spec.Child("batching", {"maxBatchSize", "maxQueueDelayMicros", "policy",
-                                        "maxQueueSize", "timeoutMicros", "instances", "aimd"}));
+                                        "maxQueueSize", "maxQueueBytes", "timeoutMicros", "instances",
+                                        "aimd"}));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("maxBatchSize", 1, 65536, &b->max_batch_size));
   FERRY_MANIFEST_RETURN_IF_ERROR(
       f.Int("maxQueueDelayMicros", 0, 10'000'000, &b->max_queue_delay_us));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Enum("policy", kPolicies, &b->policy));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("maxQueueSize", 1, 1'000'000, &b->max_queue_size));
+  FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("maxQueueBytes", 1, int64_t{1} << 40, &b->max_queue_bytes));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("timeoutMicros", 0, 3'600'000'000LL, &b->timeout_us));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("instances", 1, 64, &b->instances));
   if (f.Has("aimd")) {

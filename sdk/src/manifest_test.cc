@@ -128,7 +128,7 @@ TEST_F(ManifestTest, JsonForm) {
     "model": {"uri": "file:///srv/models/mlp"},
     "hardware": {"accelerator": "any", "gpuMemoryMiB": 256, "cpuCores": 0.5},
     "batching": {"maxBatchSize": 64, "policy": "fixed", "timeoutMicros": 250000,
-                 "instances": 2, "maxQueueSize": 100},
+                 "instances": 2, "maxQueueSize": 100, "maxQueueBytes": 1048576},
     "slo": {"latency": {"targetMillis": 7.5}, "onOverload": "reject"},
     "config": {"layers": [4, 8, 2], "activation": "relu", "seed": null}
   }
@@ -146,6 +146,7 @@ TEST_F(ManifestTest, JsonForm) {
   EXPECT_EQ(fn.batching.timeout_us, 250000);
   EXPECT_EQ(fn.batching.instances, 2);
   EXPECT_EQ(fn.batching.max_queue_size, 100);
+  EXPECT_EQ(fn.batching.max_queue_bytes, 1048576);
   EXPECT_EQ(fn.slo.latency_target_us(), 7500);
   EXPECT_DOUBLE_EQ(fn.slo.latency_percentile, 99.0);
   EXPECT_EQ(fn.slo.name, "");
@@ -384,6 +385,9 @@ TEST_F(ManifestTest, BadSpecFieldsNameThePathAndWhatWasExpected) {
       {"out of range",
        "  runtime: echo\n  batching: {maxBatchSize: -3}\n",
        {"m.yaml: spec.batching.maxBatchSize: got -3, expected an integer in [1, 65536]"}},
+      {"queue bytes out of range",
+       "  runtime: echo\n  batching: {maxQueueBytes: 0}\n",
+       {"spec.batching.maxQueueBytes: got 0, expected an integer in [1, 1099511627776]"}},
       {"delay out of range",
        "  runtime: echo\n  batching: {maxQueueDelayMicros: 10000001}\n",
        {"spec.batching.maxQueueDelayMicros: got 10000001, expected an integer in [0, 10000000]"}},
@@ -720,6 +724,37 @@ TEST_F(ManifestTest, AliasBombIsRejected) {
   absl::StatusOr<std::vector<FunctionSpec>> fns = ParseManifests(doc, "m.yaml", "");
   ASSERT_FALSE(fns.ok());
   EXPECT_THAT(std::string(fns.status().message()), HasSubstr("more than 1000000 nodes"));
+}
+
+// Under the node cap, a long scalar aliased 100,000 times would still expand an 800-byte text
+// into 60 MB (found by tests/fuzz/fuzz_manifest).
+TEST(ManifestAliases, LongScalarAliasBombIsRejected) {
+  std::string text = "a: &a \"" + std::string(600, 'x') + "\"\n";
+  char prev = 'a';
+  for (char c = 'b'; c <= 'f'; ++c) {
+    text += std::string(1, c) + ": &" + c + " [";
+    for (int i = 0; i < 10; ++i) text += std::string(i ? ", *" : "*") + prev;
+    text += "]\n";
+    prev = c;
+  }
+  absl::StatusOr<std::vector<FunctionSpec>> fns = ParseManifests(text, "m.yaml", "");
+  ASSERT_FALSE(fns.ok());
+  EXPECT_EQ(fns.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(fns.status().message()),
+              HasSubstr("more than 16777216 bytes of keys and scalars"));
+}
+
+// yaml-cpp 0.7 alone reads these as endless empty documents and allocates until memory runs out
+// (found by tests/fuzz/fuzz_manifest).
+TEST(ManifestYaml, StrayFlowEntryIsAnError) {
+  for (const char* text : {",", "[1],", "apiVersion: ferry.dev/v1\n---\n\"x\",\n"}) {
+    absl::StatusOr<std::vector<FunctionSpec>> fns = ParseManifests(text, "m.yaml", "");
+    ASSERT_FALSE(fns.ok()) << text;
+    EXPECT_EQ(fns.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_THAT(std::string(fns.status().message()),
+                HasSubstr("m.yaml: invalid YAML: more than 1000 documents"))
+        << text;
+  }
 }
 
 TEST(ManifestNames, EnumNames) {

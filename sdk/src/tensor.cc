@@ -1,5 +1,6 @@
 #include "ferry/tensor.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <limits>
@@ -72,6 +73,31 @@ int64_t ElementCount(const std::vector<int64_t>& shape) {
   return count;
 }
 
+int64_t TensorByteSize(DataType dtype, const std::vector<int64_t>& shape) {
+  const int64_t count = ElementCount(shape);
+  if (count < 0) return -1;
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(count, DataTypeSizeBytes(dtype), &bytes)) return -1;
+  return bytes;
+}
+
+BytesList::BytesList(std::initializer_list<std::string_view> elements) {
+  for (std::string_view e : elements) push_back(e);
+}
+
+BytesList::BytesList(const std::vector<std::string>& elements) {
+  for (const std::string& e : elements) push_back(e);
+}
+
+std::ostream& operator<<(std::ostream& os, const BytesList& list) {
+  os << "[";
+  for (size_t i = 0; i < list.size(); ++i) {
+    if (i > 0) os << ", ";
+    os << '"' << list[i] << '"';
+  }
+  return os << "]";
+}
+
 std::string ShapeToString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
 }
@@ -93,7 +119,11 @@ absl::Status Tensor::CheckConsistent() const {
     }
     return absl::OkStatus();
   }
-  const int64_t want = count * DataTypeSizeBytes(dtype);
+  const int64_t want = TensorByteSize(dtype, shape);
+  if (want < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "': shape ", ShapeToString(shape), " is too large"));
+  }
   if (static_cast<int64_t>(data.size()) != want) {
     return absl::InvalidArgumentError(absl::StrCat(
         "tensor '", name, "': shape ", ShapeToString(shape), " of ",
@@ -102,13 +132,12 @@ absl::Status Tensor::CheckConsistent() const {
   return absl::OkStatus();
 }
 
-std::string EncodeBytesElements(const std::vector<std::string>& elements) {
-  size_t total = 0;
-  for (const auto& e : elements) total += 4 + e.size();
+std::string EncodeBytesElements(const BytesList& elements) {
+  const size_t total = 4 * elements.size() + elements.total_bytes();
   std::string out;
   out.resize(total);
   char* p = out.data();
-  for (const auto& e : elements) {
+  for (std::string_view e : elements) {
     const uint32_t n = static_cast<uint32_t>(e.size());
     const unsigned char len[4] = {static_cast<unsigned char>(n), static_cast<unsigned char>(n >> 8),
                                   static_cast<unsigned char>(n >> 16),
@@ -120,11 +149,18 @@ std::string EncodeBytesElements(const std::vector<std::string>& elements) {
   return out;
 }
 
-absl::StatusOr<std::vector<std::string>> DecodeBytesElements(std::string_view raw,
-                                                             int64_t expected_count,
-                                                             std::string_view what) {
-  std::vector<std::string> out;
-  if (expected_count > 0) out.reserve(static_cast<size_t>(expected_count));
+absl::StatusOr<BytesList> DecodeBytesElements(std::string_view raw, int64_t expected_count,
+                                              std::string_view what) {
+  // Every element takes at least its 4-byte prefix, which bounds the count by the bytes present.
+  const size_t most_elements = raw.size() / 4;
+  if (expected_count >= 0 && static_cast<uint64_t>(expected_count) > most_elements) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        std::string(what), ": expected ", expected_count, " BYTES elements, but ", raw.size(),
+        " bytes hold at most ", most_elements, " (each element has a 4-byte length prefix)"));
+  }
+  BytesList out;
+  out.reserve(expected_count >= 0 ? static_cast<size_t>(expected_count) : 0,
+              raw.size() - 4 * static_cast<size_t>(std::max<int64_t>(expected_count, 0)));
   size_t pos = 0;
   while (pos < raw.size()) {
     if (raw.size() - pos < 4) {

@@ -129,7 +129,7 @@ TEST(BytesElements, RoundTrip) {
   const size_t last = 4 + 5 + 4 + 4 + 3;
   EXPECT_EQ(raw.substr(last, 4), std::string("\x2c\x01\x00\x00", 4));
 
-  absl::StatusOr<std::vector<std::string>> decoded = DecodeBytesElements(raw, 4, "input");
+  auto decoded = DecodeBytesElements(raw, 4, "input");
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   EXPECT_EQ(*decoded, elements);
 
@@ -140,7 +140,7 @@ TEST(BytesElements, RoundTrip) {
 
 TEST(BytesElements, Empty) {
   EXPECT_EQ(EncodeBytesElements({}), "");
-  absl::StatusOr<std::vector<std::string>> decoded = DecodeBytesElements("", 0, "x");
+  auto decoded = DecodeBytesElements("", 0, "x");
   ASSERT_TRUE(decoded.ok());
   EXPECT_TRUE(decoded->empty());
 }
@@ -148,8 +148,7 @@ TEST(BytesElements, Empty) {
 TEST(BytesElements, TruncationErrors) {
   const std::string raw = EncodeBytesElements({"abc", "defg"});
 
-  absl::StatusOr<std::vector<std::string>> decoded =
-      DecodeBytesElements(std::string_view(raw).substr(0, 9), -1, "tensor 'q'");
+  auto decoded = DecodeBytesElements(std::string_view(raw).substr(0, 9), -1, "tensor 'q'");
   ASSERT_FALSE(decoded.ok());
   EXPECT_EQ(decoded.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(decoded.status().message()),
@@ -169,9 +168,49 @@ TEST(BytesElements, TruncationErrors) {
   EXPECT_THAT(std::string(decoded.status().message()), HasSubstr("declares 4294967295 bytes"));
 }
 
+TEST(BytesListTest, OneBufferPlusOffsets) {
+  BytesList list = {"ab", "", "cde"};
+  EXPECT_EQ(list.size(), 3u);
+  EXPECT_EQ(list.total_bytes(), 5u);
+  EXPECT_EQ(list[0], "ab");
+  EXPECT_EQ(list[1], "");
+  EXPECT_EQ(list[2], "cde");
+  EXPECT_EQ(list.back(), "cde");
+  EXPECT_THAT(list, ElementsAre("ab", "", "cde"));
+  list.pop_back();
+  EXPECT_EQ(list.total_bytes(), 2u);
+  list.push_back(std::string_view("x\0y", 3));
+  EXPECT_EQ(list[2].size(), 3u);
+  EXPECT_EQ(list, (std::vector<std::string>{"ab", "", std::string("x\0y", 3)}));
+  EXPECT_EQ(std::vector<std::string>(list.begin(), list.end()), list.ToVector());
+  list.clear();
+  EXPECT_TRUE(list.empty());
+  EXPECT_EQ(list.total_bytes(), 0u);
+}
+
+TEST(BytesElements, DeclaredCountBeyondThePayloadIsRefusedBeforeAllocating) {
+  // 2^40 elements declared over 8 bytes: at most 2 can be there, so nothing is reserved.
+  const std::string raw = EncodeBytesElements({"a", ""});
+  auto decoded = DecodeBytesElements(raw, int64_t{1} << 40, "in");
+  ASSERT_FALSE(decoded.ok());
+  EXPECT_THAT(std::string(decoded.status().message()), HasSubstr("hold at most 2"));
+}
+
+TEST(TensorByteSizeTest, OverflowIsMinusOne) {
+  EXPECT_EQ(TensorByteSize(DataType::kFp32, {2, 3}), 24);
+  EXPECT_EQ(TensorByteSize(DataType::kFp32, {1, int64_t{1} << 62}), -1);
+  EXPECT_EQ(TensorByteSize(DataType::kFp64, {int64_t{1} << 61}), -1);
+  EXPECT_EQ(TensorByteSize(DataType::kFp32, {-1}), -1);
+  Tensor t;
+  t.name = "t";
+  t.dtype = DataType::kFp32;
+  t.shape = {1, int64_t{1} << 62};
+  EXPECT_THAT(std::string(t.CheckConsistent().message()), HasSubstr("too large"));
+}
+
 TEST(BytesElements, CountMismatch) {
   const std::string raw = EncodeBytesElements({"a", "b", "c"});
-  absl::StatusOr<std::vector<std::string>> decoded = DecodeBytesElements(raw, 2, "in");
+  auto decoded = DecodeBytesElements(raw, 2, "in");
   ASSERT_FALSE(decoded.ok());
   EXPECT_THAT(std::string(decoded.status().message()),
               HasSubstr("in: expected 2 BYTES elements, got 3"));

@@ -29,9 +29,10 @@ class AgentProcess:
     """One ferry-agent child process on ephemeral loopback ports."""
 
     def __init__(self, manifests, log_path, max_body_bytes=1 << 20, extra_args=(), binary=None,
-                 prefix=()):
+                 prefix=(), preexec_fn=None):
         """`binary` overrides $FERRY_BUILD_DIR's agent; `prefix` wraps the command (the benchmark
-        passes `taskset -c CPUS`, which execs, so the PID stays the agent's)."""
+        passes `taskset -c CPUS`, which execs, so the PID stays the agent's); `preexec_fn` runs
+        in the child before exec (e.g. to lower its resource limits)."""
         self.binary = pathlib.Path(binary) if binary else agent_binary()
         if not self.binary.exists():
             raise FileNotFoundError(
@@ -43,6 +44,7 @@ class AgentProcess:
             "--http-port", "0", "--grpc-port", "0", "--max-body-bytes", str(max_body_bytes),
             *extra_args
         ]
+        self.preexec_fn = preexec_fn
         self.proc = None
         self.http_port = None
         self.grpc_port = None
@@ -52,7 +54,7 @@ class AgentProcess:
     def start(self):
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn)
         return self
 
     def log(self):

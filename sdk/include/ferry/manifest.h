@@ -46,6 +46,7 @@ struct BatchingSpec {
   int64_t max_queue_delay_us = 1000;        // maxQueueDelayMicros, 0..10'000'000
   BatchPolicy policy = BatchPolicy::kAimd;  // policy
   int64_t max_queue_size = 1024;            // maxQueueSize (requests), 1..1'000'000
+  int64_t max_queue_bytes = int64_t{256} << 20;  // maxQueueBytes: payload bytes queued, 1..2^40
   int64_t timeout_us = 0;                   // timeoutMicros: default per-request timeout, 0 = none
   int64_t instances = 1;                    // instances: concurrent executors, 1..64
   AimdSpec aimd;                            // aimd: {...}

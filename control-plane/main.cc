@@ -1,0 +1,124 @@
+// ferry-control: the control plane. Serves the ControlPlane API (apply/get/list/delete
+// functions, nodes, routes and their watch) and the AgentService stream on one gRPC port, keeps
+// its state in an SQLite file, places replicas on registered agents and expires their leases.
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "control-plane/controller.h"
+#include "control-plane/service.h"
+#include "control-plane/sqlite_state_store.h"
+#include "grpcpp/grpcpp.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
+          "HOST:PORT for the gRPC control API and agent streams (port 0 = pick a free one)");
+ABSL_FLAG(std::string, state, "ferry-state",
+          "folder for the control plane's state (SQLite file ferry.db inside)");
+ABSL_FLAG(std::string, admin_token_file, "",
+          "file holding the bearer token the ControlPlane API requires (empty = no auth)");
+ABSL_FLAG(int64_t, heartbeat_ms, 500, "agent heartbeat interval, milliseconds");
+ABSL_FLAG(int64_t, lease_ms, 2000, "an agent silent this long is lost, milliseconds");
+
+namespace {
+
+void Log(const std::string& line) {
+  std::fprintf(stderr, "ferry-control: %s\n", line.c_str());
+  std::fflush(stderr);
+}
+
+int Run() {
+  std::string token;
+  if (const std::string path = absl::GetFlag(FLAGS_admin_token_file); !path.empty()) {
+    std::ifstream in(path);
+    if (!in) {
+      Log(absl::StrCat("error: cannot read --admin_token_file ", path));
+      return 2;
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    token = std::string(absl::StripAsciiWhitespace(ss.str()));
+    if (token.empty()) {
+      Log(absl::StrCat("error: --admin_token_file ", path, " is empty"));
+      return 2;
+    }
+  }
+
+  auto store = ferry::control::SqliteStateStore::Create(
+      {.path = absl::StrCat(absl::GetFlag(FLAGS_state), "/ferry.db")});
+  if (!store.ok()) {
+    Log(absl::StrCat("error: ", store.status().message()));
+    return 1;
+  }
+  ferry::control::ControllerOptions options;
+  options.store = store->get();
+  options.heartbeat_ms = absl::GetFlag(FLAGS_heartbeat_ms);
+  options.lease_ms = absl::GetFlag(FLAGS_lease_ms);
+  auto controller = ferry::control::Controller::Create(options);
+  if (!controller.ok()) {
+    Log(absl::StrCat("error: ", controller.status().message()));
+    return 1;
+  }
+
+  ferry::control::ControlPlaneService control_service(controller->get(), token);
+  ferry::control::AgentServiceImpl agent_service(controller->get());
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&control_service);
+  builder.RegisterService(&agent_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    Log(absl::StrCat("error: cannot listen on ", absl::GetFlag(FLAGS_listen)));
+    return 1;
+  }
+  std::string host = absl::GetFlag(FLAGS_listen);
+  host = host.substr(0, host.rfind(':'));
+  Log(absl::StrCat("listening on ", host, ":", port, " (state ", absl::GetFlag(FLAGS_state),
+                   "/ferry.db, heartbeat ", options.heartbeat_ms, " ms, lease ", options.lease_ms,
+                   " ms", token.empty() ? ", no admin token" : ", admin token required", ")"));
+
+  // Block the stop signals in every thread; the main thread waits for them with sigwait.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  absl::Notification stopping;
+  const int64_t tick_ms = std::max<int64_t>(10, std::min<int64_t>(100, options.heartbeat_ms / 2));
+  std::thread ticker([&] {
+    while (!stopping.WaitForNotificationWithTimeout(absl::Milliseconds(tick_ms))) {
+      (*controller)->Tick();
+    }
+  });
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  Log(absl::StrCat("signal ", sig, ": stopping"));
+  stopping.Notify();
+  ticker.join();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  server->Wait();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "ferry-control --listen HOST:PORT --state DIR [--admin_token_file FILE]\n"
+      "The ferry control plane: function and node registry, placement, routes.");
+  absl::ParseCommandLine(argc, argv);
+  return Run();
+}
