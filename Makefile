@@ -8,7 +8,7 @@ GRPC_PORT ?= 8001
 # CI (which sets CI=true) configures with -Werror; see "Checking builds" in docs/operations.md.
 WERROR_FLAG := $(if $(filter true,$(CI)),-DFERRY_WERROR=ON)
 
-.PHONY: deps configure build up test unit e2e bench sanitize thread-safety tsan format clean
+.PHONY: deps configure build up test unit e2e bench sanitize thread-safety tsan fuzz format clean
 
 deps:
 	@scripts/install-deps.sh $(BUILD_DIR)
@@ -95,6 +95,26 @@ tsan: deps
 	  echo "make tsan: ThreadSanitizer reports above (files in $(TSAN_REPORTS))"; status=1; \
 	fi; \
 	exit $$status
+
+# libFuzzer targets (tests/fuzz) with ASan+UBSan, FUZZ_SECONDS each, from the seed corpora in
+# tests/fuzz/corpus/; `make test` replays those corpora without clang. Needs clang-16 and its
+# sanitizer/libFuzzer runtimes (apt-get install clang-16 libclang-rt-16-dev).
+FUZZ_SECONDS ?= 60
+FUZZ_DIR ?= build-fuzz
+FUZZ_CFLAGS = -fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=undefined \
+  -fno-omit-frame-pointer
+fuzz:
+	@command -v clang++-16 >/dev/null && [ -e /usr/lib/llvm-16/lib/clang/16/lib/linux/libclang_rt.fuzzer-x86_64.a ] \
+	  || { echo "make fuzz: needs clang-16 and libclang-rt-16-dev (apt-get install clang-16 libclang-rt-16-dev)"; exit 1; }
+	@if [ ! -f $(FUZZ_DIR)/build.ninja ]; then \
+	  CC=clang-16 CXX=clang++-16 cmake -S . -B $(FUZZ_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	    -DFERRY_ENABLE_CUDA=OFF -DFERRY_BUILD_BENCHMARKS=OFF -DFERRY_FUZZ=ON \
+	    -DCMAKE_C_FLAGS="$(FUZZ_CFLAGS)" -DCMAKE_CXX_FLAGS="$(FUZZ_CFLAGS)" \
+	    -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
+	    -DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null; \
+	fi
+	cmake --build $(FUZZ_DIR) -j $(JOBS) --target ferry_fuzzers
+	tests/fuzz/run_fuzzers.sh $(FUZZ_DIR) $(FUZZ_SECONDS)
 
 format:
 	find sdk batching cuda kernels node-agent control-plane tests perf -name '*.h' -o -name '*.cc' -o -name '*.cu' | xargs clang-format -i

@@ -8,15 +8,19 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "control-plane/controller.h"
+#include "control-plane/gateway.h"
 #include "control-plane/service.h"
 #include "control-plane/sqlite_state_store.h"
 #include "grpcpp/grpcpp.h"
@@ -29,6 +33,15 @@ ABSL_FLAG(std::string, admin_token_file, "",
           "file holding the bearer token the ControlPlane API requires (empty = no auth)");
 ABSL_FLAG(int64_t, heartbeat_ms, 500, "agent heartbeat interval, milliseconds");
 ABSL_FLAG(int64_t, lease_ms, 2000, "an agent silent this long is lost, milliseconds");
+ABSL_FLAG(std::string, http_listen, "",
+          "HOST:PORT for the data-plane HTTP gateway (KServe v2, Clipper predict) that forwards "
+          "to ready replicas (port 0 = pick a free one; empty = no gateway)");
+ABSL_FLAG(int, gateway_threads, 2, "gateway io threads");
+ABSL_FLAG(int64_t, gateway_max_body_bytes, int64_t{64} << 20,
+          "larger request bodies are answered 413 by the gateway");
+ABSL_FLAG(int, gateway_max_connections, 10000, "open gateway client connections at most");
+ABSL_FLAG(int64_t, gateway_upstream_timeout_ms, 60000,
+          "a replica that has not answered a forwarded request in this time: 504");
 
 namespace {
 
@@ -95,6 +108,43 @@ int Run() {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
+  // The gateway's io threads start after the mask, so the stop signals reach sigwait.
+  std::unique_ptr<ferry::control::Gateway> gateway;
+  std::unique_ptr<ferry::control::RouteFollower> follower;
+  if (const std::string http = absl::GetFlag(FLAGS_http_listen); !http.empty()) {
+    const size_t colon = http.rfind(':');
+    int http_port = -1;
+    if (colon == std::string::npos || !absl::SimpleAtoi(http.substr(colon + 1), &http_port)) {
+      Log(absl::StrCat("error: --http_listen wants HOST:PORT, got '", http, "'"));
+      return 2;
+    }
+    ferry::control::GatewayOptions gw;
+    gw.host = http.substr(0, colon);
+    if (gw.host.size() >= 2 && gw.host.front() == '[') gw.host = gw.host.substr(1, gw.host.size() - 2);
+    gw.port = http_port;
+    gw.num_threads = absl::GetFlag(FLAGS_gateway_threads);
+    gw.max_body_bytes = absl::GetFlag(FLAGS_gateway_max_body_bytes);
+    gw.max_connections = absl::GetFlag(FLAGS_gateway_max_connections);
+    gw.upstream_timeout_ms = absl::GetFlag(FLAGS_gateway_upstream_timeout_ms);
+    ferry::control::Controller* ctl = controller->get();
+    gw.why_unroutable = [ctl](const std::string& fn) -> std::optional<std::string> {
+      auto status = ctl->GetFunction(fn);
+      if (!status.ok()) return std::nullopt;
+      if (status->pending_reasons_size() > 0) return absl::StrJoin(status->pending_reasons(), "; ");
+      return absl::StrCat(status->ready_replicas(), "/", status->desired_replicas(),
+                          " replicas ready (the others are being placed or loaded)");
+    };
+    auto created = ferry::control::Gateway::Create(gw);
+    if (!created.ok()) {
+      Log(absl::StrCat("error: gateway: ", created.status().message()));
+      return 1;
+    }
+    gateway = std::move(*created);
+    follower = std::make_unique<ferry::control::RouteFollower>(ctl, gateway.get());
+    Log(absl::StrCat("gateway listening on ", gw.host, ":", gateway->port(),
+                     " (HTTP data plane: KServe v2, Clipper predict)"));
+  }
+
   absl::Notification stopping;
   const int64_t tick_ms = std::max<int64_t>(10, std::min<int64_t>(100, options.heartbeat_ms / 2));
   std::thread ticker([&] {
@@ -108,6 +158,8 @@ int Run() {
   Log(absl::StrCat("signal ", sig, ": stopping"));
   stopping.Notify();
   ticker.join();
+  if (follower != nullptr) follower->Stop();
+  if (gateway != nullptr) gateway->Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   server->Wait();
   return 0;
@@ -119,6 +171,18 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "ferry-control --listen HOST:PORT --state DIR [--admin_token_file FILE]\n"
       "The ferry control plane: function and node registry, placement, routes.");
-  absl::ParseCommandLine(argc, argv);
+  // Accept the conventional dashed spelling (--http-listen) as well as abseil's (--http_listen).
+  std::vector<std::string> args(argv, argv + argc);
+  std::vector<char*> normalized;
+  for (std::string& a : args) {
+    if (a.rfind("--", 0) == 0) {
+      const size_t end = a.find('=');
+      for (size_t i = 2; i < std::min(end, a.size()); ++i) {
+        if (a[i] == '-') a[i] = '_';
+      }
+    }
+    normalized.push_back(a.data());
+  }
+  absl::ParseCommandLine(static_cast<int>(normalized.size()), normalized.data());
   return Run();
 }

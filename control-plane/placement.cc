@@ -82,8 +82,12 @@ std::optional<LatencyModel> FitLatency(const std::vector<std::pair<int, double>>
   m.a_us = (n * sxy - sx * sy) / denom;
   m.b_us = (sy - m.a_us * sx) / n;
   if (m.a_us < 0) {
-    m.a_us = 0;
-    m.b_us = sy / n;
+    // Larger batches measured faster than small ones: small batches waited for company in the
+    // batcher. Trust the largest batch, which departs at once, and scale linearly from it.
+    const auto& largest = *std::max_element(points.begin(), points.end());
+    m.a_us = largest.second / largest.first;
+    m.b_us = 0;
+    return m;
   }
   if (m.b_us < 0) {
     m.b_us = 0;

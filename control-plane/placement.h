@@ -101,8 +101,9 @@ struct LatencyModel {
 
 LatencyModel DefaultLatencyModel(bool gpu);
 
-// Least-squares fit of points (batch size, latency_us); a and b are clamped to >= 0. nullopt
-// without at least one point.
+// Least-squares fit of points (batch size, latency_us), never negative: with a negative slope
+// (small batches that waited in the batcher) the line through the origin and the largest batch;
+// with a negative intercept the least-squares line through the origin. nullopt without points.
 std::optional<LatencyModel> FitLatency(const std::vector<std::pair<int, double>>& points);
 
 struct Capacity {

@@ -274,6 +274,11 @@ TEST(ProfileTest, FitRecoversLine) {
   EXPECT_NEAR(m->b_us, 1000, 1e-6);
   EXPECT_TRUE(m->measured);
   EXPECT_FALSE(FitLatency({}).has_value());
+  // Small batches slowed by batching delay: the largest batch decides.
+  auto waited = FitLatency({{1, 280}, {2, 284}, {8, 330}, {16, 74}, {64, 173}});
+  ASSERT_TRUE(waited.has_value());
+  EXPECT_NEAR(waited->a_us, 173.0 / 64, 1e-9);
+  EXPECT_EQ(waited->b_us, 0);
 }
 
 TEST(ProfileTest, CapacityWithinSloAndReplicaCount) {

@@ -184,6 +184,31 @@ TEST_F(SafetensorsTest, UnsortedOffsetsInHeaderAreAccepted) {
   EXPECT_EQ(*(*file)->ReadFloat32(*(*file)->Find("a")), std::vector<float>{9});
 }
 
+TEST_F(SafetensorsTest, FromBytesValidatesLikeOpen) {
+  std::vector<TestTensor> tensors = GoodTensors();
+  std::string data;
+  for (const TestTensor& t : tensors) data += t.bytes;
+  const std::string good = SafetensorsBytes(SafetensorsHeader(tensors).dump(), data);
+
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
+      SafetensorsFile::FromBytes(good, "weights.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ((*file)->path(), "weights.safetensors");
+  EXPECT_EQ((*file)->tensors().size(), tensors.size());
+  EXPECT_EQ(*(*file)->ReadFloat32(*(*file)->Find("a")), (std::vector<float>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ((*file)->Data(*(*file)->Find("b")), std::string(16, '\x01'));
+
+  for (size_t cut = 0; cut < good.size(); cut += 5) {
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> cut_file =
+        SafetensorsFile::FromBytes(good.substr(0, cut), "cut.safetensors");
+    ASSERT_FALSE(cut_file.ok()) << "cut at " << cut;
+    EXPECT_EQ(cut_file.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(cut_file.status().message()), HasSubstr("'cut.safetensors'"));
+    // The same bytes from a file give the same answer.
+    EXPECT_EQ(OpenError("cut", good.substr(0, cut)).empty(), false);
+  }
+}
+
 TEST_F(SafetensorsTest, DirectoryIsRejected) {
   absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
       SafetensorsFile::Open(::testing::TempDir());

@@ -364,6 +364,13 @@ class ControlClient::Impl {
     constexpr int kRepeats = 5;
     constexpr int64_t kMaxBatchForProfile = 1024;
     const absl::Time give_up = absl::Now() + absl::Seconds(5);
+    {
+      // Warm-up: first calls pay one-time costs (lazy GPU library init, caches).
+      absl::Notification warm;
+      host->Infer(SyntheticRequest(d.function(), md, std::min(max_batch, kMaxBatchForProfile)),
+                  [&](absl::StatusOr<InferenceResponse>) { warm.Notify(); });
+      warm.WaitForNotification();
+    }
     v1::AgentMessage m;
     v1::Profile* p = m.mutable_profile();
     p->set_function(d.function());

@@ -565,6 +565,17 @@ TEST(HttpServerLimitsTest, BodyOverTheByteBudgetIs429BeforeItIsRead) {
     EXPECT_EQ(r.result_int(), 429);
     EXPECT_THAT(r.body(), HasSubstr("in flight"));
   }
+  {
+    // A chunked body is charged as it arrives.
+    Client c(server->port());
+    std::string request =
+        "POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for (int i = 0; i < 6; ++i) request += "1f4\r\n" + std::string(500, ' ') + "\r\n";
+    request += "0\r\n\r\n";
+    asio::write(c.socket(), asio::buffer(request));
+    Response r = c.Read();
+    EXPECT_EQ(r.result_int(), 429);
+  }
   // Bodies that fit are served, and what they held is given back.
   Client c(server->port());
   for (int i = 0; i < 3; ++i) {

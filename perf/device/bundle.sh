@@ -30,7 +30,7 @@ mkdir -p "$stage/lib" "$stage/bin"
 
 # Binaries run on the GPU machine (copied, stripped) and binaries whose libraries are bundled.
 run_bins=(cuda/cuda_kernels_test perf/ferry_gpu_mlp_bench kernels/kernels_runtime_test
-  node-agent/ferry-agent)
+  node-agent/ferry-agent control-plane/ferry-control perf/control_gpu_check)
 lib_bins=("${run_bins[@]}" node-agent/ferry-agent)
 while IFS= read -r f; do
   lib_bins+=("${f#"$build_dir"/}")

@@ -92,13 +92,11 @@ void WriteSafetensors(const std::string& path, const std::vector<std::vector<flo
   int64_t offset = 0;
   std::string blob;
   for (size_t i = 0; i < w.size(); ++i) {
-    auto add = [&](const std::string& name, const std::vector<float>& v,
-                   const std::string& shape) {
+    auto add = [&](const std::string& name, const std::vector<float>& v, const std::string& shape) {
       const int64_t n = static_cast<int64_t>(v.size() * sizeof(float));
       if (header.size() > 1) header += ",";
-      header += "\"" + name + "\":{\"dtype\":\"F32\",\"shape\":" + shape +
-                ",\"data_offsets\":[" + std::to_string(offset) + "," +
-                std::to_string(offset + n) + "]}";
+      header += "\"" + name + "\":{\"dtype\":\"F32\",\"shape\":" + shape + ",\"data_offsets\":[" +
+                std::to_string(offset) + "," + std::to_string(offset + n) + "]}";
       blob.append(reinterpret_cast<const char*>(v.data()), n);
       offset += n;
     };
@@ -129,12 +127,14 @@ int main(int argc, char** argv) {
   const std::string out_dir = Arg(argc, argv, "--out");
   const std::string fake_gpu = Arg(argc, argv, "--fake-gpu");
   if (control_bin.empty() || agent_bin.empty() || out_dir.empty()) {
-    std::fprintf(stderr, "usage: control_gpu_check --control-bin P --agent-bin P --out DIR "
-                         "[--fake-gpu SPEC]\n");
+    std::fprintf(stderr,
+                 "usage: control_gpu_check --control-bin P --agent-bin P --out DIR "
+                 "[--fake-gpu SPEC]\n");
     return 1;
   }
   fs::create_directories(out_dir);
-  const std::string work = fs::temp_directory_path() / ("ferry-control-gpu-" + std::to_string(getpid()));
+  const std::string work =
+      fs::temp_directory_path() / ("ferry-control-gpu-" + std::to_string(getpid()));
   fs::create_directories(work);
 
   // Model and manifest.
@@ -167,10 +167,17 @@ spec:
   pid_t control = Spawn({control_bin, "--listen", control_addr, "--state", work + "/state",
                          "--heartbeat_ms", "200", "--lease_ms", "1000"},
                         out_dir + "/control_gpu_control.log", {});
-  std::vector<std::string> agent_args = {agent_bin,      "--control",   control_addr,
-                                         "--http-port",  "0",           "--grpc-port",
-                                         std::to_string(agent_grpc_port), "--node-name",
-                                         "gpu-node",     "--price-per-hour", "4"};
+  std::vector<std::string> agent_args = {agent_bin,
+                                         "--control",
+                                         control_addr,
+                                         "--http-port",
+                                         "0",
+                                         "--grpc-port",
+                                         std::to_string(agent_grpc_port),
+                                         "--node-name",
+                                         "gpu-node",
+                                         "--price-per-hour",
+                                         "4"};
   std::vector<std::string> env;
   if (!fake_gpu.empty()) {
     agent_args.push_back("--testonly-fake-gpu=" + fake_gpu);
@@ -248,11 +255,11 @@ spec:
         return stub->GetFunction(&ctx, req, &st).ok() && st.ready_replicas() == 1;
       },
       60);
-  const double ready_ms =
-      std::chrono::duration<double, std::milli>(Clock::now() - t_apply).count();
+  const double ready_ms = std::chrono::duration<double, std::milli>(Clock::now() - t_apply).count();
   if (!ready) {
     std::string why = "mlp-gpu not ready within 60 s";
-    for (const auto& r : st.replicas()) why += "; replica state " + std::to_string(r.state()) + " " + r.message();
+    for (const auto& r : st.replicas())
+      why += "; replica state " + std::to_string(r.state()) + " " + r.message();
     for (const auto& r : st.pending_reasons()) why += "; pending: " + r;
     return fail(why);
   }
@@ -275,8 +282,8 @@ spec:
   in->set_datatype("FP32");
   in->add_shape(rows);
   in->add_shape(kDims[0]);
-  ireq.add_raw_input_contents(std::string(reinterpret_cast<const char*>(x.data()),
-                                          x.size() * sizeof(float)));
+  ireq.add_raw_input_contents(
+      std::string(reinterpret_cast<const char*>(x.data()), x.size() * sizeof(float)));
   inference::ModelInferResponse iresp;
   double infer_us = 0;
   for (int i = 0; i < 20; ++i) {
@@ -328,16 +335,16 @@ spec:
   if (profiled) {
     for (const auto& p : st.profiles()) {
       if (!p.measured()) continue;
-      std::printf("profile on %s: latency_us(n) = %.1f n + %.1f, batch %d within the SLO, "
-                  "%.0f rps per replica\n",
-                  p.hardware_kind().c_str(), p.a_us(), p.b_us(), p.batch_within_slo(),
-                  p.throughput_rps());
+      std::printf(
+          "profile on %s: latency_us(n) = %.1f n + %.1f, batch %d within the SLO, "
+          "%.0f rps per replica\n",
+          p.hardware_kind().c_str(), p.a_us(), p.b_us(), p.batch_within_slo(), p.throughput_rps());
       profile_json = "[";
       for (const auto& pt : p.points()) {
         std::printf("  batch %3d: %8.1f us\n", pt.batch_size(), pt.latency_us());
         if (profile_json.size() > 1) profile_json += ",";
-        profile_json += "[" + std::to_string(pt.batch_size()) + "," +
-                        std::to_string(pt.latency_us()) + "]";
+        profile_json +=
+            "[" + std::to_string(pt.batch_size()) + "," + std::to_string(pt.latency_us()) + "]";
       }
       profile_json += "]";
     }
@@ -345,8 +352,8 @@ spec:
     std::printf("profile: none within 30 s\n");
   }
   std::ofstream(out_dir + "/control_gpu.json")
-      << "{\"node\":\"" << node.name() << "\",\"gpu\":\""
-      << node.inventory().gpus(0).name() << "\",\"hardware_kind\":\"" << rep.hardware_kind()
+      << "{\"node\":\"" << node.name() << "\",\"gpu\":\"" << node.inventory().gpus(0).name()
+      << "\",\"hardware_kind\":\"" << rep.hardware_kind()
       << "\",\"device_index\":" << rep.device_index() << ",\"ready_ms\":" << ready_ms
       << ",\"max_abs_error\":" << max_err << ",\"infer_us\":" << infer_us
       << ",\"profile\":" << profile_json << "}\n";

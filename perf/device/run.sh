@@ -10,6 +10,7 @@
 # binaries straight from build/. Results go to $OUT when set, else perf/results/:
 #   cuda_kernels_test.xml   GoogleTest report
 #   gpu_mlp.csv             benchmark table
+#   control_gpu.json        ferry-control placed an accelerator: gpu function on the GPU (+ logs)
 # Environment: FERRY_BUILD_DIR (default build), FERRY_BENCH_RUNS (default 200).
 # Exit status: non-zero when a test fails or a binary cannot start; on a machine without a GPU
 # the tests skip and the benchmark says "no GPU", and the script succeeds.
@@ -119,6 +120,14 @@ elif python3 -c 'import numpy' 2>/dev/null; then
 else
   echo "agent_gpu_check: skipped, python3 has no numpy here"
 fi
+
+section "ferry-control placing an accelerator: gpu function on this GPU (end to end)"
+control_check_bin="$(bin_path perf/control_gpu_check)"
+timeout 150 "$control_check_bin" --control-bin "$(bin_path control-plane/ferry-control)" \
+  --agent-bin "$agent_bin" --out "$results"
+control_rc=$?
+echo "control_gpu_check exit status: $control_rc (2 = no GPU here, skipped)"
+[[ "$control_rc" == 0 || "$control_rc" == 2 ]] || status=1
 
 section "done in $((SECONDS - start_s)) s, status $status"
 exit "$status"

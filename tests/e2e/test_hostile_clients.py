@@ -362,7 +362,7 @@ def test_client_that_never_reads_does_not_block_shutdown(tmp_path):
             s.send(requests_bytes)
         except BlockingIOError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.5)  # time to fill the socket buffers; shutdown must end either way
         assert_serving(agent)
         started = time.monotonic()
         agent.proc.send_signal(signal.SIGTERM)
@@ -442,7 +442,11 @@ def test_bytes_in_flight_budget_refuses_at_once(tmp_path):
         # gRPC shares the budget: while two big HTTP bodies are held, a big message is refused.
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             held = [pool.submit(one, i) for i in range(2)]
-            time.sleep(0.3)
+            # Both are with the core once it counts them, and hold their bytes until answered.
+            deadline = time.monotonic() + 5
+            while pending_requests(agent) < 2:
+                assert time.monotonic() < deadline, "the two big requests never arrived"
+                time.sleep(0.01)
             client = grpcclient.InferenceServerClient(agent.grpc_hostport)
             inp = grpcclient.InferInput("INPUT0", [1], "BYTES")
             inp.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))

@@ -1,0 +1,740 @@
+#include "control-plane/gateway.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <map>
+#include <random>
+#include <string_view>
+#include <vector>
+
+// Boost 1.74 Asio under C++20 with g++ 12 needs <utility> first.
+#include <utility>
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "control-plane/controller.h"
+#include "nlohmann/json.hpp"
+
+namespace ferry::control {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+constexpr char kJson[] = "application/json";
+constexpr int64_t kHeaderLimitBytes = 64 << 10;
+
+int64_t NowUs() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string ErrorJson(absl::string_view message) {
+  return nlohmann::json{{"error", std::string(message)}}.dump(-1, ' ', false,
+                                                 nlohmann::json::error_handler_t::replace);
+}
+
+absl::string_view ToSv(beast::string_view s) { return {s.data(), s.size()}; }
+
+// Hop-by-hop headers are the gateway's own business on each leg; everything else of the agent's
+// answer goes back unchanged.
+bool IsHopByHop(http::field f) {
+  switch (f) {
+    case http::field::connection:
+    case http::field::keep_alive:
+    case http::field::transfer_encoding:
+    case http::field::content_length:
+    case http::field::te:
+    case http::field::trailer:
+    case http::field::upgrade:
+    case http::field::proxy_authenticate:
+    case http::field::proxy_authorization:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+// One replica address (host:port of a node's data plane).
+struct Upstream {
+  Upstream(std::string addr, int threads) : address(std::move(addr)), idle(threads) {
+    const size_t colon = address.rfind(':');
+    host = colon == std::string::npos ? address : address.substr(0, colon);
+    port = colon == std::string::npos ? "80" : address.substr(colon + 1);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);
+    }
+    boost::system::error_code ec;
+    const auto ip = asio::ip::make_address(host, ec);
+    int p = 0;
+    if (!ec && absl::SimpleAtoi(port, &p) && p > 0 && p < 65536) {
+      endpoint = tcp::endpoint(ip, static_cast<uint16_t>(p));
+    }
+  }
+
+  const std::string address;
+  std::string host;
+  std::string port;
+  std::optional<tcp::endpoint> endpoint;  // when host is an IP literal
+  std::atomic<int64_t> outstanding{0};
+  std::atomic<int64_t> ejected_until_us{0};
+  // Idle kept-alive connections; slot i is only touched by io thread i.
+  std::vector<std::vector<std::unique_ptr<beast::tcp_stream>>> idle;
+};
+
+struct RouteTable {
+  bool have_snapshot = false;
+  std::map<std::string, std::vector<std::shared_ptr<Upstream>>> by_function;
+};
+
+class ClientSession;
+
+class GatewayImpl {
+ public:
+  explicit GatewayImpl(const GatewayOptions& options) : options_(options) {
+    for (int i = 0; i < options.num_threads; ++i) {
+      ioc_.push_back(std::make_unique<asio::io_context>(1));
+    }
+  }
+  ~GatewayImpl() { Shutdown(); }
+
+  absl::Status Listen() {
+    boost::system::error_code ec;
+    auto address = asio::ip::make_address(options_.host, ec);
+    tcp::endpoint endpoint;
+    if (ec) {
+      tcp::resolver resolver(*ioc_[0]);
+      auto results = resolver.resolve(options_.host, std::to_string(options_.port), ec);
+      if (ec || results.empty()) {
+        return absl::UnavailableError(absl::StrCat("cannot resolve ", options_.host));
+      }
+      endpoint = results.begin()->endpoint();
+    } else {
+      endpoint = tcp::endpoint(address, static_cast<uint16_t>(options_.port));
+    }
+    acceptor_.emplace(*ioc_[0]);
+    acceptor_->open(endpoint.protocol(), ec);
+    if (!ec) acceptor_->set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) acceptor_->bind(endpoint, ec);
+    if (!ec) acceptor_->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.host, ":",
+                                                 options_.port, ": ", ec.message()));
+    }
+    port_ = acceptor_->local_endpoint().port();
+    return absl::OkStatus();
+  }
+
+  void Start() {
+    Accept();
+    for (auto& ioc : ioc_) {
+      threads_.emplace_back([io = ioc.get()] {
+        // An exception escaping a handler would end the thread: log it and keep running.
+        for (;;) {
+          try {
+            io->run();
+            return;
+          } catch (const std::exception& e) {
+            std::fprintf(stderr, "ferry-control: gateway: unexpected exception: %s\n", e.what());
+          } catch (...) {
+            std::fprintf(stderr, "ferry-control: gateway: unexpected exception\n");
+          }
+        }
+      });
+    }
+  }
+
+  void Shutdown() {
+    if (shut_down_.exchange(true)) return;
+    asio::post(*ioc_[0], [this] {
+      boost::system::error_code ec;
+      if (acceptor_) acceptor_->close(ec);
+    });
+    for (auto& ioc : ioc_) ioc->stop();
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    // Pooled sockets go before their io_contexts (a session still queued in one io_context may
+    // hold an upstream whose pool has sockets of another).
+    absl::MutexLock lock(&mu_);
+    for (const auto& weak : all_upstreams_) {
+      if (auto up = weak.lock()) {
+        for (auto& slot : up->idle) slot.clear();
+      }
+    }
+    all_upstreams_.clear();
+    table_ = std::make_shared<RouteTable>();
+    upstreams_.clear();
+  }
+
+  void ApplyRouteUpdate(const v1::RouteUpdate& update) {
+    absl::MutexLock lock(&mu_);
+    auto next = std::make_shared<RouteTable>();
+    if (!update.snapshot()) *next = *table_;
+    next->have_snapshot = true;
+    for (const auto& fr : update.functions()) {
+      std::vector<std::shared_ptr<Upstream>> ups;
+      for (const auto& r : fr.routes()) {
+        if (!r.ready() || r.http_address().empty()) continue;
+        auto& up = upstreams_[r.http_address()];
+        if (up == nullptr) {
+          up = std::make_shared<Upstream>(r.http_address(), options_.num_threads);
+          all_upstreams_.push_back(up);
+        }
+        if (std::find(ups.begin(), ups.end(), up) == ups.end()) ups.push_back(up);
+      }
+      if (ups.empty()) {
+        next->by_function.erase(fr.function());
+      } else {
+        next->by_function[fr.function()] = std::move(ups);
+      }
+    }
+    std::erase_if(all_upstreams_, [](const auto& w) { return w.expired(); });
+    // Drop addresses no function routes to any more (their pooled connections close when the
+    // last in-flight request lets go).
+    for (auto it = upstreams_.begin(); it != upstreams_.end();) {
+      bool used = false;
+      for (const auto& [fn, ups] : next->by_function) {
+        for (const auto& u : ups) used |= u == it->second;
+        if (used) break;
+      }
+      it = used ? std::next(it) : upstreams_.erase(it);
+    }
+    table_ = std::move(next);
+  }
+
+  std::shared_ptr<const RouteTable> Table() {
+    absl::MutexLock lock(&mu_);
+    return table_;
+  }
+
+  const GatewayOptions& options() const { return options_; }
+  int port() const { return port_; }
+
+  std::atomic<int> connections{0};
+  std::atomic<int64_t> requests{0};
+  std::atomic<int64_t> retries{0};
+  std::atomic<int64_t> fresh_reconnects{0};
+  std::atomic<int64_t> connections_opened{0};
+
+ private:
+  void Accept();
+
+  const GatewayOptions options_;
+  std::vector<std::unique_ptr<asio::io_context>> ioc_;
+  std::optional<tcp::acceptor> acceptor_;
+  std::vector<std::thread> threads_;
+  std::atomic<bool> shut_down_{false};
+  int port_ = 0;
+  size_t next_ioc_ = 0;  // accept handler only (io thread 0)
+  absl::Mutex mu_;
+  std::shared_ptr<RouteTable> table_ ABSL_GUARDED_BY(mu_) = std::make_shared<RouteTable>();
+  std::map<std::string, std::shared_ptr<Upstream>> upstreams_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::weak_ptr<Upstream>> all_upstreams_ ABSL_GUARDED_BY(mu_);
+};
+
+// One client connection: reads a request, answers it locally or forwards it, one at a time.
+class ClientSession : public std::enable_shared_from_this<ClientSession> {
+ public:
+  ClientSession(GatewayImpl* gw, tcp::socket socket, int thread_index)
+      : gw_(gw), stream_(std::move(socket)), thread_index_(thread_index) {}
+  ~ClientSession() {
+    ReleaseUpstream();
+    gw_->connections.fetch_sub(1);
+  }
+
+  void Start(bool over_limit) {
+    if (over_limit) {
+      close_after_reply_ = true;
+      Reply(503, ErrorJson("too many connections"));
+      return;
+    }
+    ReadHeader(/*first=*/true);
+  }
+
+ private:
+  const GatewayOptions& opt() const { return gw_->options(); }
+
+  // Every handler runs through here: an exception answers 500 (or closes) instead of escaping.
+  template <typename F>
+  void Guarded(F&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      Fail500(e.what());
+    } catch (...) {
+      Fail500("unknown error");
+    }
+  }
+  void Fail500(const char* what) {
+    ReleaseUpstream();
+    conn_.reset();
+    if (replying_) {
+      boost::system::error_code ec;
+      stream_.socket().close(ec);
+      return;
+    }
+    close_after_reply_ = true;
+    try {
+      Reply(500, ErrorJson(absl::StrCat("internal error: ", what)));
+    } catch (...) {
+      boost::system::error_code ec;
+      stream_.socket().close(ec);
+    }
+  }
+
+  void ReadHeader(bool first) {
+    parser_.emplace();
+    parser_->header_limit(kHeaderLimitBytes);
+    parser_->body_limit(opt().max_body_bytes);
+    stream_.expires_after(
+        std::chrono::milliseconds(first ? opt().header_timeout_ms : opt().idle_timeout_ms));
+    http::async_read_header(stream_, buffer_, *parser_,
+                            [self = shared_from_this()](beast::error_code ec, size_t) {
+                              self->Guarded([&] { self->OnHeader(ec); });
+                            });
+  }
+
+  void OnHeader(beast::error_code ec) {
+    if (ec) {
+      if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
+          ec == asio::error::operation_aborted || ec == asio::error::connection_reset ||
+          ec == asio::error::eof) {
+        return;  // closed or idle: drop the connection
+      }
+      close_after_reply_ = true;
+      if (ec == http::error::header_limit) {
+        Reply(431, ErrorJson("request header too large"));
+      } else {
+        Reply(400, ErrorJson(absl::StrCat("bad request: ", ec.message())));
+      }
+      return;
+    }
+    if (const auto len = parser_->content_length(); len && *len > uint64_t(opt().max_body_bytes)) {
+      close_after_reply_ = true;
+      Reply(413, ErrorJson(absl::StrCat("request body of ", *len, " bytes exceeds the limit of ",
+                                        opt().max_body_bytes)));
+      return;
+    }
+    stream_.expires_after(std::chrono::milliseconds(opt().body_timeout_ms));
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, size_t) {
+                       self->Guarded([&] { self->OnRequest(ec); });
+                     });
+  }
+
+  void OnRequest(beast::error_code ec) {
+    if (ec) {
+      if (ec == http::error::body_limit) {
+        close_after_reply_ = true;
+        Reply(413, ErrorJson(absl::StrCat("request body exceeds the limit of ",
+                                          opt().max_body_bytes, " bytes")));
+        return;
+      }
+      if (ec == beast::error::timeout || ec == http::error::end_of_stream ||
+          ec == asio::error::eof || ec == asio::error::connection_reset) {
+        return;
+      }
+      close_after_reply_ = true;
+      Reply(400, ErrorJson(absl::StrCat("bad request: ", ec.message())));
+      return;
+    }
+    stream_.expires_never();
+    request_ = parser_->release();
+    keep_alive_ = request_.keep_alive();
+    Route();
+  }
+
+  void Route() {
+    absl::string_view target = ToSv(request_.target());
+    if (const size_t q = target.find('?'); q != absl::string_view::npos) target = target.substr(0, q);
+    std::vector<absl::string_view> path = absl::StrSplit(target, '/', absl::SkipEmpty());
+    const auto method = request_.method();
+    const bool get = method == http::verb::get || method == http::verb::head;
+    if (path.size() >= 1 && path[0] == "v2") {
+      if (path.size() == 1) {
+        if (!get) return Reply(405, ErrorJson("method not allowed; use GET"));
+        return Reply(200, nlohmann::json{{"name", "ferry-gateway"},
+                                         {"version", FERRY_VERSION},
+                                         {"extensions", {"binary_tensor_data"}}}
+                              .dump());
+      }
+      if (path.size() == 3 && path[1] == "health" && (path[2] == "live" || path[2] == "ready")) {
+        if (!get) return Reply(405, ErrorJson("method not allowed; use GET"));
+        if (path[2] == "live") return Reply(200, "");
+        if (gw_->Table()->have_snapshot) return Reply(200, "");
+        return Reply(503, ErrorJson("the gateway has no route table yet"));
+      }
+      if (path.size() >= 3 && path[1] == "models") {
+        const size_t rest = path.size() - 3;
+        size_t i = 3;
+        bool ok = true;
+        if (rest >= 2 && path[3] == "versions") i = 5;
+        const size_t tail = path.size() - i;
+        if (tail > 1) ok = false;
+        if (ok && tail == 1 && path[i] != "ready" && path[i] != "infer") ok = false;
+        if (ok) return Forward(std::string(path[2]));
+      }
+    } else if (path.size() == 2 && path[1] == "predict") {
+      return Forward(std::string(path[0]));
+    }
+    Reply(404, ErrorJson(absl::StrCat("no route for ", ToSv(request_.method_string()), " ",
+                                      ToSv(request_.target()))));
+  }
+
+  // --- forwarding ----------------------------------------------------------------------------
+
+  void Forward(std::string function) {
+    function_ = std::move(function);
+    auto table = gw_->Table();
+    auto it = table->by_function.find(function_);
+    if (it == table->by_function.end()) {
+      std::optional<std::string> why;
+      if (opt().why_unroutable) why = opt().why_unroutable(function_);
+      if (!why) return Reply(404, ErrorJson(absl::StrCat("unknown function '", function_, "'")));
+      return Reply(503, ErrorJson(absl::StrCat("function '", function_,
+                                               "' has no ready replica: ", *why)));
+    }
+    candidates_ = it->second;
+    failed_.clear();
+    retried_ = false;
+    up_req_ = {};
+    up_req_.method(request_.method());
+    up_req_.target(request_.target());
+    up_req_.version(11);
+    for (const auto& field : request_) {
+      if (IsHopByHop(field.name()) || field.name() == http::field::host) continue;
+      up_req_.insert(field.name_string(), field.value());
+    }
+    up_req_.body() = std::move(request_.body());
+    up_req_.keep_alive(true);
+    up_req_.prepare_payload();
+    TryUpstream();
+  }
+
+  std::shared_ptr<Upstream> Pick() {
+    static thread_local std::mt19937_64 rng(std::random_device{}());
+    const int64_t now = NowUs();
+    std::vector<Upstream*> fresh, all;
+    for (const auto& u : candidates_) {
+      if (std::find(failed_.begin(), failed_.end(), u.get()) != failed_.end()) continue;
+      all.push_back(u.get());
+      if (u->ejected_until_us.load(std::memory_order_relaxed) <= now) fresh.push_back(u.get());
+    }
+    std::vector<Upstream*>& pool = fresh.empty() ? all : fresh;
+    if (pool.empty()) return nullptr;
+    Upstream* chosen = pool[0];
+    if (pool.size() > 1) {
+      const size_t a = rng() % pool.size();
+      size_t b = rng() % (pool.size() - 1);
+      if (b >= a) ++b;
+      chosen = pool[a]->outstanding.load(std::memory_order_relaxed) <=
+                       pool[b]->outstanding.load(std::memory_order_relaxed)
+                   ? pool[a]
+                   : pool[b];
+    }
+    for (const auto& u : candidates_) {
+      if (u.get() == chosen) return u;
+    }
+    return nullptr;
+  }
+
+  void TryUpstream() {
+    upstream_ = Pick();
+    if (upstream_ == nullptr) {
+      return Reply(503, ErrorJson(absl::StrCat("no replica of '", function_,
+                                               "' could be reached: ", last_error_)));
+    }
+    upstream_->outstanding.fetch_add(1);
+    holding_ = true;
+    auto& idle = upstream_->idle[thread_index_];
+    if (!idle.empty()) {
+      conn_ = std::move(idle.back());
+      idle.pop_back();
+      conn_reused_ = true;
+      Send();
+      return;
+    }
+    Connect();
+  }
+
+  void Connect() {
+    conn_reused_ = false;
+    conn_ = std::make_unique<beast::tcp_stream>(stream_.get_executor());
+    gw_->connections_opened.fetch_add(1);
+    conn_->expires_after(std::chrono::milliseconds(opt().connect_timeout_ms));
+    auto on_connect = [self = shared_from_this()](beast::error_code ec, auto&&...) {
+      self->Guarded([&] {
+        if (ec) return self->ConnectionFailed(ec);
+        boost::system::error_code ignored;
+        self->conn_->socket().set_option(tcp::no_delay(true), ignored);
+        self->Send();
+      });
+    };
+    if (upstream_->endpoint) {
+      conn_->async_connect(*upstream_->endpoint,
+                           [on_connect](beast::error_code ec) mutable { on_connect(ec); });
+      return;
+    }
+    auto resolver = std::make_shared<tcp::resolver>(stream_.get_executor());
+    resolver->async_resolve(
+        upstream_->host, upstream_->port,
+        [self = shared_from_this(), resolver, on_connect](
+            beast::error_code ec, tcp::resolver::results_type results) mutable {
+          self->Guarded([&] {
+            if (ec) return self->ConnectionFailed(ec);
+            self->conn_->async_connect(results, on_connect);
+          });
+        });
+  }
+
+  void Send() {
+    conn_->expires_after(std::chrono::milliseconds(opt().upstream_timeout_ms));
+    http::async_write(*conn_, up_req_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->Guarded([&] {
+        if (ec) {
+          if (ec == beast::error::timeout) return self->UpstreamTimeout();
+          return self->ConnectionFailed(ec);
+        }
+        self->up_buffer_.clear();
+        self->up_parser_.emplace();
+        self->up_parser_->header_limit(kHeaderLimitBytes);
+        self->up_parser_->body_limit(self->opt().max_response_bytes);
+        if (self->up_req_.method() == http::verb::head) self->up_parser_->skip(true);
+        http::async_read(*self->conn_, self->up_buffer_, *self->up_parser_,
+                         [self](beast::error_code ec, size_t) {
+                           self->Guarded([&] { self->OnUpstreamResponse(ec); });
+                         });
+      });
+    });
+  }
+
+  void OnUpstreamResponse(beast::error_code ec) {
+    if (ec) {
+      if (ec == beast::error::timeout) return UpstreamTimeout();
+      if (up_parser_->got_some()) {
+        // Part of an answer came: the replica may have run the request; do not resend it.
+        ReleaseUpstream();
+        conn_.reset();
+        return Reply(502, ErrorJson(absl::StrCat("replica ", upstream_->address,
+                                                 " broke off its answer: ", ec.message())));
+      }
+      return ConnectionFailed(ec);
+    }
+    auto response = up_parser_->release();
+    if (response.keep_alive() &&
+        upstream_->idle[thread_index_].size() < size_t(opt().max_idle_per_upstream)) {
+      conn_->expires_never();
+      upstream_->idle[thread_index_].push_back(std::move(conn_));
+    }
+    conn_.reset();
+    ReleaseUpstream();
+    gw_->requests.fetch_add(1);
+    reply_ = {};
+    reply_.result(response.result_int());
+    reply_.version(11);
+    for (const auto& field : response) {
+      if (IsHopByHop(field.name())) continue;
+      reply_.insert(field.name_string(), field.value());
+    }
+    reply_.body() = std::move(response.body());
+    SendReply();
+  }
+
+  void UpstreamTimeout() {
+    ReleaseUpstream();
+    conn_.reset();
+    Reply(504, ErrorJson(absl::StrCat("replica ", upstream_->address, " did not answer within ",
+                                      opt().upstream_timeout_ms, " ms")));
+  }
+
+  // The connection could not be made or broke before any byte of the answer: nothing was
+  // served, so the request may go elsewhere.
+  void ConnectionFailed(beast::error_code ec) {
+    ReleaseUpstream();
+    conn_.reset();
+    last_error_ = absl::StrCat(upstream_->address, ": ", ec.message());
+    if (conn_reused_) {
+      // A pooled connection the agent may have closed while idle: one fresh connection to the
+      // same replica before calling it a failure.
+      gw_->fresh_reconnects.fetch_add(1);
+      upstream_->outstanding.fetch_add(1);
+      holding_ = true;
+      Connect();
+      return;
+    }
+    upstream_->ejected_until_us.store(NowUs() + opt().eject_ms * 1000);
+    // Idle connections to a replica that refuses new ones are dead too.
+    upstream_->idle[thread_index_].clear();
+    failed_.push_back(upstream_.get());
+    if (retried_) {
+      return Reply(503, ErrorJson(absl::StrCat("no replica of '", function_,
+                                               "' could be reached: ", last_error_)));
+    }
+    retried_ = true;
+    gw_->retries.fetch_add(1);
+    TryUpstream();
+  }
+
+  void ReleaseUpstream() {
+    if (holding_) {
+      holding_ = false;
+      upstream_->outstanding.fetch_sub(1);
+    }
+  }
+
+  // --- answering -----------------------------------------------------------------------------
+
+  void Reply(int status, std::string body) {
+    reply_ = {};
+    reply_.result(status);
+    reply_.version(11);
+    if (!body.empty()) reply_.set(http::field::content_type, kJson);
+    reply_.body() = std::move(body);
+    SendReply();
+  }
+
+  void SendReply() {
+    replying_ = true;
+    reply_.keep_alive(keep_alive_ && !close_after_reply_);
+    reply_.prepare_payload();
+    stream_.expires_after(std::chrono::milliseconds(opt().write_timeout_ms));
+    http::async_write(stream_, reply_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->Guarded([&] {
+        self->replying_ = false;
+        if (ec || !self->reply_.keep_alive()) {
+          boost::system::error_code ignored;
+          self->stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+          return;
+        }
+        self->reply_ = {};
+        self->request_ = {};
+        self->ReadHeader(/*first=*/false);
+      });
+    });
+  }
+
+  GatewayImpl* const gw_;
+  beast::tcp_stream stream_;
+  const int thread_index_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http::request<http::string_body> request_;
+  http::response<http::string_body> reply_;
+  bool keep_alive_ = true;
+  bool close_after_reply_ = false;
+  bool replying_ = false;
+
+  std::string function_;
+  std::vector<std::shared_ptr<Upstream>> candidates_;
+  std::vector<Upstream*> failed_;
+  bool retried_ = false;
+  std::string last_error_;
+  std::shared_ptr<Upstream> upstream_;
+  bool holding_ = false;  // counted in upstream_->outstanding
+  std::unique_ptr<beast::tcp_stream> conn_;
+  bool conn_reused_ = false;
+  http::request<http::string_body> up_req_;
+  beast::flat_buffer up_buffer_;
+  std::optional<http::response_parser<http::string_body>> up_parser_;
+};
+
+void GatewayImpl::Accept() {
+  const size_t index = next_ioc_++ % ioc_.size();
+  acceptor_->async_accept(*ioc_[index], [this, index](beast::error_code ec, tcp::socket socket) {
+    if (ec == asio::error::operation_aborted || !acceptor_->is_open()) return;
+    if (!ec) {
+      try {
+        boost::system::error_code ignored;
+        socket.set_option(tcp::no_delay(true), ignored);
+        const bool over = connections.fetch_add(1) >= options_.max_connections;
+        auto session = std::make_shared<ClientSession>(this, std::move(socket), int(index));
+        // Start on the connection's own io thread.
+        asio::post(*ioc_[index], [session, over] {
+          try {
+            session->Start(over);
+          } catch (...) {
+          }
+        });
+      } catch (...) {
+        // Out of memory for one connection: it is dropped, accepting goes on.
+      }
+    }
+    Accept();
+  });
+}
+
+// --- Gateway -------------------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const GatewayOptions& options) {
+  if (options.num_threads < 1 || options.num_threads > 256) {
+    return absl::InvalidArgumentError("gateway: num_threads must be in [1, 256]");
+  }
+  if (options.port < 0 || options.port > 65535) {
+    return absl::InvalidArgumentError("gateway: port must be in [0, 65535]");
+  }
+  if (options.max_body_bytes < 1 || options.max_response_bytes < 1 ||
+      options.max_connections < 1 || options.header_timeout_ms < 1 ||
+      options.body_timeout_ms < 1 || options.idle_timeout_ms < 1 ||
+      options.write_timeout_ms < 1 || options.connect_timeout_ms < 1 ||
+      options.upstream_timeout_ms < 1 || options.max_idle_per_upstream < 0 ||
+      options.eject_ms < 0) {
+    return absl::InvalidArgumentError("gateway: limits and timeouts must be positive");
+  }
+  auto impl = std::make_unique<GatewayImpl>(options);
+  if (absl::Status s = impl->Listen(); !s.ok()) return s;
+  impl->Start();
+  return std::unique_ptr<Gateway>(new Gateway(std::move(impl)));
+}
+
+Gateway::Gateway(std::unique_ptr<GatewayImpl> impl) : impl_(std::move(impl)) {}
+Gateway::~Gateway() { Shutdown(); }
+int Gateway::port() const { return impl_->port(); }
+void Gateway::ApplyRouteUpdate(const v1::RouteUpdate& update) { impl_->ApplyRouteUpdate(update); }
+void Gateway::Shutdown() { impl_->Shutdown(); }
+
+Gateway::Stats Gateway::stats() const {
+  return {.requests = impl_->requests.load(),
+          .retries = impl_->retries.load(),
+          .fresh_reconnects = impl_->fresh_reconnects.load(),
+          .connections_opened = impl_->connections_opened.load()};
+}
+
+// --- RouteFollower -------------------------------------------------------------------------------
+
+RouteFollower::RouteFollower(Controller* controller, Gateway* gateway)
+    : controller_(controller), gateway_(gateway) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+RouteFollower::~RouteFollower() { Stop(); }
+
+void RouteFollower::Stop() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+}
+
+void RouteFollower::Run() {
+  int64_t revision = -1;
+  while (!stop_.load()) {
+    v1::RouteUpdate update = controller_->RouteChangesSince(revision, "");
+    if (revision < 0 || update.functions_size() > 0) gateway_->ApplyRouteUpdate(update);
+    revision = update.revision();
+    controller_->WaitForRouteChange(revision, 200);
+  }
+}
+
+}  // namespace ferry::control
