@@ -108,6 +108,8 @@ class GatewayImpl {
   explicit GatewayImpl(const GatewayOptions& options) : options_(options) {
     for (int i = 0; i < options.num_threads; ++i) {
       ioc_.push_back(std::make_unique<asio::io_context>(1));
+      // An io_context without work returns from run() at once; connections come later.
+      work_.push_back(asio::make_work_guard(*ioc_.back()));
     }
   }
   ~GatewayImpl() { Shutdown(); }
@@ -164,6 +166,7 @@ class GatewayImpl {
       boost::system::error_code ec;
       if (acceptor_) acceptor_->close(ec);
     });
+    for (auto& w : work_) w.reset();
     for (auto& ioc : ioc_) ioc->stop();
     for (auto& t : threads_) t.join();
     threads_.clear();
@@ -235,6 +238,7 @@ class GatewayImpl {
 
   const GatewayOptions options_;
   std::vector<std::unique_ptr<asio::io_context>> ioc_;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work_;
   std::optional<tcp::acceptor> acceptor_;
   std::vector<std::thread> threads_;
   std::atomic<bool> shut_down_{false};
@@ -316,7 +320,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
         return;  // closed or idle: drop the connection
       }
       close_after_reply_ = true;
-      if (ec == http::error::header_limit) {
+      if (ec == http::error::body_limit) {
+        Reply(413, ErrorJson(absl::StrCat("request body exceeds the limit of ",
+                                          opt().max_body_bytes, " bytes")));
+      } else if (ec == http::error::header_limit) {
         Reply(431, ErrorJson("request header too large"));
       } else {
         Reply(400, ErrorJson(absl::StrCat("bad request: ", ec.message())));

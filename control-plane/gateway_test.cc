@@ -42,7 +42,12 @@ class FakeAgent {
   ~FakeAgent() {
     stop_ = true;
     boost::system::error_code ec;
-    acceptor_.close(ec);
+    {
+      // A blocking accept() does not return when the acceptor is closed: wake it.
+      asio::io_context ioc;
+      tcp::socket wake(ioc);
+      wake.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port_), ec);
+    }
     {
       absl::MutexLock lock(&mu_);
       for (auto* s : sockets_) s->shutdown(tcp::socket::shutdown_both, ec);
@@ -59,7 +64,7 @@ class FakeAgent {
       boost::system::error_code ec;
       tcp::socket socket(ioc_);
       acceptor_.accept(socket, ec);
-      if (ec) return;
+      if (ec || stop_) return;
       conns_.emplace_back([this, s = std::move(socket)]() mutable { Serve(std::move(s)); });
     }
   }

@@ -1,10 +1,15 @@
 #include "node-agent/control_client.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <set>
+#include <sstream>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -141,9 +146,40 @@ class ControlClient::Impl {
     return m;
   }
 
+  // The agent process's CPU use since the last call (0..1 of the node's usable cores) and RSS.
+  void FillLoad(v1::NodeLoad* load) {
+    std::ifstream stat("/proc/self/stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    const size_t paren = text.rfind(')');
+    if (paren != std::string::npos) {
+      std::istringstream fields(text.substr(paren + 2));
+      std::string skip;
+      for (int i = 0; i < 11; ++i) fields >> skip;  // fields 3..13
+      int64_t utime = 0, stime = 0;
+      fields >> utime >> stime;
+      const int64_t ticks = utime + stime;
+      const auto now = std::chrono::steady_clock::now();
+      const double hz = static_cast<double>(sysconf(_SC_CLK_TCK));
+      if (last_cpu_ticks_ >= 0 && hz > 0) {
+        const double wall_s = std::chrono::duration<double>(now - last_cpu_time_).count();
+        const double cpu_s = static_cast<double>(ticks - last_cpu_ticks_) / hz;
+        if (wall_s > 0) {
+          load->set_cpu_utilization(
+              std::min(1.0, cpu_s / wall_s / std::max(1.0, options_.inventory.cpu_cores)));
+        }
+      }
+      last_cpu_ticks_ = ticks;
+      last_cpu_time_ = now;
+    }
+    std::ifstream statm("/proc/self/statm");
+    int64_t pages = 0, resident = 0;
+    if (statm >> pages >> resident) load->set_memory_used_bytes(resident * sysconf(_SC_PAGESIZE));
+  }
+
   v1::AgentMessage HeartbeatMessage() {
     v1::AgentMessage m;
     v1::Heartbeat* hb = m.mutable_heartbeat();
+    FillLoad(hb->mutable_load());
     absl::MutexLock lock(&mu_);
     for (const auto& [id, r] : replicas_) *hb->add_replicas() = StatusOf(r);
     for (const auto& name : warm_) hb->add_warm_functions(name);
@@ -414,6 +450,9 @@ class ControlClient::Impl {
 
   const ControlClientOptions options_;
   std::mt19937_64 rng_;
+  // FillLoad's previous sample; touched only by the heartbeat thread of the current stream.
+  int64_t last_cpu_ticks_ = -1;
+  std::chrono::steady_clock::time_point last_cpu_time_;
   std::thread stream_thread_;
   std::thread reconcile_thread_;
 

@@ -150,6 +150,10 @@ TEST(ControlClientTest, PlacedLoadedProfiledUnloadedAndSurvivesControlPlaneResta
   EXPECT_EQ(profile.hardware_kind(), "cpu");
   EXPECT_EQ(profile.points_size(), 4);  // 1, 2, 4, 8
   const std::string replica = plane->controller().GetRoutes("echo").routes(0).replica_id();
+  // Heartbeats carry the agent's load.
+  ASSERT_TRUE(Eventually([&] {
+    return plane->controller().ListNodes().nodes(0).load().memory_used_bytes() > 0;
+  }));
 
   // The control plane goes away: the agent keeps serving.
   plane.reset();

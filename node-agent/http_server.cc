@@ -46,9 +46,15 @@ constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 // does not turn into a reset that destroys the error response) up to these limits.
 constexpr size_t kMaxDrainBytes = size_t{16} << 20;
 constexpr auto kDrainTimeout = std::chrono::seconds(2);
-// Bodies at least this large are parsed on the worker threads: parsing tens of MiB takes long
-// enough to hold up every other connection of an io thread (health checks included).
-constexpr size_t kOffloadBodyBytes = size_t{1} << 20;
+// Bodies at least this large are parsed, and responses encoded, on the worker threads: tens of
+// MiB take long enough to hold up every other connection of an io thread (health checks too).
+constexpr size_t kOffloadBytes = size_t{1} << 20;
+
+size_t OutputBytes(const InferenceResponse& response) {
+  size_t bytes = 0;
+  for (const Tensor& t : response.outputs) bytes += t.data.size() + t.bytes.total_bytes();
+  return bytes;
+}
 // What a connection beyond --max-connections gets before it is closed (best effort: it is sent
 // without waiting, and a client that already sent its request may see a reset instead).
 constexpr std::string_view kTooManyConnections =
@@ -251,11 +257,12 @@ class Session : public std::enable_shared_from_this<Session> {
   template <typename Finish>
   void Submit(std::unique_ptr<InferenceRequest> request, Finish finish);
 
-  // then(work()) on the strand; for a large request body, `work` runs on the server's worker
-  // threads in between. `work` may read request_ (nothing else touches it meanwhile) but no
-  // other member; an exception from it reaches the Guarded boundary around `then`.
+  // then(work()) on the strand; when `bytes` (what `work` processes) is large, `work` runs on
+  // the server's worker threads in between. `work` may read the current request's state
+  // (request_, pending_request_, pending_query_: nothing else touches it meanwhile) but no other
+  // member; an exception from it reaches the Guarded boundary around `then`.
   template <typename Work, typename Then>
-  void Offload(Work work, Then then);
+  void Offload(size_t bytes, Work work, Then then);
 
   tcp::socket socket_;
   HttpServerImpl* const server_;
@@ -610,8 +617,8 @@ void Session::Submit(std::unique_ptr<InferenceRequest> request, Finish finish) {
 }
 
 template <typename Work, typename Then>
-void Session::Offload(Work work, Then then) {
-  if (request_.body().size() < kOffloadBodyBytes) {
+void Session::Offload(size_t bytes, Work work, Then then) {
+  if (bytes < kOffloadBytes) {
     then(work());
     return;
   }
@@ -670,6 +677,7 @@ void Session::HandleInfer(std::string_view model, std::string_view version) {
     return;
   }
   Offload(
+      request_.body().size(),
       [this, header_length, model_name, model_version, metadata = *std::move(metadata)] {
         return ParseInferRequest(request_.body(), header_length, model_name, model_version,
                                  metadata, SpareCapacity(request_.body()));
@@ -697,9 +705,16 @@ void Session::FinishInfer(absl::StatusOr<InferenceResponse> result) {
     ReplyError(result.status());
     return;
   }
-  EncodedBody encoded = EncodeInferResponse(*result, pending_request_);
-  const bool binary = encoded.json_length >= 0;
-  Reply(200, std::move(encoded.body), binary ? kOctetStream : kJson, encoded.json_length);
+  const size_t bytes = OutputBytes(*result);
+  Offload(
+      bytes,
+      [this, response = *std::move(result)] {
+        return EncodeInferResponse(response, pending_request_);
+      },
+      [this](EncodedBody encoded) {
+        const bool binary = encoded.json_length >= 0;
+        Reply(200, std::move(encoded.body), binary ? kOctetStream : kJson, encoded.json_length);
+      });
 }
 
 void Session::HandlePredict(std::string_view model) {
@@ -709,6 +724,7 @@ void Session::HandlePredict(std::string_view model) {
     return;
   }
   Offload(
+      request_.body().size(),
       [this, metadata = *std::move(metadata)] {
         return ParseClipperPredict(request_.body(), metadata, SpareCapacity(request_.body()));
       },
@@ -732,7 +748,13 @@ void Session::FinishPredict(absl::StatusOr<InferenceResponse> result) {
     ReplyError(result.status());
     return;
   }
-  Reply(200, EncodeClipperResponse(*result, pending_query_, pending_query_id_), kJson);
+  const size_t bytes = OutputBytes(*result);
+  Offload(
+      bytes,
+      [this, response = *std::move(result)] {
+        return EncodeClipperResponse(response, pending_query_, pending_query_id_);
+      },
+      [this](std::string body) { Reply(200, std::move(body), kJson); });
 }
 
 void Session::Reply(unsigned status, std::string body, std::string_view content_type,

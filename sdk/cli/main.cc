@@ -92,6 +92,7 @@ struct Options {
 };
 
 int Fail(const std::string& message) {
+  std::cout.flush();
   std::fprintf(stderr, "error: %s\n", message.c_str());
   return 1;
 }
@@ -193,7 +194,7 @@ class Client {
         return absl::StrCat("cannot reach the control plane at ", target_, ": ",
                             s.error_message());
       case grpc::StatusCode::UNAUTHENTICATED:
-        return absl::StrCat("unauthenticated: ", s.error_message(),
+        return absl::StrCat("UNAUTHENTICATED: ", s.error_message(),
                             " (pass --token-file or set FERRY_TOKEN_FILE)");
       case grpc::StatusCode::DEADLINE_EXCEEDED:
         return absl::StrCat("the control plane at ", target_, " did not answer in time");
@@ -489,6 +490,7 @@ int Invoke(const Options& o, const std::string& name) {
   std::cout << answer->body;
   if (answer->body.empty() || answer->body.back() != '\n') std::cout << '\n';
   if (answer->status / 100 != 2) {
+    std::cout.flush();
     std::fprintf(stderr, "error: HTTP %d\n", answer->status);
     return 1;
   }

@@ -15,8 +15,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!query.ok()) continue;
     if (query->rows < 1) __builtin_trap();
     if (!ferry::kernels::ValidateRequest(model.signature, query->request).ok()) continue;
-    (void)ferry::agent::EncodeClipperResponse(ferry::fuzz::EchoResponse(query->request), *query,
-                                              1);
+    (void)ferry::agent::EncodeClipperResponse(ferry::fuzz::EchoResponse(query->request), *query, 1);
   }
   return 0;
 }

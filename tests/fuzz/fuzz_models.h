@@ -40,42 +40,37 @@ inline const std::vector<FuzzModel>& FuzzModels() {
     using kernels::ModelSignature;
     using kernels::TensorSpec;
     auto* out = new std::vector<FuzzModel>;
-    out->push_back(MakeFuzzModel(
-        "echo",
-        ModelSignature{"ferry_echo",
-                       {TensorSpec{"text", DataType::kBytes, {-1}}},
-                       {TensorSpec{"text", DataType::kBytes, {-1}}},
-                       true},
-        32));
-    out->push_back(MakeFuzzModel(
-        "mlp",
-        ModelSignature{"ferry_mlp",
-                       {TensorSpec{"x", DataType::kFp32, {-1, 64}}},
-                       {TensorSpec{"y", DataType::kFp32, {-1, 10}}},
-                       true},
-        64));
-    out->push_back(MakeFuzzModel(
-        "ints",
-        ModelSignature{"ferry_echo",
-                       {TensorSpec{"a", DataType::kInt32, {-1, 2, -1}},
-                        TensorSpec{"b", DataType::kInt64, {-1}}},
-                       {TensorSpec{"a", DataType::kInt32, {-1, 2, -1}}},
-                       true},
-        8));
-    out->push_back(MakeFuzzModel(
-        "fixed",
-        ModelSignature{"ferry_echo",
-                       {TensorSpec{"x", DataType::kFp16, {2, 3}}},
-                       {TensorSpec{"x", DataType::kFp16, {2, 3}}},
-                       false},
-        0));
-    out->push_back(MakeFuzzModel(
-        "pairs",
-        ModelSignature{"ferry_echo",
-                       {TensorSpec{"p", DataType::kBytes, {-1, 2}}},
-                       {TensorSpec{"p", DataType::kBytes, {-1, 2}}},
-                       true},
-        16));
+    out->push_back(MakeFuzzModel("echo",
+                                 ModelSignature{"ferry_echo",
+                                                {TensorSpec{"text", DataType::kBytes, {-1}}},
+                                                {TensorSpec{"text", DataType::kBytes, {-1}}},
+                                                true},
+                                 32));
+    out->push_back(MakeFuzzModel("mlp",
+                                 ModelSignature{"ferry_mlp",
+                                                {TensorSpec{"x", DataType::kFp32, {-1, 64}}},
+                                                {TensorSpec{"y", DataType::kFp32, {-1, 10}}},
+                                                true},
+                                 64));
+    out->push_back(MakeFuzzModel("ints",
+                                 ModelSignature{"ferry_echo",
+                                                {TensorSpec{"a", DataType::kInt32, {-1, 2, -1}},
+                                                 TensorSpec{"b", DataType::kInt64, {-1}}},
+                                                {TensorSpec{"a", DataType::kInt32, {-1, 2, -1}}},
+                                                true},
+                                 8));
+    out->push_back(MakeFuzzModel("fixed",
+                                 ModelSignature{"ferry_echo",
+                                                {TensorSpec{"x", DataType::kFp16, {2, 3}}},
+                                                {TensorSpec{"x", DataType::kFp16, {2, 3}}},
+                                                false},
+                                 0));
+    out->push_back(MakeFuzzModel("pairs",
+                                 ModelSignature{"ferry_echo",
+                                                {TensorSpec{"p", DataType::kBytes, {-1, 2}}},
+                                                {TensorSpec{"p", DataType::kBytes, {-1, 2}}},
+                                                true},
+                                 16));
     return out;
   }();
   return *models;

@@ -19,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // Touch every byte so that a bad offset is an out-of-bounds read, not a silent one.
     unsigned sum = 0;
     for (char c : raw) sum += static_cast<unsigned char>(c);
-    static volatile unsigned sink;
+    [[maybe_unused]] static volatile unsigned sink;
     sink = sum;
     covered += raw.size();
     auto floats = (*file)->ReadFloat32(tensor);

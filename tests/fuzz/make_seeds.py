@@ -80,6 +80,19 @@ def kserve_json_seeds():
     }
     for name, body in e2e.items():
         write("fuzz_kserve_json", f"e2e-{name}", json.dumps(body))
+    # The hostile requests of the hardening issue: declared sizes far beyond the payload.
+    hostile = {
+        "huge-shape": {"inputs": [{"name": "x", "shape": [1 << 40], "datatype": "FP32", "data": []}]},
+        "overflowing-shape": {"inputs": [{"name": "x", "shape": [1, 1 << 62], "datatype": "FP32",
+                                          "data": []}]},
+        "huge-bytes-shape": {"inputs": [{"name": "text", "shape": [1 << 40], "datatype": "BYTES",
+                                         "data": ["a"]}]},
+        "huge-timeout": {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
+                                     "data": ["a"]}],
+                         "parameters": {"timeout": (1 << 63) - 1, "priority": (1 << 63) - 1}},
+    }
+    for name, body in hostile.items():
+        write("fuzz_kserve_json", f"issue-{name}", json.dumps(body))
 
 
 def kserve_binary_seeds():
@@ -108,6 +121,12 @@ def kserve_binary_seeds():
           bytes([0x03]) + le32(0) + struct.pack("<6e", 1, 2, 3, 4, 5, 6))
     write("fuzz_kserve_binary", "headerless-pairs",
           bytes([0x54]) + le32(0) + bytes_elements([b"a", b"b", b"c", b"d"]))
+    seed("issue-huge-bytes-shape", 0x00,
+         {"inputs": [{"name": "text", "shape": [1 << 40], "datatype": "BYTES",
+                      "parameters": {"binary_data_size": 8}}]}, bytes_elements([b"abcd"]))
+    seed("issue-overflowing-binary-size", 0x01,
+         {"inputs": [{"name": "x", "shape": [1, 1 << 61], "datatype": "FP32",
+                      "parameters": {"binary_data_size": 0}}]}, b"")
     # Header length -1 equivalent (all JSON): the length covers the whole body.
     body = json.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
                                    "data": [0] * 64}]}).encode()
@@ -129,6 +148,8 @@ def clipper_seeds():
         "pairs": {"input_batch": [["a", "b"], ["c", "d"]]},
         "ints": {"input": [[1, 2], [3, 4]]},
         "ragged": {"input_batch": [[1, 2, 3, 4], [5]]},
+        "issue-ragged-large-first-row": {"input_batch": [[0] * 300, [1]]},
+        "issue-large-batch": {"input_batch": ["a"] * 200},
     }
     for name, body in e2e.items():
         write("fuzz_clipper", f"e2e-{name}", json.dumps(body))
@@ -173,13 +194,22 @@ def grpc_seeds():
         req.inputs.add(name="x", datatype="FP16", shape=[2, 3])
         req.raw_input_contents.append(np.ones(6, dtype=np.float16).tobytes())
 
+    def huge(req):
+        req.inputs.add(name="x", datatype="FP32", shape=[1, 1 << 40])
+        req.raw_input_contents.append(b"")
+
+    def huge_typed_bytes(req):
+        t = req.inputs.add(name="text", datatype="BYTES", shape=[1 << 40])
+        t.contents.bytes_contents.append(b"a")
+
     def mismatch(req):
         req.inputs.add(name="x", datatype="FP32", shape=[1, 64])
         req.raw_input_contents.append(b"\0" * 8)
 
     for name, build in [("typed-fp32", typed_fp32), ("raw-fp32", raw_fp32),
                         ("raw-bytes", raw_bytes), ("typed-bytes", typed_bytes), ("ints", ints),
-                        ("fixed-fp16", fixed_fp16), ("size-mismatch", mismatch)]:
+                        ("fixed-fp16", fixed_fp16), ("size-mismatch", mismatch),
+                        ("issue-huge-shape", huge), ("issue-huge-typed-bytes", huge_typed_bytes)]:
         seed(name, build)
 
 
