@@ -26,11 +26,12 @@ build: configure
 examples: build
 	$(BUILD_DIR)/venv/bin/python examples/make_examples.py
 
+# `ferry up`: ferry-control (gRPC on CONTROL_PORT, gateway on HTTP_PORT) and one ferry-agent as
+# child processes, state in .ferry/, the manifests in examples/ applied; Ctrl-C stops both.
+CONTROL_PORT ?= 7070
 up: build examples
-	@echo "ferry: starting ferry-agent (standalone) with the manifests in examples/"
-	@echo "ferry: HTTP on http://127.0.0.1:$(HTTP_PORT), gRPC on 127.0.0.1:$(GRPC_PORT)"
-	@echo "ferry: try: curl -s -X POST http://127.0.0.1:$(HTTP_PORT)/v2/models/wordfilter/infer -d '{\"inputs\":[{\"name\":\"text\",\"shape\":[1],\"datatype\":\"BYTES\",\"data\":[\"you are a darn fool\"]}]}'"
-	exec $(BUILD_DIR)/node-agent/ferry-agent --manifests examples --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+	exec $(BUILD_DIR)/sdk/cli/ferry up -f examples --state .ferry \
+	  --control 127.0.0.1:$(CONTROL_PORT) --gateway http://127.0.0.1:$(HTTP_PORT)
 
 unit: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
@@ -75,7 +76,8 @@ thread-safety: deps
 # $(TSAN_DIR)/tsan-reports and any report fails the target.
 TSAN_DIR ?= build-tsan
 TSAN_REPORTS = $(CURDIR)/$(TSAN_DIR)/tsan-reports
-TSAN_ENV = TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan/suppressions.txt \
+# FERRY_SANITIZER lets a test skip what a sanitizer distorts (RSS bounds, tight timings).
+TSAN_ENV = FERRY_SANITIZER=thread TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan/suppressions.txt \
   log_path=$(TSAN_REPORTS)/report second_deadlock_stack=1"
 tsan: deps
 	$(BUILD_DIR)/venv/bin/python examples/make_examples.py

@@ -23,6 +23,10 @@ constexpr int64_t kMinSamplesForAdmission = 3;
 // Upper bound on one timed wait of a worker, so that a clock that is not the real one (or a
 // steady clock that jumps) cannot park a worker for long with work queued.
 constexpr int64_t kMaxWaitUs = 50'000;
+// Weight of the newest sample in the moving averages of the arrival process (log of the
+// inter-arrival gap, task cost): about the last 8 arrivals matter, so the estimate follows a
+// change of load within a few requests.
+constexpr double kArrivalWeight = 0.125;
 
 // Weighted least squares of y = slope * x + intercept with exponential forgetting.
 class LinearModel {
@@ -111,9 +115,8 @@ class Batcher::Impl {
                        " outside [1, max_batch_size=", options_.max_batch_size, "]"));
     } else if (options_.max_queue_bytes > 0 && bytes > options_.max_queue_bytes) {
       // It could never be queued, so "retry later" would be a lie.
-      status = absl::InvalidArgumentError(
-          absl::StrCat(prefix_, "task of ", bytes, " bytes exceeds max_queue_bytes=",
-                       options_.max_queue_bytes));
+      status = absl::InvalidArgumentError(absl::StrCat(
+          prefix_, "task of ", bytes, " bytes exceeds max_queue_bytes=", options_.max_queue_bytes));
     } else {
       mu_.Lock();
       const int64_t now = clock_->NowMicros();
@@ -123,11 +126,10 @@ class Batcher::Impl {
       } else if (static_cast<int64_t>(queue_.size()) >= options_.max_queue_size) {
         status = absl::ResourceExhaustedError(
             absl::StrCat(prefix_, "queue full (", queue_.size(), " tasks): retry later"));
-      } else if (options_.max_queue_bytes > 0 &&
-                 queued_bytes_ + bytes > options_.max_queue_bytes) {
-        status = absl::ResourceExhaustedError(absl::StrCat(
-            prefix_, "queue full (", queued_bytes_, " of ", options_.max_queue_bytes,
-            " bytes queued): retry later"));
+      } else if (options_.max_queue_bytes > 0 && queued_bytes_ + bytes > options_.max_queue_bytes) {
+        status = absl::ResourceExhaustedError(absl::StrCat(prefix_, "queue full (", queued_bytes_,
+                                                           " of ", options_.max_queue_bytes,
+                                                           " bytes queued): retry later"));
       } else if (deadline != 0 &&
                  (deadline <= now || (model_.samples() >= kMinSamplesForAdmission &&
                                       now + model_.Predict(cost) > deadline))) {
@@ -138,6 +140,7 @@ class Batcher::Impl {
         queued_cost_ += cost;
         queued_bytes_ += bytes;
         queue_.push_back(Entry{std::move(task), now, bytes});
+        ObserveArrivalLocked(now, cost);
         Batch batch;
         const bool run_inline = InlineAllowedLocked() && TakeBatchLocked(now, &batch);
         // Workers still handle whatever the inline batch did not take.
@@ -210,6 +213,7 @@ class Batcher::Impl {
     s.target_batch_size = target_;
     s.model_slope_us = model_.slope();
     s.model_intercept_us = model_.intercept();
+    s.arrival_gap_us = std::max(0.0, arrival_gap_us_);
     return s;
   }
 
@@ -242,18 +246,77 @@ class Batcher::Impl {
                options_.inline_max_exec_us;
   }
 
-  // The clock time at which the oldest task's delay budget runs out. Only the oldest task is
-  // considered (FIFO): a younger task with a tighter deadline waits behind it, which keeps the
-  // check O(1); deadline admission keeps such tasks rare.
+  // The clock time at which the queued tasks become due (a time <= now means due now). The
+  // budget is the oldest task's: min(enqueue + delay, deadline - predicted execution). Only the
+  // oldest task is considered (FIFO): a younger task with a tighter deadline waits behind it,
+  // which keeps the check O(1); deadline admission keeps such tasks rare. Under kAimd the
+  // adaptive rule may make the batch due earlier (AdaptiveDepartureLocked).
   int64_t DepartureLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const Entry& oldest = queue_.front();
     int64_t departure = oldest.enqueue_us + delay_us_;
     const int64_t deadline = oldest.task->deadline_us();
     if (deadline != 0) {
-      // Predict with the batch that would leave: what waits, capped at the target.
-      departure = std::min(departure, deadline - model_.Predict(std::min(queued_cost_, target_)));
+      // Predict with the batch that would leave by delay: what waits, up to max_batch_size.
+      departure = std::min(
+          departure, deadline - model_.Predict(std::min(queued_cost_, options_.max_batch_size)));
+    }
+    if (options_.policy == Policy::kAimd && departure > oldest.enqueue_us) {
+      departure = std::min(departure, AdaptiveDepartureLocked(departure));
     }
     return departure;
+  }
+
+  // The "wait only while it pays" rule (docs/batching.md, "Adaptive delay"). With g the expected
+  // gap to the next arrival, n queued tasks, the model a * cost + b and m the mean task cost:
+  //  (a) no arrival expected within the budget: depart once budget_end - now < g;
+  //  (b) waiting for one more task saves it a batch of its own (b) but delays all n + 1 by g and
+  //      the n queued by a * m: wait only while g < (b - n * a * m) / (n + 1).
+  // g is the moving average of inter-arrival gaps, or the time since anything last happened
+  // (an arrival, or a batch finishing: clients answered may send again) when that is longer, so
+  // a stream that stops or a single closed-loop client is not waited for. Returns the time at
+  // which one of the rules says "go" (the oldest task's enqueue time when it says so already).
+  int64_t AdaptiveDepartureLocked(int64_t budget_end) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int64_t oldest = queue_.front().enqueue_us;
+    // Without a measured arrival rate and execution model there is no evidence that waiting
+    // pays, so nothing waits (the model learns from what departs).
+    if (arrival_gap_us_ < 0 || model_.samples() < kMinSamplesForAdmission) return oldest;
+    const double gap = arrival_gap_us_;
+    const double n = static_cast<double>(queue_.size());
+    const double a = model_.slope();
+    const double b = std::max(0.0, model_.intercept());
+    const double pays_below_gap = (b - n * a * arrival_cost_) / (n + 1);  // rule (b)
+    if (gap >= pays_below_gap) return oldest;
+    const double quiet_since =
+        static_cast<double>(std::max(last_arrival_us_, std::max(last_finish_us_, oldest)));
+    const double end = static_cast<double>(budget_end);
+    // Rule (a), with g the average gap or the quiet time, whichever is larger.
+    const double by_rate = std::min(end - gap, (end + quiet_since) / 2);
+    // Rule (b) once the quiet time alone exceeds what waiting may cost.
+    const double by_gain = quiet_since + pays_below_gap;
+    const double departure = std::max(static_cast<double>(oldest), std::min(by_rate, by_gain));
+    return static_cast<int64_t>(std::floor(departure));
+  }
+
+  // Feeds the arrival-rate estimate: a moving average of the logarithm of the gaps, i.e. their
+  // geometric mean. Closed-loop clients arrive in bursts (the clients of a batch come back just
+  // after it finishes) separated by pauses while they wait for their answers; the arithmetic
+  // mean of the gaps is dominated by the pauses and would make the batcher leave just before
+  // the burst it could have had. The pauses are covered by the "quiet time" of the rule instead.
+  // A gap is counted as at most twice the delay budget: any longer gap means "nothing arrives
+  // within the budget", and an hour of idleness must not hide the next burst for long.
+  void ObserveArrivalLocked(int64_t now, int64_t cost) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (last_arrival_us_ >= 0) {
+      const double cap = 2.0 * static_cast<double>(std::max<int64_t>(delay_us_, 1));
+      const double sample =
+          std::log(std::clamp(static_cast<double>(now - last_arrival_us_), 1.0, cap));
+      arrival_log_gap_ = arrival_gap_us_ < 0
+                             ? sample
+                             : arrival_log_gap_ + kArrivalWeight * (sample - arrival_log_gap_);
+      arrival_gap_us_ = std::exp(arrival_log_gap_);
+    }
+    arrival_cost_ = arrival_cost_ < 0 ? static_cast<double>(cost)
+                                      : arrival_cost_ + kArrivalWeight * (cost - arrival_cost_);
+    last_arrival_us_ = now;
   }
 
   // If a batch is due at `now` and an executor slot is free, moves it out of the queue, claims
@@ -326,6 +389,7 @@ class Batcher::Impl {
 
     absl::MutexLock lock(&mu_);
     --running_;
+    last_finish_us_ = start_us + exec_us;
     // A failed batch says nothing about how long a good one takes (it may have failed fast), so
     // neither the model nor the target learns from it.
     if (batch_status.ok()) {
@@ -397,6 +461,12 @@ class Batcher::Impl {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int64_t target_ ABSL_GUARDED_BY(mu_) = 1;
   LinearModel model_ ABSL_GUARDED_BY(mu_);
+  // Arrival process (kAimd's adaptive delay). Negative = no sample yet.
+  double arrival_log_gap_ ABSL_GUARDED_BY(mu_) = 0;  // moving average of ln(gap in us)
+  double arrival_gap_us_ ABSL_GUARDED_BY(mu_) = -1;  // exp(arrival_log_gap_)
+  double arrival_cost_ ABSL_GUARDED_BY(mu_) = -1;    // moving average of task cost
+  int64_t last_arrival_us_ ABSL_GUARDED_BY(mu_) = -1;
+  int64_t last_finish_us_ ABSL_GUARDED_BY(mu_) = -1;  // end of the last batch
 
   absl::Mutex join_mu_;  // serializes concurrent Shutdown calls around join
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(join_mu_);

@@ -8,6 +8,9 @@
 // single task larger than that is rejected at Submit). The target size adapts by AIMD against
 // the latency SLO (policy kAimd), stays at max_batch_size (kFixed), or is 1 with no delay (kOff).
 // An online linear model of execution time (a * cost + b) predicts when a batch will finish.
+// Under kAimd the delay is adaptive too: a batch below the target waits only while more tasks
+// are expected within its budget and a bigger batch would pay for the wait (docs/batching.md,
+// "Adaptive delay"); otherwise it departs as soon as an executor slot is free.
 #ifndef FERRY_BATCHING_BATCHER_H_
 #define FERRY_BATCHING_BATCHER_H_
 
@@ -83,8 +86,8 @@ struct BatcherOptions {
   // would pass it is ResourceExhausted (retry later); one larger than it alone is
   // InvalidArgument (it can never be queued).
   int64_t max_queue_bytes = 0;
-  int64_t slo_us = 0;                 // batch latency target for AIMD; 0 = none (grow to max)
-  int64_t initial_batch_size = 0;     // AIMD start; 0 = 1
+  int64_t slo_us = 0;              // batch latency target for AIMD; 0 = none (grow to max)
+  int64_t initial_batch_size = 0;  // AIMD start; 0 = 1
   AimdOptions aimd;
   int num_executors = 1;  // batches in flight at once, >= 1
   // A batch that is due as soon as it is submitted, with an executor slot free, runs on the
@@ -107,6 +110,9 @@ struct BatcherStats {
   // Linear execution-time model: predicted_us(cost) = slope_us * cost + intercept_us.
   double model_slope_us = 0;
   double model_intercept_us = 0;
+  // Moving average of the gap between task arrivals (kAimd's adaptive delay); 0 before two
+  // arrivals.
+  double arrival_gap_us = 0;
 };
 
 class Batcher {
@@ -124,8 +130,8 @@ class Batcher {
   // Thread-safe, never blocks on execution. Takes the task. Returns OK if queued. Otherwise the
   // task is finished inline with the returned status before Submit returns:
   // ResourceExhausted when the queue is full (tasks or bytes), InvalidArgument when its cost
-  // exceeds max_batch_size or its size max_queue_bytes, DeadlineExceeded when it cannot meet its deadline even if run alone now,
-  // Unavailable once Shutdown began.
+  // exceeds max_batch_size or its size max_queue_bytes, DeadlineExceeded when it cannot meet its
+  // deadline even if run alone now, Unavailable once Shutdown began.
   absl::Status Submit(std::unique_ptr<Task> task);
 
   // Stops accepting and drains: every queued task still runs. Blocks until the queue is empty
@@ -135,8 +141,9 @@ class Batcher {
   // Manual mode (start_threads == false) only: if a batch is due at clock->NowMicros(), forms it
   // and executes it on the calling thread, then returns true; else false.
   bool RunOnce();
-  // Manual mode: the clock time at which the oldest queued task's delay budget runs out, or -1
-  // when the queue is empty.
+  // Manual mode: the clock time at which the queued tasks become due if nothing else happens
+  // (the oldest task's delay budget, or earlier under kAimd's adaptive delay; a time <= now
+  // means due now), or -1 when the queue is empty. A batch also departs by size at once.
   int64_t NextDepartureUs() const;
 
   BatcherStats stats() const;

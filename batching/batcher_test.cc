@@ -1,7 +1,9 @@
 #include "batching/batcher.h"
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <thread>
@@ -96,7 +98,11 @@ class FakeExecutor : public Executor {
     }
     batches.push_back(ids);
     batch_costs.push_back(cost);
-    clock_->AdvanceMicros(exec_us(cost));
+    if (advance) {
+      advance(exec_us(cost));
+    } else {
+      clock_->AdvanceMicros(exec_us(cost));
+    }
     if (!batch_errors.empty()) {
       absl::Status s = batch_errors.front();
       batch_errors.erase(batch_errors.begin());
@@ -106,6 +112,9 @@ class FakeExecutor : public Executor {
   }
 
   std::function<int64_t(int64_t)> exec_us = [](int64_t) { return 100; };
+  // When set, called instead of advancing the clock by the execution time (so that a simulation
+  // can submit the tasks that arrive while the batch runs, at their own times).
+  std::function<void(int64_t)> advance;
   std::vector<absl::Status> batch_errors;  // returned by successive batches, then OK
   std::map<int, int> fail_ids;             // ids whose task_status is set to an error
   std::vector<std::vector<int>> batches;
@@ -139,11 +148,115 @@ class BatcherTest : public ::testing::Test {
     ASSERT_TRUE(b.RunOnce());
   }
 
+  struct SimResult {
+    std::vector<int64_t> batch_sizes;  // tasks per executed batch, in order
+    int64_t waits = 0;                 // times an executor slot was free and the batch waited
+  };
+
+  // Drives `b` on the fake clock with `clients` closed-loop clients (each sends its next request
+  // rtt_us + per_reply_us * k after its answer, k = its place in the batch, as replies leave one
+  // by one) until `total` requests were answered. Tasks arriving while a batch runs are submitted
+  // at their own times. Every time the batcher waits with a slot free, checks that the wait ends
+  // within the oldest task's max_queue_delay_us.
+  SimResult RunClosedLoop(Batcher& b, int clients, int total, int64_t rtt_us, int64_t per_reply_us,
+                          int64_t deadline_after_us = 0) {
+    SimResult r;
+    std::multimap<int64_t, int> due;  // send time -> client
+    std::map<int, int> client_of;     // task id -> client
+    std::map<int, int64_t> queued;    // task id -> submit time, while queued
+    int next_id = 0;
+    for (int c = 0; c < clients; ++c) due.emplace(clock_.NowMicros() + per_reply_us * c, c);
+    auto submit_due = [&](int64_t until) {
+      while (!due.empty() && due.begin()->first <= until && next_id < total) {
+        clock_.AdvanceMicros(std::max<int64_t>(0, due.begin()->first - clock_.NowMicros()));
+        const int id = next_id++;
+        client_of[id] = due.begin()->second;
+        queued[id] = clock_.NowMicros();
+        due.erase(due.begin());
+        const int64_t deadline = deadline_after_us > 0 ? clock_.NowMicros() + deadline_after_us : 0;
+        EXPECT_TRUE(Submit(b, id, 1, deadline).ok()) << id;
+      }
+    };
+    executor_.advance = [&](int64_t us) {
+      const int64_t end = clock_.NowMicros() + us;
+      submit_due(end);
+      clock_.AdvanceMicros(end - clock_.NowMicros());
+    };
+    while (static_cast<int>(recorder_.finished().size()) < total) {
+      submit_due(clock_.NowMicros());
+      const size_t seen = executor_.batches.size();
+      if (b.RunOnce()) {
+        for (size_t i = seen; i < executor_.batches.size(); ++i) {
+          const std::vector<int>& ids = executor_.batches[i];
+          r.batch_sizes.push_back(static_cast<int64_t>(ids.size()));
+          for (size_t k = 0; k < ids.size(); ++k) {
+            queued.erase(ids[k]);
+            due.emplace(clock_.NowMicros() + rtt_us + per_reply_us * static_cast<int64_t>(k),
+                        client_of[ids[k]]);
+          }
+        }
+        continue;
+      }
+      const int64_t departure = b.NextDepartureUs();
+      if (departure >= 0) {
+        ++r.waits;
+        int64_t oldest = std::numeric_limits<int64_t>::max();
+        for (const auto& [id, at] : queued) oldest = std::min(oldest, at);
+        EXPECT_LE(departure, oldest + options_.max_queue_delay_us);
+      }
+      int64_t until = departure >= 0 ? departure : std::numeric_limits<int64_t>::max();
+      if (!due.empty() && next_id < total) until = std::min(until, due.begin()->first);
+      if (until == std::numeric_limits<int64_t>::max()) {
+        ADD_FAILURE() << "nothing queued and nothing due";
+        break;
+      }
+      clock_.AdvanceMicros(std::max<int64_t>(1, until - clock_.NowMicros()));
+    }
+    executor_.advance = nullptr;
+    return r;
+  }
+
+  // Teaches the execution model with three batches of 4 tasks sent 20 us apart (an untrained
+  // batcher does not wait), then sends a steady stream, one task every 20 us, into the idle
+  // batcher until a batch departs. Returns the tasks of that batch.
+  std::vector<int> TrainThenStream(Batcher& b, int64_t deadline_after_us) {
+    int id = 1000;
+    for (int batch = 0; batch < 3; ++batch) {
+      for (int i = 0; i < 4; ++i) {
+        EXPECT_TRUE(Submit(b, id++).ok());
+        clock_.AdvanceMicros(20);
+      }
+      EXPECT_TRUE(b.RunOnce());
+    }
+    clock_.AdvanceMicros(20);
+    const size_t seen = executor_.batches.size();
+    for (int i = 0; i < 200 && executor_.batches.size() == seen; ++i) {
+      const int64_t deadline = deadline_after_us > 0 ? clock_.NowMicros() + deadline_after_us : 0;
+      EXPECT_TRUE(Submit(b, id++, 1, deadline).ok());
+      // Departures between arrivals happen at their own time.
+      const int64_t next = clock_.NowMicros() + 20;
+      while (b.NextDepartureUs() >= 0 && b.NextDepartureUs() < next &&
+             executor_.batches.size() == seen) {
+        clock_.AdvanceMicros(std::max<int64_t>(0, b.NextDepartureUs() - clock_.NowMicros()));
+        EXPECT_TRUE(b.RunOnce());
+      }
+      if (executor_.batches.size() == seen) clock_.AdvanceMicros(next - clock_.NowMicros());
+    }
+    EXPECT_GT(executor_.batches.size(), seen) << "nothing departed";
+    return executor_.batches.size() > seen ? executor_.batches[seen] : std::vector<int>{};
+  }
+
   FakeClock clock_;
   FakeExecutor executor_;
   Recorder recorder_;
   BatcherOptions options_;
 };
+
+double Mean(const std::vector<int64_t>& v, size_t from) {
+  double sum = 0;
+  for (size_t i = from; i < v.size(); ++i) sum += static_cast<double>(v[i]);
+  return v.size() > from ? sum / static_cast<double>(v.size() - from) : 0;
+}
 
 TEST_F(BatcherTest, CreateValidatesOptions) {
   struct Case {
@@ -331,6 +444,123 @@ TEST_F(BatcherTest, OffPolicyRunsEachTaskAloneWithoutDelay) {
   EXPECT_FALSE(b->RunOnce());
   EXPECT_EQ(executor_.batches, (std::vector<std::vector<int>>{{1}, {2}, {3}}));
   EXPECT_EQ(b->target_batch_size(), 1);
+}
+
+// Policy aimd with the manifest defaults (delay 1000 us, max 32): one closed-loop client sends
+// its next request only after its answer, so nothing else can join its batch; each request must
+// leave at once, whatever the model costs, before and after the execution model has learned.
+TEST_F(BatcherTest, AdaptiveDelaySingleClosedLoopClientDepartsAtOnce) {
+  for (const int64_t fixed_us : {5, 100, 800}) {
+    SCOPED_TRACE(fixed_us);
+    const size_t first = recorder_.finished().size();
+    options_ = BatcherOptions();
+    options_.clock = &clock_;
+    options_.start_threads = false;
+    ASSERT_EQ(options_.policy, Policy::kAimd);
+    executor_.exec_us = [fixed_us](int64_t cost) { return 2 * cost + fixed_us; };
+    auto b = Make();
+    for (int i = 0; i < 50; ++i) {
+      ASSERT_TRUE(Submit(*b, i).ok());
+      EXPECT_LE(b->NextDepartureUs(), clock_.NowMicros()) << i;
+      ASSERT_TRUE(b->RunOnce()) << "request " << i << " waited";
+      clock_.AdvanceMicros(30);  // the answer travels back, the next request comes
+    }
+    const std::vector<Finished> finished = recorder_.finished();
+    ASSERT_EQ(finished.size(), first + 50);
+    for (size_t i = first; i < finished.size(); ++i) {
+      EXPECT_EQ(finished[i].timing.queue_us, 0) << finished[i].id;
+    }
+    EXPECT_GT(b->stats().arrival_gap_us, 30.0);
+  }
+}
+
+// The same closed loop under policy fixed waits out the delay: the adaptive rule is aimd's only.
+TEST_F(BatcherTest, FixedPolicyStillWaitsForFullBatchOrDelay) {
+  options_.policy = Policy::kFixed;
+  executor_.exec_us = [](int64_t cost) { return 2 * cost + 5; };
+  auto b = Make();
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(Submit(*b, i).ok());
+    EXPECT_FALSE(b->RunOnce());
+    clock_.AdvanceMicros(options_.max_queue_delay_us);
+    ASSERT_TRUE(b->RunOnce());
+  }
+  for (const Finished& f : recorder_.finished()) EXPECT_EQ(f.timing.queue_us, 1000);
+}
+
+// 16 closed-loop clients on a model with a high fixed cost per batch (b = 400 us): when the
+// executor frees up, only the clients answered first are back; departing at once would split
+// the clients into a small and a large batch, each paying b. Waiting pays, so batches fill up.
+TEST_F(BatcherTest, AdaptiveDelayWaitsWhenFixedCostIsHighAndArrivalsFrequent) {
+  options_.max_batch_size = 16;
+  executor_.exec_us = [](int64_t cost) { return 2 * cost + 400; };
+  auto b = Make();
+  SimResult r = RunClosedLoop(*b, 16, 640, /*rtt_us=*/10, /*per_reply_us=*/5);
+  EXPECT_GT(r.waits, 0);
+  // After warm-up (AIMD target growth, model learning) batches are (nearly) full.
+  EXPECT_GE(Mean(r.batch_sizes, r.batch_sizes.size() / 2), 14.0);
+  EXPECT_EQ(b->target_batch_size(), 16);
+}
+
+// The same clients on a cheap model (b = 5 us): a bigger batch saves almost nothing, so nothing
+// waits with a slot free; the batch is whatever queued while the executor was busy.
+TEST_F(BatcherTest, AdaptiveDelayDoesNotWaitWhenFixedCostIsLow) {
+  options_.max_batch_size = 16;
+  executor_.exec_us = [](int64_t cost) { return cost + 5; };
+  auto b = Make();
+  SimResult r = RunClosedLoop(*b, 16, 640, /*rtt_us=*/10, /*per_reply_us=*/5);
+  EXPECT_EQ(r.waits, 0);
+  for (const Finished& f : recorder_.finished()) {
+    EXPECT_LE(f.timing.queue_us, 50) << f.id;  // at most a short batch's execution
+  }
+  EXPECT_LT(Mean(r.batch_sizes, r.batch_sizes.size() / 2), 8.0);
+}
+
+// An idle batcher, a model with a high fixed cost (b = 3000 us) and a steady stream of tasks
+// 20 us apart: waiting pays long past the delay budget, so the batch fills for about the whole
+// budget, and leaves when no further arrival fits in what is left of it: one gap before
+// max_queue_delay_us, never after.
+TEST_F(BatcherTest, AdaptiveDelayWaitsForSteadyStreamButNeverPastMaxQueueDelay) {
+  options_.max_batch_size = 64;
+  options_.initial_batch_size = 64;
+  executor_.exec_us = [](int64_t cost) { return cost + 3000; };
+  auto b = Make();
+  const std::vector<int> batch = TrainThenStream(*b, 0);
+  ASSERT_GE(batch.size(), 40u);
+  const Finished first = recorder_.Get(batch[0]);
+  EXPECT_LE(first.timing.queue_us, options_.max_queue_delay_us);
+  // About one gap before the bound (the estimate still remembers the training's longer gaps).
+  EXPECT_GE(first.timing.queue_us, options_.max_queue_delay_us - 2 * 20);
+}
+
+// The same stream on a cheap model (b = 5 us): a bigger batch saves nothing worth a wait.
+TEST_F(BatcherTest, AdaptiveDelayDoesNotWaitForSteadyStreamWhenFixedCostIsLow) {
+  options_.max_batch_size = 64;
+  options_.initial_batch_size = 64;
+  executor_.exec_us = [](int64_t cost) { return cost + 5; };
+  auto b = Make();
+  const std::vector<int> batch = TrainThenStream(*b, 0);
+  ASSERT_EQ(batch.size(), 1u);
+  EXPECT_EQ(recorder_.Get(batch[0]).timing.queue_us, 0);
+}
+
+// With a deadline 600 us after arrival (b = 400 us, delay budget 1000 us), waiting would pay
+// but must stop so that the predicted execution still ends in time.
+TEST_F(BatcherTest, AdaptiveDelayRespectsDeadlines) {
+  options_.max_batch_size = 64;
+  options_.initial_batch_size = 64;
+  executor_.exec_us = [](int64_t cost) { return cost + 400; };
+  auto b = Make();
+  const std::vector<int> batch = TrainThenStream(*b, 600);
+  ASSERT_GE(batch.size(), 3u);
+  for (int id : batch) {
+    const Finished f = recorder_.Get(id);
+    EXPECT_TRUE(f.status.ok()) << id << ": " << f.status;
+    EXPECT_LE(f.timing.queue_us + f.timing.compute_us, 600) << id;
+  }
+  // It did wait for most of what the deadline allowed.
+  const Finished first = recorder_.Get(batch[0]);
+  EXPECT_GE(first.timing.queue_us + first.timing.compute_us, 500);
 }
 
 TEST_F(BatcherTest, NeverExceedsMaxBatchSizeAndRejectsOversizedTasks) {

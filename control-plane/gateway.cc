@@ -9,11 +9,13 @@
 #include <string_view>
 #include <vector>
 
-// Boost 1.74 Asio under C++20 with g++ 12 needs <utility> first.
+// clang-format off
+// Boost 1.74's Asio uses std::exchange without including <utility> under C++20: keep it first.
 #include <utility>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+// clang-format on
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
@@ -42,8 +44,8 @@ int64_t NowUs() {
 }
 
 std::string ErrorJson(absl::string_view message) {
-  return nlohmann::json{{"error", std::string(message)}}.dump(-1, ' ', false,
-                                                 nlohmann::json::error_handler_t::replace);
+  return nlohmann::json{{"error", std::string(message)}}.dump(
+      -1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 absl::string_view ToSv(beast::string_view s) { return {s.data(), s.size()}; }
@@ -134,8 +136,8 @@ class GatewayImpl {
     if (!ec) acceptor_->bind(endpoint, ec);
     if (!ec) acceptor_->listen(asio::socket_base::max_listen_connections, ec);
     if (ec) {
-      return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.host, ":",
-                                                 options_.port, ": ", ec.message()));
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", options_.host, ":", options_.port, ": ", ec.message()));
     }
     port_ = acceptor_->local_endpoint().port();
     return absl::OkStatus();
@@ -367,7 +369,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   void Route() {
     absl::string_view target = ToSv(request_.target());
-    if (const size_t q = target.find('?'); q != absl::string_view::npos) target = target.substr(0, q);
+    if (const size_t q = target.find('?'); q != absl::string_view::npos)
+      target = target.substr(0, q);
     std::vector<absl::string_view> path = absl::StrSplit(target, '/', absl::SkipEmpty());
     const auto method = request_.method();
     const bool get = method == http::verb::get || method == http::verb::head;
@@ -412,8 +415,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
       std::optional<std::string> why;
       if (opt().why_unroutable) why = opt().why_unroutable(function_);
       if (!why) return Reply(404, ErrorJson(absl::StrCat("unknown function '", function_, "'")));
-      return Reply(503, ErrorJson(absl::StrCat("function '", function_,
-                                               "' has no ready replica: ", *why)));
+      return Reply(
+          503, ErrorJson(absl::StrCat("function '", function_, "' has no ready replica: ", *why)));
     }
     candidates_ = it->second;
     failed_.clear();
@@ -497,15 +500,14 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
       return;
     }
     auto resolver = std::make_shared<tcp::resolver>(stream_.get_executor());
-    resolver->async_resolve(
-        upstream_->host, upstream_->port,
-        [self = shared_from_this(), resolver, on_connect](
-            beast::error_code ec, tcp::resolver::results_type results) mutable {
-          self->Guarded([&] {
-            if (ec) return self->ConnectionFailed(ec);
-            self->conn_->async_connect(results, on_connect);
-          });
-        });
+    resolver->async_resolve(upstream_->host, upstream_->port,
+                            [self = shared_from_this(), resolver, on_connect](
+                                beast::error_code ec, tcp::resolver::results_type results) mutable {
+                              self->Guarded([&] {
+                                if (ec) return self->ConnectionFailed(ec);
+                                self->conn_->async_connect(results, on_connect);
+                              });
+                            });
   }
 
   void Send() {
@@ -693,9 +695,8 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const GatewayOptions& o
   if (options.port < 0 || options.port > 65535) {
     return absl::InvalidArgumentError("gateway: port must be in [0, 65535]");
   }
-  if (options.max_body_bytes < 1 || options.max_response_bytes < 1 ||
-      options.max_connections < 1 || options.header_timeout_ms < 1 ||
-      options.body_timeout_ms < 1 || options.idle_timeout_ms < 1 ||
+  if (options.max_body_bytes < 1 || options.max_response_bytes < 1 || options.max_connections < 1 ||
+      options.header_timeout_ms < 1 || options.body_timeout_ms < 1 || options.idle_timeout_ms < 1 ||
       options.write_timeout_ms < 1 || options.connect_timeout_ms < 1 ||
       options.upstream_timeout_ms < 1 || options.max_idle_per_upstream < 0 ||
       options.eject_ms < 0) {

@@ -97,9 +97,9 @@ class Gateway {
   void Shutdown();
 
   struct Stats {
-    int64_t requests = 0;         // forwarded requests answered (any status)
-    int64_t retries = 0;          // second tries on another replica
-    int64_t fresh_reconnects = 0; // pooled connection failed, retried on a fresh one
+    int64_t requests = 0;            // forwarded requests answered (any status)
+    int64_t retries = 0;             // second tries on another replica
+    int64_t fresh_reconnects = 0;    // pooled connection failed, retried on a fresh one
     int64_t connections_opened = 0;  // upstream
   };
   Stats stats() const;

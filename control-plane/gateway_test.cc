@@ -7,11 +7,13 @@
 #include <thread>
 #include <vector>
 
-// Boost 1.74 Asio under C++20 with g++ 12 needs <utility> first.
+// clang-format off
+// Boost 1.74's Asio uses std::exchange without including <utility> under C++20: keep it first.
 #include <utility>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+// clang-format on
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -185,10 +187,9 @@ TEST(GatewayTest, ForwardsBinaryBodyAndHeadersUnchanged) {
   gw->ApplyRouteUpdate(Snapshot({{"echo", {agent.address()}}}));
   std::string body = R"({"inputs":[]})";
   body.append("\x00\x01\xff\x7f", 4);
-  const Answer a =
-      Send(gw->port(), http::verb::post, "/v2/models/echo/versions/1/infer", body,
-           {{"Content-Type", "application/octet-stream"},
-            {"Inference-Header-Content-Length", "13"}});
+  const Answer a = Send(
+      gw->port(), http::verb::post, "/v2/models/echo/versions/1/infer", body,
+      {{"Content-Type", "application/octet-stream"}, {"Inference-Header-Content-Length", "13"}});
   EXPECT_EQ(a.status, 200);
   EXPECT_EQ(a.body, body);
   EXPECT_EQ(a.headers.at("Inference-Header-Content-Length"), "13");

@@ -52,8 +52,7 @@ bool NeedsQuotes(const std::string& s) {
   if (s.front() == ' ' || s.back() == ' ') return true;
   static const std::string kLead = "-?:,[]{}#&*!|>'\"%@`";
   if (kLead.find(s.front()) != std::string::npos) return true;
-  return absl::StrContains(s, ": ") || absl::StrContains(s, " #") ||
-         absl::StrContains(s, "\n");
+  return absl::StrContains(s, ": ") || absl::StrContains(s, " #") || absl::StrContains(s, "\n");
 }
 
 std::string Scalar(const nlohmann::json& v) {
@@ -97,7 +96,10 @@ void Emit(const nlohmann::json& v, int indent, std::string& out) {
         // "- " replaces the first line's indentation.
         out += pad + "- " + nested.substr(indent + 2);
       } else {
-        out += pad + "- " + (child.is_object() ? "{}" : child.is_array() ? "[]" : Scalar(child)) +
+        out += pad + "- " +
+               (child.is_object()  ? "{}"
+                : child.is_array() ? "[]"
+                                   : Scalar(child)) +
                "\n";
       }
     }
@@ -145,7 +147,8 @@ std::string ToYaml(const nlohmann::json& value) {
 absl::StatusOr<std::vector<ManifestSource>> CollectManifests(const std::string& path) {
   std::error_code ec;
   const fs::path p = fs::absolute(path, ec).lexically_normal();
-  if (ec || !fs::exists(p, ec)) return absl::NotFoundError(absl::StrCat(path, ": no such file or folder"));
+  if (ec || !fs::exists(p, ec))
+    return absl::NotFoundError(absl::StrCat(path, ": no such file or folder"));
   std::vector<ManifestSource> out;
   if (fs::is_directory(p, ec)) {
     std::vector<fs::path> files;
@@ -177,7 +180,8 @@ absl::StatusOr<std::vector<ManifestSource>> CollectManifests(const std::string& 
   std::sort(siblings.begin(), siblings.end());
   for (const auto& f : siblings) {
     auto sibling = ReadFile(f);
-    if (sibling.ok() && OnlySloDocuments(*sibling)) out.push_back({f.string(), std::move(*sibling)});
+    if (sibling.ok() && OnlySloDocuments(*sibling))
+      out.push_back({f.string(), std::move(*sibling)});
   }
   return out;
 }

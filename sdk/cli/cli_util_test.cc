@@ -64,7 +64,8 @@ TEST(AddressTest, HostPortAndUrls) {
   EXPECT_EQ(*SplitHostPort("[::1]:80"), std::make_pair(std::string("::1"), 80));
   EXPECT_FALSE(SplitHostPort("nohost").ok());
   EXPECT_FALSE(SplitHostPort("h:99999").ok());
-  EXPECT_EQ(*ParseHttpUrl("http://localhost:8000/v2"), std::make_pair(std::string("localhost"), 8000));
+  EXPECT_EQ(*ParseHttpUrl("http://localhost:8000/v2"),
+            std::make_pair(std::string("localhost"), 8000));
   EXPECT_EQ(*ParseHttpUrl("gw"), std::make_pair(std::string("gw"), 80));
   EXPECT_FALSE(ParseHttpUrl("https://x:1").ok());
 }

@@ -22,11 +22,13 @@
 #include <thread>
 #include <vector>
 
-// Boost 1.74 Asio under C++20 with g++ 12 needs <utility> first.
+// clang-format off
+// Boost 1.74's Asio uses std::exchange without including <utility> under C++20: keep it first.
 #include <utility>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+// clang-format on
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -104,14 +106,19 @@ std::string EnvOr(const char* name, const std::string& fallback) {
 
 // Parses flags anywhere on the line ("--flag value" or "--flag=value"); the rest is positional.
 std::optional<std::string> ParseArgs(int argc, char** argv, Options& o) {
-  std::map<std::string, std::string*> strings = {
-      {"--control", &o.control},       {"--token-file", &o.token_file},
-      {"--gateway", &o.gateway},       {"-o", &o.output},
-      {"--output", &o.output},         {"-f", &o.file},
-      {"--filename", &o.file},         {"--data", &o.data},
-      {"-d", &o.data},                 {"--state", &o.state},
-      {"--control-bin", &o.control_bin}, {"--agent-bin", &o.agent_bin},
-      {"--admin-token-file", &o.admin_token_file}};
+  std::map<std::string, std::string*> strings = {{"--control", &o.control},
+                                                 {"--token-file", &o.token_file},
+                                                 {"--gateway", &o.gateway},
+                                                 {"-o", &o.output},
+                                                 {"--output", &o.output},
+                                                 {"-f", &o.file},
+                                                 {"--filename", &o.file},
+                                                 {"--data", &o.data},
+                                                 {"-d", &o.data},
+                                                 {"--state", &o.state},
+                                                 {"--control-bin", &o.control_bin},
+                                                 {"--agent-bin", &o.agent_bin},
+                                                 {"--admin-token-file", &o.admin_token_file}};
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "-h" || arg == "--help" || arg == "help") {
@@ -191,8 +198,7 @@ class Client {
   std::string Describe(const grpc::Status& s) const {
     switch (s.error_code()) {
       case grpc::StatusCode::UNAVAILABLE:
-        return absl::StrCat("cannot reach the control plane at ", target_, ": ",
-                            s.error_message());
+        return absl::StrCat("cannot reach the control plane at ", target_, ": ", s.error_message());
       case grpc::StatusCode::UNAUTHENTICATED:
         return absl::StrCat("UNAUTHENTICATED: ", s.error_message(),
                             " (pass --token-file or set FERRY_TOKEN_FILE)");
@@ -260,7 +266,8 @@ int Apply(Client& client, const std::string& path, bool quiet = false) {
   const grpc::Status s = client.stub().Apply(client.Context().get(), req, &res);
   if (!s.ok()) return Fail(client.Describe(s));
   if (!quiet) {
-    for (const auto& c : res.changes()) std::cout << "function/" << c.name() << " " << c.action() << "\n";
+    for (const auto& c : res.changes())
+      std::cout << "function/" << c.name() << " " << c.action() << "\n";
   }
   return 0;
 }
@@ -287,9 +294,9 @@ int GetFunctions(Client& client, const std::string& format) {
     rows.push_back({"NAME", "RUNTIME", "ACCELERATOR", "READY", "NODES"});
   }
   for (const auto& f : res.functions()) {
-    std::vector<std::string> row = {
-        f.name(), f.runtime(), f.hardware().accelerator(),
-        absl::StrCat(f.ready_replicas(), "/", f.desired_replicas()), NodesOf(f)};
+    std::vector<std::string> row = {f.name(), f.runtime(), f.hardware().accelerator(),
+                                    absl::StrCat(f.ready_replicas(), "/", f.desired_replicas()),
+                                    NodesOf(f)};
     if (wide) {
       double cost = 0;
       int n = 0;
@@ -321,8 +328,8 @@ int GetNodes(Client& client, const std::string& format) {
   if (format == "json" || format == "yaml") return PrintStructured(res, format);
   const bool wide = format == "wide";
   std::vector<std::vector<std::string>> rows;
-  std::vector<std::string> header = {"NAME", "STATUS", "CPU", "MEMORY", "GPUS", "REPLICAS",
-                                     "IN-FLIGHT", "HEARTBEAT"};
+  std::vector<std::string> header = {"NAME", "STATUS",   "CPU",       "MEMORY",
+                                     "GPUS", "REPLICAS", "IN-FLIGHT", "HEARTBEAT"};
   if (wide) {
     for (const char* h : {"HTTP", "GRPC", "PRICE/H", "LABELS", "VERSION"}) header.push_back(h);
   }
@@ -332,15 +339,14 @@ int GetNodes(Client& client, const std::string& format) {
     for (const auto& g : n.inventory().gpus()) {
       gpus.push_back(absl::StrCat(g.name(), " ", Mib(g.memory_bytes()), g.fake() ? " (fake)" : ""));
     }
-    std::vector<std::string> row = {
-        n.name(),
-        n.lease_state() == v1::LEASE_STATE_ACTIVE ? "Ready" : "Lost",
-        absl::StrFormat("%g", n.inventory().cpu_cores()),
-        Mib(n.inventory().memory_bytes()),
-        gpus.empty() ? "-" : absl::StrJoin(gpus, ","),
-        absl::StrCat(n.replicas()),
-        absl::StrCat(n.load().in_flight()),
-        absl::StrCat(n.last_heartbeat_age_ms(), "ms ago")};
+    std::vector<std::string> row = {n.name(),
+                                    n.lease_state() == v1::LEASE_STATE_ACTIVE ? "Ready" : "Lost",
+                                    absl::StrFormat("%g", n.inventory().cpu_cores()),
+                                    Mib(n.inventory().memory_bytes()),
+                                    gpus.empty() ? "-" : absl::StrJoin(gpus, ","),
+                                    absl::StrCat(n.replicas()),
+                                    absl::StrCat(n.load().in_flight()),
+                                    absl::StrCat(n.last_heartbeat_age_ms(), "ms ago")};
     if (wide) {
       std::vector<std::string> labels;
       for (const auto& [k, v] : n.labels()) labels.push_back(absl::StrCat(k, "=", v));
@@ -373,7 +379,8 @@ int DescribeFunction(Client& client, const std::string& name) {
       << "Source:        " << f.source() << "\n"
       << "Generation:    " << f.generation() << "\n"
       << "Hardware:      accelerator=" << f.hardware().accelerator();
-  if (f.hardware().gpu_memory_mib() > 0) out << " gpuMemory=" << f.hardware().gpu_memory_mib() << "Mi";
+  if (f.hardware().gpu_memory_mib() > 0)
+    out << " gpuMemory=" << f.hardware().gpu_memory_mib() << "Mi";
   if (!f.hardware().min_compute_capability().empty()) {
     out << " minComputeCapability=" << f.hardware().min_compute_capability();
   }
@@ -386,12 +393,13 @@ int DescribeFunction(Client& client, const std::string& name) {
     out << "no latency target";
   }
   out << ", minRps " << f.slo().min_rps();
-  if (f.slo().has_max_cost_per_million()) out << ", max " << Money(f.slo().max_cost_per_million()) << "/1M";
+  if (f.slo().has_max_cost_per_million())
+    out << ", max " << Money(f.slo().max_cost_per_million()) << "/1M";
   if (!f.slo().on_overload().empty()) out << ", onOverload " << f.slo().on_overload();
   out << "\n";
   out << "Replicas:      " << f.ready_replicas() << " ready / " << f.desired_replicas()
-      << " desired (min " << f.min_replicas() << ", max " << f.max_replicas()
-      << "), maxBatchSize " << f.max_batch_size() << "\n";
+      << " desired (min " << f.min_replicas() << ", max " << f.max_replicas() << "), maxBatchSize "
+      << f.max_batch_size() << "\n";
   if (f.replicas_size() > 0) {
     std::vector<std::vector<std::string>> rows = {
         {"  REPLICA", "STATE", "NODE", "HARDWARE", "HTTP", "COST/1M", "IN-FLIGHT", "MESSAGE"}};
@@ -412,9 +420,10 @@ int DescribeFunction(Client& client, const std::string& name) {
   for (const auto& p : f.profiles()) {
     out << "  " << p.hardware_kind() << ": "
         << (p.measured() ? "measured" : "default (not measured yet)")
-        << absl::StrFormat(", latency = %.1f us x batch + %.1f us, batch within SLO %d, %.0f req/s "
-                           "per replica",
-                           p.a_us(), p.b_us(), p.batch_within_slo(), p.throughput_rps())
+        << absl::StrFormat(
+               ", latency = %.1f us x batch + %.1f us, batch within SLO %d, %.0f req/s "
+               "per replica",
+               p.a_us(), p.b_us(), p.batch_within_slo(), p.throughput_rps())
         << "\n";
     if (!p.points().empty()) {
       std::vector<std::string> pts;
@@ -467,9 +476,10 @@ absl::StatusOr<HttpAnswer> HttpPost(const std::string& url, const std::string& t
     beast::flat_buffer buffer;
     http::response<http::string_body> res;
     http::read(stream, buffer, res);
-    return HttpAnswer{res.result_int(), res.body()};
+    return HttpAnswer{static_cast<int>(res.result_int()), res.body()};
   } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("cannot reach the gateway at ", url, ": ", e.what()));
+    return absl::UnavailableError(
+        absl::StrCat("cannot reach the gateway at ", url, ": ", e.what()));
   }
 }
 
@@ -511,7 +521,8 @@ std::string FindSibling(const std::string& override_path, const std::string& sub
                         const std::string& name) {
   if (!override_path.empty()) return override_path;
   const fs::path dir = SelfDir();
-  for (const fs::path& p : {dir / name, dir / ".." / ".." / subdir / name, dir / ".." / subdir / name}) {
+  for (const fs::path& p :
+       {dir / name, dir / ".." / ".." / subdir / name, dir / ".." / subdir / name}) {
     std::error_code ec;
     if (fs::exists(p, ec)) return fs::weakly_canonical(p, ec).string();
   }
@@ -606,12 +617,15 @@ int WaitSignal(const sigset_t& set, int ms) {
 }
 
 std::string CurlFor(const std::string& gateway, const v1::FunctionStatus& f) {
-  const std::string base = absl::StrCat("curl -s -X POST ", gateway, "/v2/models/", f.name(), "/infer -d ");
+  const std::string base =
+      absl::StrCat("curl -s -X POST ", gateway, "/v2/models/", f.name(), "/infer -d ");
   if (f.runtime() == "wordfilter") {
-    return base + R"('{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["you are a darn fool"]}]}')";
+    return base +
+           R"('{"inputs":[{"name":"text","shape":[1],"datatype":"BYTES","data":["you are a darn fool"]}]}')";
   }
   if (f.runtime() == "echo") {
-    return base + R"('{"inputs":[{"name":"INPUT0","shape":[1],"datatype":"BYTES","data":["hello"]}]}')";
+    return base +
+           R"('{"inputs":[{"name":"INPUT0","shape":[1],"datatype":"BYTES","data":["hello"]}]}')";
   }
   return absl::StrCat("curl -s ", gateway, "/v2/models/", f.name());
 }
@@ -622,7 +636,8 @@ int Up(Options o) {
   const std::string agent_bin = FindSibling(o.agent_bin, "node-agent", "ferry-agent");
   for (const auto& b : {control_bin, agent_bin}) {
     if (access(b.c_str(), X_OK) != 0) {
-      return Fail(absl::StrCat(b, " not found or not executable (build it, or pass --control-bin / "
+      return Fail(absl::StrCat(b,
+                               " not found or not executable (build it, or pass --control-bin / "
                                "--agent-bin)"));
     }
   }
@@ -648,8 +663,12 @@ int Up(Options o) {
     return code;
   };
 
-  std::vector<std::string> control_args = {control_bin, "--listen", o.control, "--state",
-                                           (state / "control").string(), "--http-listen",
+  std::vector<std::string> control_args = {control_bin,
+                                           "--listen",
+                                           o.control,
+                                           "--state",
+                                           (state / "control").string(),
+                                           "--http-listen",
                                            absl::StrCat(gw->first, ":", gw->second)};
   if (!o.admin_token_file.empty()) {
     control_args.push_back("--admin-token-file");
@@ -680,17 +699,16 @@ int Up(Options o) {
       return shutdown(Fail(*exited));
     }
     if (std::chrono::steady_clock::now() > deadline) {
-      return shutdown(Fail("ferry-control did not start listening within 30 s; see " +
-                           control_log.string()));
+      return shutdown(
+          Fail("ferry-control did not start listening within 30 s; see " + control_log.string()));
     }
     if (WaitSignal(stop, 50)) return shutdown(0);
   }
   o.control = control_addr;
 
-  std::vector<std::string> agent_args = {agent_bin,          "--control",   control_addr,
-                                         "--host",           "127.0.0.1",   "--http-port",
-                                         "0",                "--grpc-port", "0",
-                                         "--node-name",      "local"};
+  std::vector<std::string> agent_args = {agent_bin,   "--control",   control_addr, "--host",
+                                         "127.0.0.1", "--http-port", "0",          "--grpc-port",
+                                         "0",         "--node-name", "local"};
   for (const auto& a : o.agent_args) agent_args.push_back(a);
   const fs::path agent_log = state / "agent.log";
   const pid_t agent_pid = Spawn(agent_args, agent_log, old_mask);
@@ -710,7 +728,8 @@ int Up(Options o) {
       for (const auto& n : nodes.nodes()) active |= n.lease_state() == v1::LEASE_STATE_ACTIVE;
       if (active) break;
     }
-    if (auto exited = children.Reap()) return shutdown(Fail(*exited + "; see the logs in " + state.string()));
+    if (auto exited = children.Reap())
+      return shutdown(Fail(*exited + "; see the logs in " + state.string()));
     if (std::chrono::steady_clock::now() > deadline) {
       return shutdown(Fail("ferry-agent did not register within 30 s; see " + agent_log.string()));
     }
@@ -718,20 +737,30 @@ int Up(Options o) {
   }
   std::fprintf(stderr, "ferry: node 'local' registered; applying %s\n", dir.c_str());
   if (Apply(*client, dir) != 0) return shutdown(1);
+  std::cout.flush();
 
   // Progress until every function is ready.
   std::string last;
   v1::ListFunctionsResponse fns;
   for (auto deadline = std::chrono::steady_clock::now() +
-                       std::chrono::milliseconds(int64_t(o.ready_timeout_s * 1000));;) {
+                       std::chrono::milliseconds(int64_t(o.ready_timeout_s * 1000));
+       ;) {
     fns.Clear();
     const grpc::Status s = client->stub().ListFunctions(client->Context().get(), {}, &fns);
     if (s.ok()) {
-      bool all = fns.functions_size() > 0;
+      // Settled: every function is fully ready, or what is placed is ready and the rest is
+      // pending for a reason the placement gave (it will not change by waiting).
+      bool settled = fns.functions_size() > 0;
       std::vector<std::string> parts;
       for (const auto& f : fns.functions()) {
-        all &= f.desired_replicas() > 0 && f.ready_replicas() >= f.desired_replicas();
-        std::string part = absl::StrCat(f.name(), " ", f.ready_replicas(), "/", f.desired_replicas());
+        bool placed_ready = true;
+        for (const auto& r : f.replicas()) {
+          if (!r.node_id().empty() && r.state() != v1::REPLICA_STATE_READY) placed_ready = false;
+        }
+        const bool ready = f.desired_replicas() > 0 && f.ready_replicas() >= f.desired_replicas();
+        settled &= ready || (placed_ready && !f.pending_reasons().empty());
+        std::string part =
+            absl::StrCat(f.name(), " ", f.ready_replicas(), "/", f.desired_replicas());
         if (!f.pending_reasons().empty()) absl::StrAppend(&part, " (", f.pending_reasons(0), ")");
         parts.push_back(part);
       }
@@ -740,12 +769,15 @@ int Up(Options o) {
         std::fprintf(stderr, "ferry: ready replicas: %s\n", line.c_str());
         last = line;
       }
-      if (all) break;
+      if (settled) break;
     }
-    if (auto exited = children.Reap()) return shutdown(Fail(*exited + "; see the logs in " + state.string()));
+    if (auto exited = children.Reap())
+      return shutdown(Fail(*exited + "; see the logs in " + state.string()));
     if (std::chrono::steady_clock::now() > deadline) {
-      std::fprintf(stderr, "ferry: not every function is ready after %g s; still running (see "
-                   "`ferry describe function NAME`)\n", o.ready_timeout_s);
+      std::fprintf(stderr,
+                   "ferry: not every function is ready after %g s; still running (see "
+                   "`ferry describe function NAME`)\n",
+                   o.ready_timeout_s);
       break;
     }
     if (WaitSignal(stop, 200)) return shutdown(0);
@@ -754,9 +786,20 @@ int Up(Options o) {
   std::printf("ferry: up. Gateway (KServe v2 HTTP + Clipper predict): %s  control: %s\n",
               gateway_url.c_str(), control_addr.c_str());
   if (fns.functions_size() > 0) {
+    // A curl that works: a ready function, wordfilter or echo when they are.
     const v1::FunctionStatus* pick = &fns.functions(0);
+    int best = -1;
     for (const auto& f : fns.functions()) {
-      if (f.runtime() == "wordfilter") pick = &f;
+      const int score = (f.ready_replicas() > 0 ? 4 : 0) + (f.runtime() == "wordfilter" ? 2 : 0) +
+                        (f.runtime() == "echo" ? 1 : 0);
+      if (score > best) best = score, pick = &f;
+    }
+    for (const auto& f : fns.functions()) {
+      if (f.ready_replicas() < f.desired_replicas()) {
+        std::printf("ferry: %s: %d/%d replicas ready%s%s\n", f.name().c_str(), f.ready_replicas(),
+                    f.desired_replicas(), f.pending_reasons().empty() ? "" : "; pending: ",
+                    f.pending_reasons().empty() ? "" : f.pending_reasons(0).c_str());
+      }
     }
     std::printf("ferry: try:\n  %s\n", CurlFor(gateway_url, *pick).c_str());
     std::printf("  ferry get functions --control %s\n", control_addr.c_str());

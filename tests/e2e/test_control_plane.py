@@ -273,3 +273,33 @@ def test_kill_control_plane_direct_requests_survive_and_state_is_kept(cluster):
     # The gateway serves again after the restart.
     status, body = post(f"{cluster.control.gateway_url}/v2/models/echo/infer")
     assert status == 200 and body["outputs"][0]["data"] == ["hello"]
+
+
+def test_ferry_up_starts_applies_serves_and_stops_cleanly(tmp_path):
+    from controlproc import binary
+    (tmp_path / "fns").mkdir()
+    (tmp_path / "fns" / "echo.yaml").write_text(EXTRA.replace("sneaky", "echo"))
+    log = open(tmp_path / "up.log", "wb")
+    proc = subprocess.Popen(
+        [str(binary("sdk", "cli", "ferry")), "up", "-f", str(tmp_path / "fns"), "--state",
+         str(tmp_path / "state"), "--control", "127.0.0.1:0", "--gateway", "http://127.0.0.1:0"],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        text = lambda: (tmp_path / "up.log").read_text(errors="replace")  # noqa: E731
+        wait_for(lambda: "ferry: up." in text() or proc.poll() is not None, 30, "ferry up")
+        assert proc.poll() is None, text()
+        curl = next(line.strip() for line in text().splitlines()
+                    if line.strip().startswith("curl "))
+        out = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=10)
+        assert json.loads(out.stdout)["outputs"][0]["data"] == ["hello"], out
+        proc.send_signal(2)  # Ctrl-C
+        assert proc.wait(timeout=30) == 0, text()
+        assert "ferry: stopped" in text()
+        for name in ("control.log", "agent.log"):
+            assert (tmp_path / "state" / name).exists()
+        assert "stopping" in (tmp_path / "state" / "control.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -3,11 +3,12 @@
 // Debian's abseil is not built with -fsanitize=thread, so its Mutex synchronises through atomics
 // and futexes that TSan never sees: every hand-off under an absl::Mutex (a batcher queue, a gRPC
 // reactor) shows as a data race. This shared library is linked first into every executable of
-// the TSan build (FERRY_TSAN=ON), so its definitions of the Mutex / CondVar entry points interpose
-// on libabsl_synchronization's, for ferry's calls and for abseil's own calls through the PLT
-// (Notification, ReleasableMutexLock). Each wrapper brackets the real function, found with
-// dlsym(RTLD_NEXT), with the TSan mutex annotations; between pre_* and post_* TSan ignores memory
-// accesses, so Condition callbacks that abseil evaluates inside Lock/Unlock are not reported.
+// the TSan build (FERRY_TSAN=ON), so its definitions of the Mutex / CondVar / Notification entry
+// points interpose on libabsl_synchronization's, for ferry's calls and for abseil's own calls
+// through the PLT (Notification, ReleasableMutexLock). Each wrapper brackets the real function,
+// found with dlsym(RTLD_NEXT), with the TSan mutex annotations; between pre_* and post_* TSan
+// ignores memory accesses, so Condition callbacks that abseil evaluates inside Lock/Unlock are not
+// reported.
 //
 // Waits (CondVar::Wait*, Mutex::Await*) release and re-acquire the mutex: they are reported as an
 // unlock, then a lock that blocks for the whole wait.
