@@ -45,6 +45,14 @@ ABSL_FLAG(int64_t, gateway_upstream_timeout_ms, 60000,
 
 namespace {
 
+sigset_t StopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  return set;
+}
+
 void Log(const std::string& line) {
   std::fprintf(stderr, "ferry-control: %s\n", line.c_str());
   std::fflush(stderr);
@@ -101,12 +109,9 @@ int Run() {
                    "/ferry.db, heartbeat ", options.heartbeat_ms, " ms, lease ", options.lease_ms,
                    " ms", token.empty() ? ", no admin token" : ", admin token required", ")"));
 
-  // Block the stop signals in every thread; the main thread waits for them with sigwait.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // The stop signals were blocked in main() before any thread started (gRPC, the store, the
+  // gateway inherit the mask); the main thread waits for them with sigwait.
+  sigset_t stop_signals = StopSignals();
 
   // The gateway's io threads start after the mask, so the stop signals reach sigwait.
   std::unique_ptr<ferry::control::Gateway> gateway;
@@ -168,6 +173,11 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Block the stop signals before any library or server starts a thread, so that they are
+  // delivered to sigwait in Run() and never kill a worker thread's process with the default
+  // action.
+  const sigset_t stop_signals = StopSignals();
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   absl::SetProgramUsageMessage(
       "ferry-control --listen HOST:PORT --state DIR [--admin_token_file FILE]\n"
       "The ferry control plane: function and node registry, placement, routes.");
