@@ -271,10 +271,11 @@ class Batcher::Impl {
   //  (a) no arrival expected within the budget: depart once budget_end - now < g;
   //  (b) waiting for one more task saves it a batch of its own (b) but delays all n + 1 by g and
   //      the n queued by a * m: wait only while g < (b - n * a * m) / (n + 1).
-  // g is the moving average of inter-arrival gaps, or the time since anything last happened
-  // (an arrival, or a batch finishing: clients answered may send again) when that is longer, so
-  // a stream that stops or a single closed-loop client is not waited for. Returns the time at
-  // which one of the rules says "go" (the oldest task's enqueue time when it says so already).
+  // g is the (geometric) moving average of inter-arrival gaps, or the time since anything last
+  // happened (an arrival, or a batch finishing: clients answered may send again) when that is
+  // longer, so a stream that stops or a single closed-loop client is not waited for. Returns the
+  // time at which one of the rules says "go" (the oldest task's enqueue time when it says so
+  // already).
   int64_t AdaptiveDepartureLocked(int64_t budget_end) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const int64_t oldest = queue_.front().enqueue_us;
     // Without a measured arrival rate and execution model there is no evidence that waiting
