@@ -247,6 +247,9 @@ print(worst, flush=True)
 """
 
 
+@pytest.mark.skipif(os.environ.get("FERRY_SANITIZER") == "thread",
+                    reason="ThreadSanitizer multiplies memory and time: the bounds hold only for "
+                           "a normal build")
 def test_sixty_mib_bodies_cost_bounded_memory_and_do_not_stall_health_checks(hostile):
     pid = hostile.proc.pid
     assert_serving(hostile)
