@@ -23,6 +23,7 @@
 #include "control-plane/gateway.h"
 #include "control-plane/service.h"
 #include "control-plane/sqlite_state_store.h"
+#include "ferry/flag_spelling.h"
 #include "grpcpp/grpcpp.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
@@ -125,7 +126,8 @@ int Run() {
     }
     ferry::control::GatewayOptions gw;
     gw.host = http.substr(0, colon);
-    if (gw.host.size() >= 2 && gw.host.front() == '[') gw.host = gw.host.substr(1, gw.host.size() - 2);
+    if (gw.host.size() >= 2 && gw.host.front() == '[')
+      gw.host = gw.host.substr(1, gw.host.size() - 2);
     gw.port = http_port;
     gw.num_threads = absl::GetFlag(FLAGS_gateway_threads);
     gw.max_body_bytes = absl::GetFlag(FLAGS_gateway_max_body_bytes);
@@ -181,18 +183,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "ferry-control --listen HOST:PORT --state DIR [--admin_token_file FILE]\n"
       "The ferry control plane: function and node registry, placement, routes.");
-  // Accept the conventional dashed spelling (--http-listen) as well as abseil's (--http_listen).
-  std::vector<std::string> args(argv, argv + argc);
-  std::vector<char*> normalized;
-  for (std::string& a : args) {
-    if (a.rfind("--", 0) == 0) {
-      const size_t end = a.find('=');
-      for (size_t i = 2; i < std::min(end, a.size()); ++i) {
-        if (a[i] == '-') a[i] = '_';
-      }
-    }
-    normalized.push_back(a.data());
-  }
-  absl::ParseCommandLine(static_cast<int>(normalized.size()), normalized.data());
+  ferry::DashedFlagArgs args(argc, argv);
+  absl::ParseCommandLine(args.argc(), args.argv());
   return Run();
 }

@@ -26,12 +26,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "cuda/device.h"
-#include "ferry/manifest.h"
-#include "node-agent/control_client.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cuda/device.h"
+#include "ferry/flag_spelling.h"
+#include "ferry/manifest.h"
 #include "node-agent/byte_budget.h"
+#include "node-agent/control_client.h"
 #include "node-agent/grpc_server.h"
 #include "node-agent/http_server.h"
 #include "node-agent/inventory.h"
@@ -184,9 +185,10 @@ int Run() {
         "--control HOST:PORT (run what the control plane places)");
     return 2;
   }
-  auto specs = control.empty() ? ferry::LoadManifests(manifests)
-                               : absl::StatusOr<std::vector<ferry::FunctionSpec>>(
-                                     std::vector<ferry::FunctionSpec>{});
+  auto specs =
+      control.empty()
+          ? ferry::LoadManifests(manifests)
+          : absl::StatusOr<std::vector<ferry::FunctionSpec>>(std::vector<ferry::FunctionSpec>{});
   if (!specs.ok()) {
     Log(absl::StrCat("error: ", specs.status().message()));
     return 1;
@@ -298,7 +300,8 @@ int Run() {
     cc.http_address = absl::StrCat(advertise, ":", (*http)->port());
     if (grpc != nullptr) cc.grpc_address = absl::StrCat(advertise, ":", grpc->port());
     cc.node_name = absl::GetFlag(FLAGS_node_name);
-    if (cc.node_name.empty()) cc.node_name = absl::StrCat(inventory->hostname, "-", (*http)->port());
+    if (cc.node_name.empty())
+      cc.node_name = absl::StrCat(inventory->hostname, "-", (*http)->port());
     for (const std::string& kv : absl::GetFlag(FLAGS_labels)) {
       const size_t eq = kv.find('=');
       if (eq == std::string::npos || eq == 0) {
@@ -321,8 +324,8 @@ int Run() {
     }
     control_client = *std::move(client);
     Log(absl::StrCat("node ", cc.node_name, ": ", inventory->cpu_cores, " CPU cores, ",
-                     inventory->memory_bytes >> 20, " MiB, ", inventory->gpus.size(),
-                     " GPUs, $", cc.price_per_hour, "/h; control plane ", control));
+                     inventory->memory_bytes >> 20, " MiB, ", inventory->gpus.size(), " GPUs, $",
+                     cc.price_per_hour, "/h; control plane ", control));
   }
   Log("ready");
 
@@ -377,18 +380,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "ferry node agent. Standalone: ferry-agent --manifests DIR_OR_FILE "
       "[--http-port 8000] [--grpc-port 8001]");
-  // Accept the conventional dashed spelling (--http-port) as well as abseil's (--http_port).
-  std::vector<std::string> args(argv, argv + argc);
-  std::vector<char*> normalized;
-  for (std::string& a : args) {
-    if (a.rfind("--", 0) == 0) {
-      const size_t end = a.find('=');
-      for (size_t i = 2; i < std::min(end, a.size()); ++i) {
-        if (a[i] == '-') a[i] = '_';
-      }
-    }
-    normalized.push_back(a.data());
-  }
-  absl::ParseCommandLine(static_cast<int>(normalized.size()), normalized.data());
+  ferry::DashedFlagArgs args(argc, argv);
+  absl::ParseCommandLine(args.argc(), args.argv());
   return Run();
 }
