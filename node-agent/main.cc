@@ -36,6 +36,7 @@
 #include "node-agent/grpc_server.h"
 #include "node-agent/http_server.h"
 #include "node-agent/inventory.h"
+#include "node-agent/log_limiter.h"
 #include "node-agent/serving_core_impl.h"
 
 ABSL_FLAG(std::string, manifests, "", "manifest file or folder of manifests to serve");
@@ -178,6 +179,8 @@ void RaiseOpenFileLimit(int max_connections) {
 }
 
 int Run() {
+  // Before any server thread exists: protobuf's handler is process-wide and not thread-safe.
+  ferry::agent::InstallProtobufLogLimiter("ferry-agent: ");
   const std::string manifests = absl::GetFlag(FLAGS_manifests);
   const std::string control = absl::GetFlag(FLAGS_control);
   if (manifests.empty() == control.empty()) {

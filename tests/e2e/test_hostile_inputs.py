@@ -125,3 +125,21 @@ def test_grpc_huge_shapes(ferry, stub, model, name, datatype, shape, code):
     reply = stub.ModelInfer(ok, timeout=10)
     assert reply.raw_output_contents[0] == struct.pack("<I", 2) + b"ok"
     assert_serving(ferry)
+
+
+def test_invalid_utf8_cannot_flood_the_log(ferry):
+    # protobuf logs an error for every message whose string field is not UTF-8; the agent lets
+    # at most a few such lines through per second, however many requests carry one.
+    before = ferry.agent.log().count("protobuf")
+    model_name_not_utf8 = b"\x0a\x02\xff\xfe"  # field 1 (model_name), 2 bytes, invalid UTF-8
+    with grpc.insecure_channel(ferry.grpc_hostport) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=lambda raw: raw,
+                                   response_deserializer=lambda raw: raw)
+        for _ in range(300):
+            with pytest.raises(grpc.RpcError):
+                call(model_name_not_utf8, timeout=10)
+    lines = ferry.agent.log().count("protobuf") - before
+    # At least one got through (the limiter drops, it does not silence), and not one per request.
+    assert 1 <= lines <= 20, f"{lines} protobuf log lines for 300 bad requests"
+    assert_serving(ferry)
