@@ -507,9 +507,10 @@ class GrpcInferenceServiceImpl final : public inference::GRPCInferenceService::C
     // the handler, so the tensor payloads can be moved out instead of copied.
     // The model is looked up first: an unknown model is NOT_FOUND before anything is decoded,
     // and each input's declared shape is checked against the model before it is decoded.
-    auto metadata = core_->GetModelMetadata(request->model_name(), request->model_version());
+    auto metadata = core_->FindModelMetadata(request->model_name(), request->model_version());
     auto decoded = metadata.ok()
-                       ? FromProto(const_cast<inference::ModelInferRequest*>(request), &*metadata)
+                       ? FromProto(const_cast<inference::ModelInferRequest*>(request),
+                                   metadata->get())
                        : absl::StatusOr<InferenceRequest>(metadata.status());
     if (!decoded.ok()) return FinishNow(context, ToGrpcStatus(decoded.status()));
     auto call = std::make_shared<InferCall>();

@@ -671,7 +671,7 @@ void Session::HandleInfer(std::string_view model, std::string_view version) {
   const std::string model_version(version);
   // The model comes first: an unknown model is 404 before the body is looked at, and every
   // input's declared shape is checked against its signature before any data is decoded.
-  auto metadata = server_->core()->GetModelMetadata(model_name, model_version);
+  auto metadata = server_->core()->FindModelMetadata(model_name, model_version);
   if (!metadata.ok()) {
     ReplyError(metadata.status());
     return;
@@ -680,7 +680,7 @@ void Session::HandleInfer(std::string_view model, std::string_view version) {
       request_.body().size(),
       [this, header_length, model_name, model_version, metadata = *std::move(metadata)] {
         return ParseInferRequest(request_.body(), header_length, model_name, model_version,
-                                 metadata, SpareCapacity(request_.body()));
+                                 *metadata, SpareCapacity(request_.body()));
       },
       [this](absl::StatusOr<InferenceRequest> parsed) {
         if (!parsed.ok()) {
@@ -718,7 +718,7 @@ void Session::FinishInfer(absl::StatusOr<InferenceResponse> result) {
 }
 
 void Session::HandlePredict(std::string_view model) {
-  auto metadata = server_->core()->GetModelMetadata(std::string(model), "");
+  auto metadata = server_->core()->FindModelMetadata(std::string(model), "");
   if (!metadata.ok()) {
     ReplyError(metadata.status());
     return;
@@ -726,7 +726,7 @@ void Session::HandlePredict(std::string_view model) {
   Offload(
       request_.body().size(),
       [this, metadata = *std::move(metadata)] {
-        return ParseClipperPredict(request_.body(), metadata, SpareCapacity(request_.body()));
+        return ParseClipperPredict(request_.body(), *metadata, SpareCapacity(request_.body()));
       },
       [this](absl::StatusOr<ClipperQuery> parsed) {
         if (!parsed.ok()) {

@@ -52,6 +52,16 @@ class ServingCore {
   // NotFound for an unknown model or version.
   virtual absl::StatusOr<ModelMetadata> GetModelMetadata(const std::string& name,
                                                          const std::string& version) const = 0;
+  // The same for the request path, without a copy: front ends check each request's header
+  // against it before decoding. The pointer stays valid while held, even if the model is
+  // unloaded meanwhile. The default copies GetModelMetadata's answer; AgentCore shares the
+  // loaded function's own.
+  virtual absl::StatusOr<std::shared_ptr<const ModelMetadata>> FindModelMetadata(
+      const std::string& name, const std::string& version) const {
+    auto metadata = GetModelMetadata(name, version);
+    if (!metadata.ok()) return metadata.status();
+    return std::make_shared<const ModelMetadata>(*std::move(metadata));
+  }
   // OK when ready; NotFound (unknown) or Unavailable (loading, stopping).
   virtual absl::Status ModelReady(const std::string& name, const std::string& version) const = 0;
 

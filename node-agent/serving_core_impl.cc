@@ -170,6 +170,14 @@ absl::StatusOr<ModelMetadata> AgentCore::GetModelMetadata(const std::string& nam
   return (*host)->metadata();
 }
 
+absl::StatusOr<std::shared_ptr<const ModelMetadata>> AgentCore::FindModelMetadata(
+    const std::string& name, const std::string& version) const {
+  auto host = Find(name, version);
+  if (!host.ok()) return host.status();
+  // Shares ownership of the host: no copy on the request path.
+  return std::shared_ptr<const ModelMetadata>(*host, &(*host)->metadata());
+}
+
 absl::Status AgentCore::ModelReady(const std::string& name, const std::string& version) const {
   auto host = Find(name, version);
   if (!host.ok()) return host.status();

@@ -45,6 +45,8 @@ class AgentCore final : public ServingCore {
   bool IsLive() const override { return true; }
   bool IsReady() const override { return !draining_.load(std::memory_order_acquire); }
   ServerMetadata GetServerMetadata() const override;
+  absl::StatusOr<std::shared_ptr<const ModelMetadata>> FindModelMetadata(
+      const std::string& name, const std::string& version) const override;
   absl::StatusOr<ModelMetadata> GetModelMetadata(const std::string& name,
                                                  const std::string& version) const override;
   absl::Status ModelReady(const std::string& name, const std::string& version) const override;
