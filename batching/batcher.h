@@ -8,6 +8,8 @@
 // single task larger than that is rejected at Submit). The target size adapts by AIMD against
 // the latency SLO (policy kAimd), stays at max_batch_size (kFixed), or is 1 with no delay (kOff).
 // An online linear model of execution time (a * cost + b) predicts when a batch will finish.
+// The queue is ordered by Task::priority (strict levels, FIFO within one); the delay budget is
+// always the oldest task's, whatever its level.
 // Under kAimd the delay is adaptive too: a batch below the target waits only while more tasks
 // are expected within its budget and a bigger batch would pay for the wait (docs/batching.md,
 // "Adaptive delay"); otherwise it departs as soon as an executor slot is free.
@@ -48,6 +50,10 @@ class Task {
   virtual int64_t size_bytes() const { return 0; }
   // Absolute deadline on the batcher's clock, microseconds; 0 = none.
   virtual int64_t deadline_us() const { return 0; }
+  // Scheduling priority (the KServe request parameter): 1 is the highest level, then 2, 3, ...;
+  // 0 (the default) ranks after every explicit level. Tasks leave the queue by level, FIFO
+  // within a level. Negative values count as 0. Must not change after Submit.
+  virtual int64_t priority() const { return 0; }
   // Called exactly once per submitted task, on a batcher thread or inline in Submit (when the
   // task is rejected, or when its batch ran on the submitting thread; see
   // BatcherOptions::inline_max_exec_us), with OK or the reason it failed: ResourceExhausted (queue
@@ -61,7 +67,8 @@ class Task {
 class Executor {
  public:
   virtual ~Executor() = default;
-  // Runs `batch` (in submission order). `task_status` has one entry per task, preset to OK; the
+  // Runs `batch` (in queue order: by priority level, FIFO within a level; submission order when
+  // no task names a priority). `task_status` has one entry per task, preset to OK; the
   // executor sets an entry to fail only that task. A non-OK return fails the whole batch (and
   // nothing else).
   virtual absl::Status Execute(absl::Span<Task* const> batch,

@@ -73,6 +73,13 @@ absl::StatusOr<std::unique_ptr<Controller>> Controller::Create(const ControllerO
   }
   std::unique_ptr<Controller> c(new Controller(options));
   if (absl::Status s = c->Load(); !s.ok()) return s;
+  UsageLedgerOptions usage;
+  usage.store = options.store;
+  usage.wall_clock = options.wall_clock;
+  usage.flush_interval_ms = options.usage_flush_ms;
+  auto ledger = UsageLedger::Create(usage);
+  if (!ledger.ok()) return ledger.status();
+  c->usage_ = *std::move(ledger);
   return c;
 }
 
@@ -132,6 +139,12 @@ absl::Status Controller::Load() {
   return absl::OkStatus();
 }
 
+AutoscalerSettings Controller::ScalerSettings(const ScalingSpec& scaling) const {
+  AutoscalerSettings settings = SettingsOf(scaling);
+  settings.report_interval_us = options_.heartbeat_ms * 1000;
+  return settings;
+}
+
 void Controller::InstallFunctionLocked(FunctionSpec spec, std::string manifest,
                                        int64_t generation) {
   dirty_ = true;
@@ -142,6 +155,20 @@ void Controller::InstallFunctionLocked(FunctionSpec spec, std::string manifest,
   fn.spec = std::move(spec);
   fn.manifest = std::move(manifest);
   fn.generation = generation;
+  const ScalingSpec& scaling = fn.spec.scaling;
+  if (fn.scaler == nullptr) {
+    // Initial scale 1 (as Knative's): a function at minReplicas 0 starts with one replica and
+    // goes to zero after idleSeconds without requests.
+    fn.autoscaled = static_cast<int>(
+        std::min<int64_t>(std::max<int64_t>(1, scaling.min_replicas), scaling.max_replicas));
+    fn.scaler = std::make_unique<Autoscaler>(ScalerSettings(scaling), clock_, fn.autoscaled);
+    fn.scale_reason = "initial scale";
+    fn.scale_changed_us = clock_->NowMicros();
+  } else {
+    fn.scaler->set_settings(ScalerSettings(scaling));
+    fn.autoscaled = static_cast<int>(std::clamp<int64_t>(fn.autoscaled, scaling.min_replicas,
+                                                         scaling.max_replicas));
+  }
   if (!existed) return;
   // Re-account existing replicas under the new requirements; drop those that no longer fit.
   const std::set<std::string> mine = by_function_[fn.spec.name];
@@ -261,15 +288,20 @@ v1::FunctionStatus Controller::StatusLocked(const FunctionRecord& fn) {
   st.set_manifest(fn.manifest);
   int ready = 0;
   int assigned = 0;
+  int draining = 0;
   for (const std::string& id : ReplicasOfLocked(spec.name)) {
     const ReplicaRecord& r = replicas_.at(id);
-    ++assigned;
+    if (r.draining_until_us != 0) {
+      ++draining;
+    } else {
+      ++assigned;
+    }
     const NodeRecord& node = nodes_.at(node_ids_[r.node]);
     auto* rep = st.add_replicas();
     rep->set_replica_id(id);
     rep->set_function(r.function);
     rep->set_node_id(node.id);
-    rep->set_state(r.state);
+    rep->set_state(r.draining_until_us != 0 ? v1::REPLICA_STATE_DRAINING : r.state);
     rep->set_http_address(node.registration.http_address());
     rep->set_grpc_address(node.registration.grpc_address());
     rep->set_hardware_kind(cluster_.kinds().Name(r.kind));
@@ -278,7 +310,7 @@ v1::FunctionStatus Controller::StatusLocked(const FunctionRecord& fn) {
     rep->set_cost_per_million(r.cost_per_million);
     rep->set_in_flight(r.in_flight);
     rep->set_requests_per_second(r.requests_per_second);
-    if (r.state == v1::REPLICA_STATE_READY) ++ready;
+    if (r.state == v1::REPLICA_STATE_READY && r.draining_until_us == 0) ++ready;
   }
   for (int i = assigned; i < fn.desired; ++i) {
     auto* rep = st.add_replicas();
@@ -288,6 +320,12 @@ v1::FunctionStatus Controller::StatusLocked(const FunctionRecord& fn) {
     if (!fn.pending_reasons.empty()) rep->set_message(fn.pending_reasons.front());
   }
   st.set_ready_replicas(ready);
+  st.set_draining_replicas(draining);
+  st.set_scale_reason(fn.scale_reason);
+  st.set_scale_decision_age_ms((clock_->NowMicros() - fn.scale_changed_us) / 1000);
+  st.set_observed_rps(fn.last_decision.stable_rps);
+  st.set_observed_in_flight(fn.last_decision.stable_concurrency);
+  st.set_panic(fn.last_decision.panic);
   for (const auto& reason : fn.pending_reasons) st.add_pending_reasons(reason);
   // Profiles: every measured kind, plus the default for the kinds in use.
   std::set<int> kinds;
@@ -374,7 +412,7 @@ std::vector<v1::Route> Controller::RoutesOfLocked(const std::string& function) {
     route.set_node_id(node.id);
     route.set_http_address(node.registration.http_address());
     route.set_grpc_address(node.registration.grpc_address());
-    route.set_ready(r.state == v1::REPLICA_STATE_READY);
+    route.set_ready(r.state == v1::REPLICA_STATE_READY && r.draining_until_us == 0);
     out.push_back(std::move(route));
   }
   return out;
@@ -575,6 +613,14 @@ absl::Status Controller::HandleAgentMessage(int64_t session, const v1::AgentMess
       const v1::Heartbeat& hb = message.heartbeat();
       node->load = hb.load();
       for (const auto& rs : hb.replicas()) ApplyReplicaStatusLocked(*node, rs);
+      CountLoadLocked(*node, hb);
+      if (hb.usage_size() > 0) {
+        NodePricing pricing;
+        pricing.price_per_hour = node->registration.price_per_hour();
+        pricing.cpu_cores = node->registration.inventory().cpu_cores();
+        pricing.gpus = node->registration.inventory().gpus_size();
+        usage_->Ingest(node->id, pricing, hb.usage_epoch(), hb.usage());
+      }
       node->warm = {hb.warm_functions().begin(), hb.warm_functions().end()};
       break;
     }
@@ -591,6 +637,27 @@ absl::Status Controller::HandleAgentMessage(int64_t session, const v1::AgentMess
   }
   ReconcileLocked();
   return absl::OkStatus();
+}
+
+void Controller::CountLoadLocked(NodeRecord& node, const v1::Heartbeat& hb) {
+  // Replicas of one function on one node share the counters: take each function's first.
+  std::map<std::string, const v1::ReplicaStatus*> by_function;
+  for (const auto& rs : hb.replicas()) by_function.try_emplace(rs.function(), &rs);
+  std::erase_if(node.in_flight, [&](const auto& kv) { return by_function.count(kv.first) == 0; });
+  std::erase_if(node.requests_total,
+                [&](const auto& kv) { return by_function.count(kv.first) == 0; });
+  for (const auto& [name, rs] : by_function) {
+    node.in_flight[name] = rs->in_flight();
+    auto last = node.requests_total.find(name);
+    // The first report is the baseline; a smaller total means the function was reloaded.
+    const int64_t delta = last == node.requests_total.end() ? 0
+                          : rs->requests_total() >= last->second
+                              ? rs->requests_total() - last->second
+                              : rs->requests_total();
+    node.requests_total[name] = rs->requests_total();
+    auto fit = functions_.find(name);
+    if (fit != functions_.end()) fit->second.arrived += delta;
+  }
 }
 
 void Controller::AgentDisconnected(int64_t session) {
@@ -622,6 +689,8 @@ void Controller::LoseNodeLocked(NodeRecord& node, const std::string& /*why*/) {
   const std::set<std::string> ids = by_node_[node.index];
   for (const auto& id : ids) RemoveReplicaLocked(id);
   node.sent_fingerprint.clear();
+  node.requests_total.clear();
+  node.in_flight.clear();
   dirty_ = true;
 }
 
@@ -636,30 +705,124 @@ void Controller::ExpireLeasesLocked() {
   }
 }
 
+absl::Status Controller::FlushUsage() { return usage_->Flush(/*force=*/true); }
+
+absl::StatusOr<v1::GetUsageResponse> Controller::GetUsage(const v1::GetUsageRequest& request) {
+  if (request.since_seconds() < 0) {
+    return absl::InvalidArgumentError("usage: since_seconds must be >= 0");
+  }
+  absl::StatusOr<v1::GetUsageResponse> out =
+      usage_->Query(request.since_seconds(), request.function());
+  if (!out.ok()) return out.status();
+  absl::MutexLock lock(&mu_);
+  auto budget = [this](v1::UsageSummary* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = functions_.find(s->function());
+    if (it == functions_.end() || !it->second.spec.slo.max_cost_per_million.has_value()) return;
+    const double max = *it->second.spec.slo.max_cost_per_million;
+    s->set_has_max_cost_per_million(true);
+    s->set_max_cost_per_million(max);
+    s->set_over_budget(s->requests() > 0 && s->cost_per_million() > max);
+  };
+  for (auto& s : *out->mutable_functions()) budget(&s);
+  for (auto& s : *out->mutable_nodes()) budget(&s);
+  return out;
+}
+
 void Controller::Tick() {
+  // Outside mu_: the store write must not hold up agents' heartbeats. A failed write is retried
+  // on the next tick (the usage stays pending).
+  (void)usage_->Flush(/*force=*/false);
   absl::MutexLock lock(&mu_);
   if (adopt_until_us_ != 0 && clock_->NowMicros() >= adopt_until_us_) {
     adopt_until_us_ = 0;  // the restart grace is over: place what is still missing
     dirty_ = true;
   }
   ExpireLeasesLocked();
+  FinishDrainsLocked();
+  if (const int64_t now = clock_->NowMicros(); now >= next_autoscale_us_) {
+    next_autoscale_us_ = now + options_.autoscale_interval_ms * 1000;
+    for (auto& [name, fn] : functions_) AutoscaleLocked(fn);
+  }
   ReconcileLocked();
+}
+
+void Controller::FinishDrainsLocked() {
+  const int64_t now = clock_->NowMicros();
+  std::vector<std::string> done;
+  for (const auto& [id, r] : replicas_) {
+    if (r.draining_until_us != 0 &&
+        (now >= r.draining_until_us || r.state != v1::REPLICA_STATE_READY)) {
+      done.push_back(id);
+    }
+  }
+  for (const auto& id : done) RemoveReplicaLocked(id);
+}
+
+void Controller::AutoscaleLocked(FunctionRecord& fn) {
+  const std::string& name = fn.spec.name;
+  double in_flight = 0;
+  for (const auto& [id, node] : nodes_) {
+    if (node.lease != v1::LEASE_STATE_ACTIVE) continue;
+    if (auto it = node.in_flight.find(name); it != node.in_flight.end()) in_flight += it->second;
+  }
+  fn.scaler->Record(fn.arrived, in_flight);
+  fn.arrived = 0;
+  int current = 0;
+  int ready = 0;
+  for (const std::string& id : ReplicasOfLocked(name)) {
+    const ReplicaRecord& r = replicas_.at(id);
+    if (r.draining_until_us != 0) continue;
+    ++current;
+    if (r.state == v1::REPLICA_STATE_READY) ++ready;
+  }
+  const Capacity cap = PlanningCapacityLocked(fn);
+  fn.last_decision = fn.scaler->Decide(current, ready, cap.throughput_rps,
+                                       static_cast<double>(cap.batch * fn.req.instances));
+  if (fn.last_decision.desired != fn.autoscaled) {
+    fn.autoscaled = fn.last_decision.desired;
+    fn.scale_reason = fn.last_decision.reason;
+    fn.scale_changed_us = clock_->NowMicros();
+    dirty_ = true;
+  }
+}
+
+absl::StatusOr<bool> Controller::DemandReplica(const std::string& function) {
+  absl::MutexLock lock(&mu_);
+  auto it = functions_.find(function);
+  if (it == functions_.end()) {
+    return absl::NotFoundError(absl::StrCat("no function named \"", function, "\""));
+  }
+  FunctionRecord& fn = it->second;
+  fn.scaler->Demand();
+  int live = 0;
+  int failed = 0;
+  for (const std::string& id : ReplicasOfLocked(function)) {
+    const ReplicaRecord& r = replicas_.at(id);
+    if (r.draining_until_us != 0) continue;
+    ++live;
+    if (r.state == v1::REPLICA_STATE_FAILED) ++failed;
+  }
+  // Replicas that failed to load will not become ready by waiting: answer with the reason now.
+  if (live > 0) return failed < live;
+  AutoscaleLocked(fn);  // from zero now, not at the next interval
+  ReconcileLocked();
+  const bool adopting = clock_->NowMicros() < adopt_until_us_;
+  return fn.desired > 0 && (fn.pending_reasons.empty() || adopting);
 }
 
 // --- Reconcile -----------------------------------------------------------------------------------
 
-double Controller::PlanningThroughputLocked(const FunctionRecord& fn) {
+Capacity Controller::PlanningCapacityLocked(const FunctionRecord& fn) {
   // The hardware kind most of its replicas run on; before any, the default for its accelerator.
   std::map<int, int> by_kind;
   for (const std::string& id : ReplicasOfLocked(fn.spec.name)) ++by_kind[replicas_.at(id).kind];
   if (by_kind.empty()) {
     return CapacityOf(DefaultLatencyModel(fn.spec.hardware.accelerator == Accelerator::kGpu),
-                      fn.req)
-        .throughput_rps;
+                      fn.req);
   }
   auto best = std::max_element(by_kind.begin(), by_kind.end(),
                                [](const auto& a, const auto& b) { return a.second < b.second; });
-  return CapacityOf(fn.profiles.Get(best->first), fn.req).throughput_rps;
+  return CapacityOf(fn.profiles.Get(best->first), fn.req);
 }
 
 PlacementHints Controller::HintsLocked(const std::string& function) {
@@ -698,12 +861,19 @@ std::string Controller::NewReplicaIdLocked(const std::string& function) {
 
 void Controller::ReconcileLocked() {
   if (!dirty_) return;
-  const bool adopting = clock_->NowMicros() < adopt_until_us_;
+  const int64_t now = clock_->NowMicros();
+  const bool adopting = now < adopt_until_us_;
   for (auto& [name, fn] : functions_) {
-    fn.desired = DesiredReplicaCount(fn.spec, PlanningThroughputLocked(fn));
-    const std::set<std::string>& mine_set = ReplicasOfLocked(name);
-    std::vector<std::string> mine(mine_set.begin(), mine_set.end());
-    // Scale down: not-ready replicas first, then by id (deterministic).
+    // The autoscaler's count, never below what minRps needs, within maxReplicas.
+    fn.desired = std::min<int>(
+        std::max(fn.autoscaled, DesiredReplicaCount(fn.spec, PlanningCapacityLocked(fn).throughput_rps)),
+        static_cast<int>(fn.spec.scaling.max_replicas));
+    std::vector<std::string> mine;  // live: not draining
+    std::vector<std::string> draining;
+    for (const std::string& id : ReplicasOfLocked(name)) {
+      (replicas_.at(id).draining_until_us == 0 ? mine : draining).push_back(id);
+    }
+    // Scale down: not-ready replicas go at once (nothing routes to them), ready ones drain.
     while (static_cast<int>(mine.size()) > fn.desired) {
       auto worst =
           std::max_element(mine.begin(), mine.end(),
@@ -716,8 +886,21 @@ void Controller::ReconcileLocked() {
                                return a_ready;  // not-ready is "larger" (removed first)
                              return ra.id < rb.id;
                            });
-      RemoveReplicaLocked(*worst);
+      ReplicaRecord& r = replicas_.at(*worst);
+      if (r.state == v1::REPLICA_STATE_READY) {
+        r.draining_until_us = now + options_.drain_ms * 1000;
+        dirty_ = true;
+      } else {
+        RemoveReplicaLocked(*worst);
+      }
       mine.erase(worst);
+    }
+    // Scale up: revive draining replicas (ready ones) before placing new ones.
+    while (static_cast<int>(mine.size()) < fn.desired && !draining.empty()) {
+      replicas_.at(draining.back()).draining_until_us = 0;
+      mine.push_back(draining.back());
+      draining.pop_back();
+      dirty_ = true;
     }
     fn.pending_reasons.clear();
     if (static_cast<int>(mine.size()) < fn.desired && adopting) {

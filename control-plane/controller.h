@@ -13,6 +13,15 @@
 // instead of placing new ones; for one lease after a restart with functions in the store, no new
 // replicas are placed, so that agents have time to come back first.
 //
+// Autoscaling. Every autoscale_interval_ms (on Tick) each function's autoscaler
+// (autoscaler.h) is fed the requests that arrived at its replicas since the last evaluation (from
+// the agents' requests_total counters) and their in-flight requests, and sets the function's
+// desired count; the replica count also never falls below what the SLO's minRps needs. A
+// scale-down drains: the replica chosen turns DRAINING (its route stops being ready, so the
+// gateway and route watchers stop sending to it), stays in its agent's desired set for drain_ms,
+// and is then removed (the agent's unload finishes its in-flight requests). A scale-up revives
+// draining replicas before placing new ones.
+//
 // Thread-safe. Every public method may block briefly on the controller's mutex; Apply and
 // DeleteFunction also block on a durable store write.
 #ifndef FERRY_CONTROL_PLANE_CONTROLLER_H_
@@ -28,8 +37,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "control-plane/autoscaler.h"
 #include "control-plane/placement.h"
 #include "control-plane/state_store.h"
+#include "control-plane/usage.h"
 #include "ferry/clock.h"
 #include "ferry/manifest.h"
 #include "ferry_control.pb.h"
@@ -49,6 +60,14 @@ struct ControllerOptions {
   Clock* clock = nullptr;       // not owned; nullptr = RealClock
   int64_t heartbeat_ms = 500;
   int64_t lease_ms = 2000;
+  // Metering (control-plane/usage.h): Unix-time clock for usage rows (nullptr = system clock;
+  // not owned) and how often new usage is written to the store.
+  Clock* wall_clock = nullptr;
+  int64_t usage_flush_ms = 1000;
+  int64_t autoscale_interval_ms = 500;
+  // How long a replica being scaled down stays routable-off before its agent unloads it: long
+  // enough for route watchers (the gateway follows in-process, in milliseconds) to stop using it.
+  int64_t drain_ms = 1000;
 };
 
 class Controller {
@@ -88,6 +107,17 @@ class Controller {
   // agents and updates routes. Called periodically (every ~100 ms) by the server; tests call it.
   void Tick();
 
+  // Metered usage (control-plane/usage.h) with each function's SLO cost budget beside it.
+  absl::StatusOr<v1::GetUsageResponse> GetUsage(const v1::GetUsageRequest& request);
+  // Writes usage not yet in the store (Tick does so every usage_flush_ms; call before exit).
+  absl::Status FlushUsage();
+
+  // A request waits for a replica of `function` (the gateway holds it): tell its autoscaler and,
+  // when the function has no live replica, scale it from zero now. Returns whether a replica is
+  // ready or on its way (false: it cannot be placed; see pending_reasons). NotFound when no such
+  // function.
+  absl::StatusOr<bool> DemandReplica(const std::string& function);
+
   int64_t heartbeat_ms() const { return options_.heartbeat_ms; }
   int64_t lease_ms() const { return options_.lease_ms; }
 
@@ -101,6 +131,13 @@ class Controller {
     std::map<int, std::vector<std::pair<int, double>>> profile_points;  // by kind
     int desired = 0;
     std::vector<std::string> pending_reasons;
+    // Autoscaling (see the class comment).
+    std::unique_ptr<Autoscaler> scaler;
+    int autoscaled = 0;            // the autoscaler's last desired count
+    int64_t arrived = 0;           // requests counted since the last evaluation
+    std::string scale_reason;      // of the last change of `autoscaled`
+    int64_t scale_changed_us = 0;
+    ScaleDecision last_decision;
   };
   struct ReplicaRecord {
     std::string id;
@@ -113,6 +150,7 @@ class Controller {
     double cost_per_million = 0;
     int64_t in_flight = 0;
     double requests_per_second = 0;
+    int64_t draining_until_us = 0;  // != 0: DRAINING, removed at this time
   };
   struct NodeRecord {
     std::string id;
@@ -125,12 +163,20 @@ class Controller {
     v1::NodeLoad load;
     std::set<std::string> warm;
     std::string sent_fingerprint;  // of the last DesiredReplicas sent
+    // Per function on this node (replicas of one function share these counters): the last
+    // requests_total seen and the requests in flight.
+    std::map<std::string, int64_t> requests_total;
+    std::map<std::string, int64_t> in_flight;
   };
 
   explicit Controller(const ControllerOptions& options);
   absl::Status Load();
 
   void ReconcileLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AutoscaleLocked(FunctionRecord& fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  AutoscalerSettings ScalerSettings(const ScalingSpec& scaling) const;
+  void CountLoadLocked(NodeRecord& node, const v1::Heartbeat& hb) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishDrainsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireLeasesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void LoseNodeLocked(NodeRecord& node, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveReplicaLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -141,7 +187,8 @@ class Controller {
   void HandleProfileLocked(const v1::Profile& profile) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void InstallFunctionLocked(FunctionSpec spec, std::string manifest, int64_t generation)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  double PlanningThroughputLocked(const FunctionRecord& fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One replica's capacity on the hardware kind most of its replicas run on.
+  Capacity PlanningCapacityLocked(const FunctionRecord& fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   PlacementHints HintsLocked(const std::string& function) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string NewReplicaIdLocked(const std::string& function) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::FunctionStatus StatusLocked(const FunctionRecord& fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -155,6 +202,7 @@ class Controller {
 
   const ControllerOptions options_;
   Clock* const clock_;
+  std::unique_ptr<UsageLedger> usage_;  // thread-safe itself; set in Create
   absl::Mutex apply_mu_;  // serialises store writers (Apply, Delete), taken before mu_
   absl::Mutex mu_;
   std::map<std::string, FunctionRecord> functions_ ABSL_GUARDED_BY(mu_);
@@ -170,6 +218,7 @@ class Controller {
   uint64_t id_seed_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t adopt_until_us_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t store_revision_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t next_autoscale_us_ ABSL_GUARDED_BY(mu_) = 0;
   // Routes: per function, the last published set and the route revision it changed at
   // (functions whose routes were withdrawn keep an empty entry).
   struct PublishedRoutes {

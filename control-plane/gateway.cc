@@ -207,6 +207,15 @@ class GatewayImpl {
         next->by_function[fr.function()] = std::move(ups);
       }
     }
+    // Wake the requests held for functions that now have a ready route.
+    for (auto it = held_.begin(); it != held_.end();) {
+      if (next->by_function.count(it->first) == 0) {
+        ++it;
+        continue;
+      }
+      for (auto& weak : it->second) WakeHeld(weak);
+      it = held_.erase(it);
+    }
     std::erase_if(all_upstreams_, [](const auto& w) { return w.expired(); });
     // Drop addresses no function routes to any more (their pooled connections close when the
     // last in-flight request lets go).
@@ -226,6 +235,26 @@ class GatewayImpl {
     return table_;
   }
 
+  // Registers a held request; false when the function got a ready route meanwhile (forward now).
+  bool AddHeld(const std::string& function, std::weak_ptr<ClientSession> session) {
+    absl::MutexLock lock(&mu_);
+    if (table_->by_function.count(function) > 0) return false;
+    held_[function].push_back(std::move(session));
+    return true;
+  }
+  void RemoveHeld(const std::string& function, const ClientSession* session) {
+    absl::MutexLock lock(&mu_);
+    auto it = held_.find(function);
+    if (it == held_.end()) return;
+    std::erase_if(it->second, [&](const std::weak_ptr<ClientSession>& w) {
+      auto p = w.lock();
+      return p == nullptr || p.get() == session;
+    });
+    if (it->second.empty()) held_.erase(it);
+  }
+  // Posts the session's resumption to its own io thread (defined after ClientSession).
+  static void WakeHeld(const std::weak_ptr<ClientSession>& weak);
+
   const GatewayOptions& options() const { return options_; }
   int port() const { return port_; }
 
@@ -234,6 +263,10 @@ class GatewayImpl {
   std::atomic<int64_t> retries{0};
   std::atomic<int64_t> fresh_reconnects{0};
   std::atomic<int64_t> connections_opened{0};
+  std::atomic<int64_t> held_total{0};
+  std::atomic<int64_t> held_now{0};
+  std::atomic<int64_t> hold_timeouts{0};
+  std::atomic<int64_t> hold_rejected{0};
 
  private:
   void Accept();
@@ -250,6 +283,7 @@ class GatewayImpl {
   std::shared_ptr<RouteTable> table_ ABSL_GUARDED_BY(mu_) = std::make_shared<RouteTable>();
   std::map<std::string, std::shared_ptr<Upstream>> upstreams_ ABSL_GUARDED_BY(mu_);
   std::vector<std::weak_ptr<Upstream>> all_upstreams_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::vector<std::weak_ptr<ClientSession>>> held_ ABSL_GUARDED_BY(mu_);
 };
 
 // One client connection: reads a request, answers it locally or forwards it, one at a time.
@@ -259,8 +293,18 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
       : gw_(gw), stream_(std::move(socket)), thread_index_(thread_index) {}
   ~ClientSession() {
     ReleaseUpstream();
+    EndHold();
     gw_->connections.fetch_sub(1);
   }
+
+  // A ready route for the held function arrived (on this session's io thread).
+  void Resume() {
+    if (!waiting_) return;
+    waiting_ = false;
+    if (hold_timer_) hold_timer_->cancel();
+    Guarded([&] { Forward(function_); });
+  }
+  asio::any_io_executor executor() { return stream_.get_executor(); }
 
   void Start(bool over_limit) {
     if (over_limit) {
@@ -400,6 +444,13 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
       }
     } else if (path.size() == 2 && path[1] == "predict") {
       return Forward(std::string(path[0]));
+    } else if (path.size() == 1 && path[0] == "metrics" && get && opt().metrics_text) {
+      reply_ = {};
+      reply_.result(200);
+      reply_.version(11);
+      reply_.set(http::field::content_type, "text/plain; version=0.0.4");
+      reply_.body() = opt().metrics_text();
+      return SendReply();
     }
     Reply(404, ErrorJson(absl::StrCat("no route for ", ToSv(request_.method_string()), " ",
                                       ToSv(request_.target()))));
@@ -411,6 +462,11 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     function_ = std::move(function);
     auto table = gw_->Table();
     auto it = table->by_function.find(function_);
+    if (it == table->by_function.end() && opt().demand_replica &&
+        (hold_deadline_us_ != 0 || opt().demand_replica(function_))) {
+      return Hold();
+    }
+    EndHold();
     if (it == table->by_function.end()) {
       std::optional<std::string> why;
       if (opt().why_unroutable) why = opt().why_unroutable(function_);
@@ -433,6 +489,60 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     up_req_.keep_alive(true);
     up_req_.prepare_payload();
     TryUpstream();
+  }
+
+  // --- holding (scale from zero) -------------------------------------------------------------
+
+  void Hold() {
+    const int64_t now = NowUs();
+    if (hold_deadline_us_ == 0) {
+      if (gw_->held_now.fetch_add(1) >= opt().hold_max_requests) {
+        gw_->held_now.fetch_sub(1);
+        gw_->hold_rejected.fetch_add(1);
+        return Reply(503, ErrorJson(absl::StrCat(
+                              "function '", function_, "' has no ready replica and ",
+                              opt().hold_max_requests,
+                              " requests already wait for one (the gateway's hold queue is full)")));
+      }
+      gw_->held_total.fetch_add(1);
+      hold_deadline_us_ = now + opt().hold_timeout_ms * 1000;
+    }
+    if (now >= hold_deadline_us_) return HoldTimedOut();
+    if (!gw_->AddHeld(function_, weak_from_this())) {
+      // A ready route arrived between the table lookup and now.
+      asio::post(stream_.get_executor(), [self = shared_from_this()] {
+        self->Guarded([&] { self->Forward(self->function_); });
+      });
+      return;
+    }
+    waiting_ = true;
+    if (!hold_timer_) hold_timer_.emplace(stream_.get_executor());
+    hold_timer_->expires_after(std::chrono::microseconds(hold_deadline_us_ - now));
+    hold_timer_->async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec == asio::error::operation_aborted || !self->waiting_) return;
+      self->waiting_ = false;
+      self->Guarded([&] {
+        self->gw_->RemoveHeld(self->function_, self.get());
+        self->HoldTimedOut();
+      });
+    });
+  }
+
+  void HoldTimedOut() {
+    EndHold();
+    gw_->hold_timeouts.fetch_add(1);
+    std::optional<std::string> why;
+    if (opt().why_unroutable) why = opt().why_unroutable(function_);
+    Reply(503, ErrorJson(absl::StrCat("function '", function_, "' had no ready replica within ",
+                                      opt().hold_timeout_ms, " ms",
+                                      why ? absl::StrCat(": ", *why) : std::string())));
+  }
+
+  void EndHold() {
+    if (hold_deadline_us_ != 0) {
+      hold_deadline_us_ = 0;
+      gw_->held_now.fetch_sub(1);
+    }
   }
 
   std::shared_ptr<Upstream> Pick() {
@@ -646,6 +756,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool keep_alive_ = true;
   bool close_after_reply_ = false;
   bool replying_ = false;
+  // Holding: the time the hold ends (0 = not held); waiting_ while registered and timed.
+  int64_t hold_deadline_us_ = 0;
+  bool waiting_ = false;
+  std::optional<asio::steady_timer> hold_timer_;
 
   std::string function_;
   std::vector<std::shared_ptr<Upstream>> candidates_;
@@ -660,6 +774,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   beast::flat_buffer up_buffer_;
   std::optional<http::response_parser<http::string_body>> up_parser_;
 };
+
+void GatewayImpl::WakeHeld(const std::weak_ptr<ClientSession>& weak) {
+  auto session = weak.lock();
+  if (session == nullptr) return;
+  asio::post(session->executor(), [session] { session->Resume(); });
+}
 
 void GatewayImpl::Accept() {
   const size_t index = next_ioc_++ % ioc_.size();
@@ -699,7 +819,7 @@ absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(const GatewayOptions& o
       options.header_timeout_ms < 1 || options.body_timeout_ms < 1 || options.idle_timeout_ms < 1 ||
       options.write_timeout_ms < 1 || options.connect_timeout_ms < 1 ||
       options.upstream_timeout_ms < 1 || options.max_idle_per_upstream < 0 ||
-      options.eject_ms < 0) {
+      options.eject_ms < 0 || options.hold_max_requests < 0 || options.hold_timeout_ms < 1) {
     return absl::InvalidArgumentError("gateway: limits and timeouts must be positive");
   }
   auto impl = std::make_unique<GatewayImpl>(options);
@@ -718,7 +838,11 @@ Gateway::Stats Gateway::stats() const {
   return {.requests = impl_->requests.load(),
           .retries = impl_->retries.load(),
           .fresh_reconnects = impl_->fresh_reconnects.load(),
-          .connections_opened = impl_->connections_opened.load()};
+          .connections_opened = impl_->connections_opened.load(),
+          .held = impl_->held_total.load(),
+          .held_now = impl_->held_now.load(),
+          .hold_timeouts = impl_->hold_timeouts.load(),
+          .hold_rejected = impl_->hold_rejected.load()};
 }
 
 // --- RouteFollower -------------------------------------------------------------------------------

@@ -10,6 +10,13 @@
 //   GET  /v2/models/{m}[/versions/{v}][/ready]      forwarded
 //   POST /v2/models/{m}[/versions/{v}]/infer        forwarded
 //   POST /{m}/predict                                forwarded (Clipper)
+//   GET  /metrics                            Prometheus text from options.metrics_text
+//
+// Holding (scale from zero). A request for a function with no ready route asks
+// options.demand_replica for one; when it says a replica is on its way, the request is held (not
+// answered) until the function's first ready route arrives and is then forwarded, or answered 503
+// with the reason after hold_timeout_ms. At most hold_max_requests are held at once; beyond that
+// 503 at once. Held requests keep their connection and body; nothing else is queued per request.
 //
 // Choice: power of two random choices on the requests outstanding per replica address (replicas
 // of one function on one node share the node's data-plane address and are one choice). Retry:
@@ -73,6 +80,14 @@ struct GatewayOptions {
   // it has no ready replica (503). Called on an io thread, only on that path; thread-safe.
   // Empty: every function without routes is unknown.
   std::function<std::optional<std::string>(const std::string& function)> why_unroutable;
+  // For a function without a ready route: asks for a replica (scale from zero); true = one is
+  // ready or coming, hold the request. Called on an io thread; thread-safe; may block briefly.
+  // Empty: never hold.
+  std::function<bool(const std::string& function)> demand_replica;
+  int hold_max_requests = 1000;
+  int64_t hold_timeout_ms = 30'000;
+  // GET /metrics body (Prometheus text format 0.0.4); empty: 404. Called on an io thread.
+  std::function<std::string()> metrics_text;
 };
 
 class GatewayImpl;
@@ -101,6 +116,10 @@ class Gateway {
     int64_t retries = 0;             // second tries on another replica
     int64_t fresh_reconnects = 0;    // pooled connection failed, retried on a fresh one
     int64_t connections_opened = 0;  // upstream
+    int64_t held = 0;                // requests held for a replica (scale from zero), in total
+    int64_t held_now = 0;            // held at this moment
+    int64_t hold_timeouts = 0;       // held requests answered 503 after hold_timeout_ms
+    int64_t hold_rejected = 0;       // answered 503 because hold_max_requests were held
   };
   Stats stats() const;
 

@@ -1,6 +1,7 @@
 #include "control-plane/gateway.h"
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <string>
@@ -363,6 +364,93 @@ TEST(GatewayTest, TooManyConnectionsAnswered503) {
 TEST(GatewayTest, RejectsBadOptions) {
   EXPECT_FALSE(Gateway::Create(GatewayOptions{.num_threads = 0}).ok());
   EXPECT_FALSE(Gateway::Create(GatewayOptions{.port = 0, .max_body_bytes = 0}).ok());
+}
+
+}  // namespace
+}  // namespace ferry::control
+
+namespace ferry::control {
+namespace {
+
+// Polls (real time) until `done` or 10 s pass; the gateway's io threads do the work meanwhile.
+template <typename F>
+bool Eventually(F done) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+TEST(GatewayHoldTest, HeldRequestsAreForwardedWhenTheFirstRouteIsReady) {
+  FakeAgent agent("a");
+  std::atomic<int> demands{0};
+  GatewayOptions options;
+  options.why_unroutable = [](const std::string& fn) -> std::optional<std::string> {
+    if (fn == "cold") return "0/1 replicas ready";
+    return std::nullopt;
+  };
+  options.demand_replica = [&](const std::string& fn) {
+    demands.fetch_add(1);
+    return fn == "cold";
+  };
+  auto gw = MakeGateway(options);
+  gw->ApplyRouteUpdate(Snapshot({}));
+  // Unknown functions are not held.
+  EXPECT_EQ(Send(gw->port(), http::verb::post, "/v2/models/nope/infer", "{}").status, 404);
+
+  constexpr int kClients = 6;
+  std::vector<Answer> answers(kClients);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      answers[i] = Send(gw->port(), http::verb::post, "/v2/models/cold/infer", absl::StrCat(i));
+    });
+  }
+  ASSERT_TRUE(Eventually([&] { return gw->stats().held_now == kClients; }));
+  EXPECT_EQ(agent.requests(), 0);
+  gw->ApplyRouteUpdate(Snapshot({{"cold", {agent.address()}}}));
+  for (auto& t : clients) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    EXPECT_EQ(answers[i].status, 200) << answers[i].body;
+    EXPECT_EQ(answers[i].body, absl::StrCat(i));
+  }
+  EXPECT_EQ(agent.requests(), kClients);
+  EXPECT_EQ(gw->stats().held, kClients);
+  EXPECT_EQ(gw->stats().held_now, 0);
+  EXPECT_GE(demands.load(), kClients + 1);
+}
+
+TEST(GatewayHoldTest, HoldIsBoundedInCountAndTime) {
+  GatewayOptions options;
+  options.why_unroutable = [](const std::string&) -> std::optional<std::string> {
+    return "0/2 nodes fit: 2 have no GPU";
+  };
+  options.demand_replica = [](const std::string&) { return true; };
+  options.hold_max_requests = 1;
+  options.hold_timeout_ms = 200;
+  options.metrics_text = [] { return std::string("ferry_test_metric 1\n"); };
+  auto gw = MakeGateway(options);
+  gw->ApplyRouteUpdate(Snapshot({}));
+  Answer first;
+  std::thread client([&] { first = Send(gw->port(), http::verb::post, "/f/predict", "{}"); });
+  ASSERT_TRUE(Eventually([&] { return gw->stats().held_now == 1; }));
+  const Answer second = Send(gw->port(), http::verb::post, "/f/predict", "{}");
+  EXPECT_EQ(second.status, 503);
+  EXPECT_NE(second.body.find("hold queue is full"), std::string::npos) << second.body;
+  client.join();
+  EXPECT_EQ(first.status, 503);
+  EXPECT_NE(first.body.find("had no ready replica within 200 ms: 0/2 nodes fit"),
+            std::string::npos)
+      << first.body;
+  EXPECT_EQ(gw->stats().hold_timeouts, 1);
+  EXPECT_EQ(gw->stats().held_now, 0);
+
+  const Answer m = Send(gw->port(), http::verb::get, "/metrics");
+  EXPECT_EQ(m.status, 200);
+  EXPECT_EQ(m.body, "ferry_test_metric 1\n");
+  EXPECT_EQ(m.headers.at("Content-Type"), "text/plain; version=0.0.4");
 }
 
 }  // namespace

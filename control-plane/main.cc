@@ -1,6 +1,7 @@
 // ferry-control: the control plane. Serves the ControlPlane API (apply/get/list/delete
 // functions, nodes, routes and their watch) and the AgentService stream on one gRPC port, keeps
 // its state in an SQLite file, places replicas on registered agents and expires their leases.
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -17,8 +18,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "control-plane/control_metrics.h"
 #include "control-plane/controller.h"
 #include "control-plane/gateway.h"
 #include "control-plane/service.h"
@@ -43,6 +46,14 @@ ABSL_FLAG(int64_t, gateway_max_body_bytes, int64_t{64} << 20,
 ABSL_FLAG(int, gateway_max_connections, 10000, "open gateway client connections at most");
 ABSL_FLAG(int64_t, gateway_upstream_timeout_ms, 60000,
           "a replica that has not answered a forwarded request in this time: 504");
+ABSL_FLAG(int, gateway_hold_max_requests, 1000,
+          "requests the gateway holds at most while functions without a ready replica scale from "
+          "zero (beyond: 503 at once)");
+ABSL_FLAG(int64_t, gateway_hold_timeout_ms, 30000,
+          "a request held for a replica longer than this is answered 503 with the reason");
+ABSL_FLAG(int64_t, autoscale_interval_ms, 500, "how often the autoscaler evaluates, milliseconds");
+ABSL_FLAG(int64_t, drain_ms, 1000,
+          "a replica being scaled down gets no new routes this long before its agent unloads it");
 
 namespace {
 
@@ -86,6 +97,8 @@ int Run() {
   options.store = store->get();
   options.heartbeat_ms = absl::GetFlag(FLAGS_heartbeat_ms);
   options.lease_ms = absl::GetFlag(FLAGS_lease_ms);
+  options.autoscale_interval_ms = absl::GetFlag(FLAGS_autoscale_interval_ms);
+  options.drain_ms = absl::GetFlag(FLAGS_drain_ms);
   auto controller = ferry::control::Controller::Create(options);
   if (!controller.ok()) {
     Log(absl::StrCat("error: ", controller.status().message()));
@@ -141,12 +154,26 @@ int Run() {
       return absl::StrCat(status->ready_replicas(), "/", status->desired_replicas(),
                           " replicas ready (the others are being placed or loaded)");
     };
+    gw.hold_max_requests = absl::GetFlag(FLAGS_gateway_hold_max_requests);
+    gw.hold_timeout_ms = absl::GetFlag(FLAGS_gateway_hold_timeout_ms);
+    gw.demand_replica = [ctl](const std::string& fn) {
+      absl::StatusOr<bool> coming = ctl->DemandReplica(fn);
+      return coming.ok() && *coming;
+    };
+    // Set once the gateway exists; it is shut down before the controller goes.
+    static std::atomic<ferry::control::Gateway*> metrics_gateway{nullptr};
+    gw.metrics_text = [ctl]() {
+      ferry::control::Gateway::Stats stats;
+      if (auto* g = metrics_gateway.load()) stats = g->stats();
+      return ferry::control::RenderControlMetrics(ctl->ListFunctions(), &stats);
+    };
     auto created = ferry::control::Gateway::Create(gw);
     if (!created.ok()) {
       Log(absl::StrCat("error: gateway: ", created.status().message()));
       return 1;
     }
     gateway = std::move(*created);
+    metrics_gateway.store(gateway.get());
     follower = std::make_unique<ferry::control::RouteFollower>(ctl, gateway.get());
     Log(absl::StrCat("gateway listening on ", gw.host, ":", gateway->port(),
                      " (HTTP data plane: KServe v2, Clipper predict)"));
@@ -165,6 +192,10 @@ int Run() {
   Log(absl::StrCat("signal ", sig, ": stopping"));
   stopping.Notify();
   ticker.join();
+  // Usage taken since the last periodic flush (agents' counters already moved past it).
+  if (absl::Status s = (*controller)->FlushUsage(); !s.ok()) {
+    Log(absl::StrCat("warning: could not store the last usage: ", s.message()));
+  }
   if (follower != nullptr) follower->Stop();
   if (gateway != nullptr) gateway->Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -175,6 +206,10 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Some abseil builds (Debian's among them) check every absl::Mutex acquisition for lock-order
+  // cycles, which costs about 50 ns per lock (docs/perf.md, "Mutex deadlock detection"). The
+  // daemons turn it off; unit tests keep it on, so they still catch cycles.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // Block the stop signals before any library or server starts a thread, so that they are
   // delivered to sigwait in Run() and never kill a worker thread's process with the default
   // action.

@@ -40,7 +40,13 @@ std::string CanonicalManifest(const FunctionSpec& spec) {
                      {"multiplicativeDecrease", b.aimd.multiplicative_decrease}}}};
   json scaling = {{"minReplicas", spec.scaling.min_replicas},
                   {"maxReplicas", spec.scaling.max_replicas},
-                  {"idleSeconds", spec.scaling.idle_seconds}};
+                  {"idleSeconds", spec.scaling.idle_seconds},
+                  {"targetUtilization", spec.scaling.target_utilization},
+                  {"stableWindowSeconds", spec.scaling.stable_window_seconds},
+                  {"panicWindowSeconds", spec.scaling.panic_window_seconds},
+                  {"panicThreshold", spec.scaling.panic_threshold},
+                  {"maxScaleUpRate", spec.scaling.max_scale_up_rate},
+                  {"maxScaleDownRate", spec.scaling.max_scale_down_rate}};
   const SloSpec& s = spec.slo;
   json slo = json::object();
   if (s.latency_target_ms > 0) {

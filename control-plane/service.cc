@@ -124,6 +124,15 @@ grpc::Status ControlPlaneService::GetRoutes(grpc::ServerContext* ctx,
   return grpc::Status::OK;
 }
 
+grpc::Status ControlPlaneService::GetUsage(grpc::ServerContext* ctx, const v1::GetUsageRequest* req,
+                                           v1::GetUsageResponse* resp) {
+  if (grpc::Status s = Authorize(ctx); !s.ok()) return s;
+  absl::StatusOr<v1::GetUsageResponse> out = controller_->GetUsage(*req);
+  if (!out.ok()) return ToGrpc(out.status());
+  *resp = *std::move(out);
+  return grpc::Status::OK;
+}
+
 grpc::Status ControlPlaneService::WatchRoutes(grpc::ServerContext* ctx,
                                               const v1::WatchRoutesRequest* req,
                                               grpc::ServerWriter<v1::RouteUpdate>* writer) {

@@ -32,6 +32,8 @@ class ControlPlaneService final : public v1::ControlPlane::Service {
                          v1::ListNodesResponse* resp) override;
   grpc::Status GetRoutes(grpc::ServerContext* ctx, const v1::GetRoutesRequest* req,
                          v1::GetRoutesResponse* resp) override;
+  grpc::Status GetUsage(grpc::ServerContext* ctx, const v1::GetUsageRequest* req,
+                        v1::GetUsageResponse* resp) override;
   // Blocks its server thread for the life of the watch.
   grpc::Status WatchRoutes(grpc::ServerContext* ctx, const v1::WatchRoutesRequest* req,
                            grpc::ServerWriter<v1::RouteUpdate>* writer) override;

@@ -2,7 +2,9 @@
 
 #include <sqlite3.h>
 
+#include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
@@ -32,6 +34,52 @@ class Stmt {
   sqlite3_stmt* stmt_ = nullptr;
   int rc_ = SQLITE_OK;
 };
+
+// Latency histograms are stored as "le:count,le:count" (le in us, 0 = unbounded).
+std::string EncodeLatency(const std::map<int64_t, int64_t>& latency) {
+  std::string out;
+  for (const auto& [le, count] : latency) {
+    if (count == 0) continue;
+    absl::StrAppend(&out, out.empty() ? "" : ",", le, ":", count);
+  }
+  return out;
+}
+
+std::map<int64_t, int64_t> DecodeLatency(const std::string& text) {
+  std::map<int64_t, int64_t> out;
+  const char* p = text.c_str();
+  while (*p != '\0') {
+    char* end = nullptr;
+    const long long le = std::strtoll(p, &end, 10);
+    if (end == p || *end != ':') break;
+    p = end + 1;
+    const long long count = std::strtoll(p, &end, 10);
+    if (end == p) break;
+    out[le] += count;
+    p = *end == ',' ? end + 1 : end;
+  }
+  return out;
+}
+
+// Columns of a usage row after (minute, function, node) or (node, function, epoch): requests,
+// cost_units, cpu_us, gpu_us, load_us, overhead_us, then latency.
+void BindCounters(Stmt& st, int first, const UsageRecord& r) {
+  st.BindInt(first, r.requests);
+  st.BindInt(first + 1, r.cost_units);
+  st.BindInt(first + 2, r.cpu_us);
+  st.BindInt(first + 3, r.gpu_us);
+  st.BindInt(first + 4, r.load_us);
+  st.BindInt(first + 5, r.overhead_us);
+}
+
+void ReadCounters(Stmt& st, int first, UsageRecord* r) {
+  r->requests = sqlite3_column_int64(st.get(), first);
+  r->cost_units = sqlite3_column_int64(st.get(), first + 1);
+  r->cpu_us = sqlite3_column_int64(st.get(), first + 2);
+  r->gpu_us = sqlite3_column_int64(st.get(), first + 3);
+  r->load_us = sqlite3_column_int64(st.get(), first + 4);
+  r->overhead_us = sqlite3_column_int64(st.get(), first + 5);
+}
 
 }  // namespace
 
@@ -65,6 +113,18 @@ absl::StatusOr<std::unique_ptr<SqliteStateStore>> SqliteStateStore::Create(const
            "mod_revision INTEGER NOT NULL)",
            "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
            "INSERT OR IGNORE INTO meta(name, value) VALUES ('revision', 0)",
+           // Metered usage per minute, function and node (control-plane/usage.h).
+           "CREATE TABLE IF NOT EXISTS usage (minute INTEGER NOT NULL, function TEXT NOT NULL, "
+           "node TEXT NOT NULL, requests INTEGER NOT NULL, cost_units INTEGER NOT NULL, "
+           "cpu_us INTEGER NOT NULL, gpu_us INTEGER NOT NULL, load_us INTEGER NOT NULL, "
+           "overhead_us INTEGER NOT NULL, cost REAL NOT NULL, latency TEXT NOT NULL, "
+           "PRIMARY KEY (minute, function, node))",
+           // The agents' cumulative counters last taken, so a restart neither loses nor
+           // double-counts what happened since.
+           "CREATE TABLE IF NOT EXISTS usage_baseline (node TEXT NOT NULL, function TEXT NOT NULL, "
+           "epoch INTEGER NOT NULL, requests INTEGER NOT NULL, cost_units INTEGER NOT NULL, "
+           "cpu_us INTEGER NOT NULL, gpu_us INTEGER NOT NULL, load_us INTEGER NOT NULL, "
+           "overhead_us INTEGER NOT NULL, latency TEXT NOT NULL, PRIMARY KEY (node, function))",
        }) {
     if (absl::Status s = store->Exec(sql); !s.ok()) return s;
   }
@@ -181,6 +241,118 @@ absl::StatusOr<std::vector<KeyValue>> SqliteStateStore::List(std::string_view pr
 absl::StatusOr<int64_t> SqliteStateStore::Revision() {
   absl::MutexLock lock(&mu_);
   return RevisionLocked();
+}
+
+}  // namespace ferry::control
+
+namespace ferry::control {
+
+absl::Status SqliteStateStore::AddUsage(const std::vector<UsageRecord>& rows,
+                                        const std::vector<UsageBaseline>& baselines) {
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
+  auto rollback = [&](absl::Status s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    (void)Exec("ROLLBACK");
+    return s;
+  };
+  {
+    Stmt get(db_, "SELECT latency FROM usage WHERE minute = ?1 AND function = ?2 AND node = ?3");
+    Stmt add(db_,
+             "INSERT INTO usage(minute, function, node, requests, cost_units, cpu_us, gpu_us, "
+             "load_us, overhead_us, cost, latency) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
+             "?10, ?11) ON CONFLICT(minute, function, node) DO UPDATE SET "
+             "requests = requests + excluded.requests, "
+             "cost_units = cost_units + excluded.cost_units, "
+             "cpu_us = cpu_us + excluded.cpu_us, gpu_us = gpu_us + excluded.gpu_us, "
+             "load_us = load_us + excluded.load_us, "
+             "overhead_us = overhead_us + excluded.overhead_us, cost = cost + excluded.cost, "
+             "latency = excluded.latency");
+    Stmt base(db_,
+              "INSERT OR REPLACE INTO usage_baseline(node, function, epoch, requests, cost_units, "
+              "cpu_us, gpu_us, load_us, overhead_us, latency) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+              "?8, ?9, ?10)");
+    if (!get.ok() || !add.ok() || !base.ok()) return rollback(Error("prepare usage"));
+    for (const UsageRecord& r : rows) {
+      // The histogram is merged here (SQL cannot add two encoded maps).
+      std::map<int64_t, int64_t> latency = r.latency;
+      sqlite3_reset(get.get());
+      get.BindInt(1, r.minute);
+      get.BindText(2, r.function);
+      get.BindText(3, r.node);
+      const int rc = sqlite3_step(get.get());
+      if (rc == SQLITE_ROW) {
+        for (const auto& [le, n] : DecodeLatency(get.Text(0))) latency[le] += n;
+      } else if (rc != SQLITE_DONE) {
+        return rollback(Error("read usage"));
+      }
+      sqlite3_reset(add.get());
+      add.BindInt(1, r.minute);
+      add.BindText(2, r.function);
+      add.BindText(3, r.node);
+      BindCounters(add, 4, r);
+      sqlite3_bind_double(add.get(), 10, r.cost);
+      add.BindText(11, EncodeLatency(latency));
+      if (sqlite3_step(add.get()) != SQLITE_DONE) return rollback(Error("write usage"));
+    }
+    for (const UsageBaseline& b : baselines) {
+      sqlite3_reset(base.get());
+      base.BindText(1, b.counters.node);
+      base.BindText(2, b.counters.function);
+      base.BindInt(3, static_cast<int64_t>(b.epoch));  // stored bit for bit
+      BindCounters(base, 4, b.counters);
+      base.BindText(10, EncodeLatency(b.counters.latency));
+      if (sqlite3_step(base.get()) != SQLITE_DONE) return rollback(Error("write usage baseline"));
+    }
+  }
+  if (absl::Status s = Exec("COMMIT"); !s.ok()) return rollback(s);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<UsageRecord>> SqliteStateStore::ListUsage(int64_t since_minute,
+                                                                     std::string_view function) {
+  absl::MutexLock lock(&mu_);
+  Stmt q(db_,
+         "SELECT minute, function, node, requests, cost_units, cpu_us, gpu_us, load_us, "
+         "overhead_us, cost, latency FROM usage WHERE minute >= ?1 AND (?2 = '' OR function = ?2) "
+         "ORDER BY minute, function, node");
+  if (!q.ok()) return Error("prepare list usage");
+  q.BindInt(1, since_minute);
+  q.BindText(2, function);
+  std::vector<UsageRecord> out;
+  int rc;
+  while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
+    UsageRecord r;
+    r.minute = sqlite3_column_int64(q.get(), 0);
+    r.function = q.Text(1);
+    r.node = q.Text(2);
+    ReadCounters(q, 3, &r);
+    r.cost = sqlite3_column_double(q.get(), 9);
+    r.latency = DecodeLatency(q.Text(10));
+    out.push_back(std::move(r));
+  }
+  if (rc != SQLITE_DONE) return Error("list usage");
+  return out;
+}
+
+absl::StatusOr<std::vector<UsageBaseline>> SqliteStateStore::ListUsageBaselines() {
+  absl::MutexLock lock(&mu_);
+  Stmt q(db_,
+         "SELECT node, function, epoch, requests, cost_units, cpu_us, gpu_us, load_us, "
+         "overhead_us, latency FROM usage_baseline ORDER BY node, function");
+  if (!q.ok()) return Error("prepare list usage baselines");
+  std::vector<UsageBaseline> out;
+  int rc;
+  while ((rc = sqlite3_step(q.get())) == SQLITE_ROW) {
+    UsageBaseline b;
+    b.counters.node = q.Text(0);
+    b.counters.function = q.Text(1);
+    b.epoch = static_cast<uint64_t>(sqlite3_column_int64(q.get(), 2));
+    ReadCounters(q, 3, &b.counters);
+    b.counters.latency = DecodeLatency(q.Text(9));
+    out.push_back(std::move(b));
+  }
+  if (rc != SQLITE_DONE) return Error("list usage baselines");
+  return out;
 }
 
 }  // namespace ferry::control

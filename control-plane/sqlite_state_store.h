@@ -27,6 +27,11 @@ class SqliteStateStore final : public StateStore {
   absl::StatusOr<std::optional<KeyValue>> Get(std::string_view key) override;
   absl::StatusOr<std::vector<KeyValue>> List(std::string_view prefix) override;
   absl::StatusOr<int64_t> Revision() override;
+  absl::Status AddUsage(const std::vector<UsageRecord>& rows,
+                        const std::vector<UsageBaseline>& baselines) override;
+  absl::StatusOr<std::vector<UsageRecord>> ListUsage(int64_t since_minute,
+                                                     std::string_view function) override;
+  absl::StatusOr<std::vector<UsageBaseline>> ListUsageBaselines() override;
 
  private:
   explicit SqliteStateStore(sqlite3* db) : db_(db) {}

@@ -5,7 +5,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/config_util.h"
+#include "ferry/config_reader.h"
+#include "ferry/runtime_registry.h"
 
 namespace ferry::kernels {
 
@@ -99,5 +100,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> CreateEchoRuntime(const FunctionSpec& s
   if (!runtime.ok()) return runtime.status();
   return std::unique_ptr<Runtime>(*std::move(runtime));
 }
+
+FERRY_REGISTER_RUNTIME("echo", "returns its input unchanged (optionally after a delay)",
+                       &CreateEchoRuntime);
 
 }  // namespace ferry::kernels

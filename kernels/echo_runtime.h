@@ -10,7 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "ferry/manifest.h"
-#include "kernels/runtime.h"
+#include "ferry/runtime.h"
 
 namespace ferry::kernels {
 
@@ -41,7 +41,7 @@ class EchoRuntime : public Runtime {
   ModelSignature signature_;
 };
 
-// CreateRuntime's entry for spec.runtime == "echo". Echo has no GPU path; with
+// The registry's factory for spec.runtime == "echo". Echo has no GPU path; with
 // context.use_gpu it still runs on the CPU.
 absl::StatusOr<std::unique_ptr<Runtime>> CreateEchoRuntime(const FunctionSpec& spec,
                                                            const RuntimeContext& context);

@@ -11,7 +11,9 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/config_util.h"
+#include "absl/strings/str_join.h"
+#include "ferry/config_reader.h"
+#include "ferry/runtime_registry.h"
 #include "kernels/safetensors.h"
 
 namespace ferry::kernels {
@@ -394,5 +396,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> CreateMlpRuntime(const FunctionSpec& sp
   }
   return std::unique_ptr<Runtime>(*std::move(runtime));
 }
+
+FERRY_REGISTER_RUNTIME("mlp", "multi-layer perceptron from a .safetensors file (CPU or GPU)",
+                       &CreateMlpRuntime);
 
 }  // namespace ferry::kernels

@@ -14,7 +14,7 @@
 #include "absl/status/statusor.h"
 #include "cuda/gpu_mlp.h"
 #include "ferry/manifest.h"
-#include "kernels/runtime.h"
+#include "ferry/runtime.h"
 
 namespace ferry::kernels {
 
@@ -79,7 +79,7 @@ class MlpRuntime : public Runtime {
   std::unique_ptr<cuda::GpuMlp> gpu_;  // set when running on a GPU
 };
 
-// CreateRuntime's entry for spec.runtime == "mlp". With context.use_gpu the model runs on that
+// The registry's factory for spec.runtime == "mlp". With context.use_gpu the model runs on that
 // GPU, or creation fails with FailedPrecondition (no GPU, or a build without CUDA) rather than
 // silently serving a GPU placement on the CPU.
 absl::StatusOr<std::unique_ptr<Runtime>> CreateMlpRuntime(const FunctionSpec& spec,

@@ -10,7 +10,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/config_util.h"
+#include "ferry/config_reader.h"
+#include "ferry/runtime_registry.h"
 
 namespace ferry::kernels {
 namespace {
@@ -283,5 +284,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> CreateWordFilterRuntime(
   if (!runtime.ok()) return runtime.status();
   return std::unique_ptr<Runtime>(*std::move(runtime));
 }
+
+FERRY_REGISTER_RUNTIME("wordfilter", "masks blacklisted words in text documents",
+                       &CreateWordFilterRuntime);
 
 }  // namespace ferry::kernels

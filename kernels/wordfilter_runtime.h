@@ -18,7 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "ferry/manifest.h"
-#include "kernels/runtime.h"
+#include "ferry/runtime.h"
 
 namespace ferry::kernels {
 
@@ -65,7 +65,7 @@ class WordFilterRuntime : public Runtime {
   uint64_t length_bits_ = 0;
 };
 
-// CreateRuntime's entry for spec.runtime == "wordfilter". There is no GPU path; with
+// The registry's factory for spec.runtime == "wordfilter". There is no GPU path; with
 // context.use_gpu it still runs on the CPU.
 absl::StatusOr<std::unique_ptr<Runtime>> CreateWordFilterRuntime(const FunctionSpec& spec,
                                                                  const RuntimeContext& context);

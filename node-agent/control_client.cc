@@ -176,12 +176,51 @@ class ControlClient::Impl {
     if (statm >> pages >> resident) load->set_memory_used_bytes(resident * sysconf(_SC_PAGESIZE));
   }
 
+  // Cumulative metering counters of every function (node-agent/meter.h); the control plane takes
+  // differences between heartbeats.
+  void FillUsage(v1::Heartbeat* hb) {
+    const Meter& meter = options_.core->meter();
+    hb->set_usage_epoch(meter.epoch());
+    const auto& bounds = LatencyBoundsUs();
+    for (const FunctionUsageSnapshot& s : meter.Snapshot()) {
+      v1::FunctionUsage* u = hb->add_usage();
+      u->set_function(s.function);
+      u->set_requests(s.requests);
+      u->set_cpu_us(s.cpu_us);
+      u->set_gpu_us(s.gpu_us);
+      u->set_load_us(s.load_us);
+      u->set_overhead_us(s.overhead_us);
+      u->set_cost_units(s.cost_units);
+      for (size_t i = 0; i < s.latency_counts.size(); ++i) {
+        if (s.latency_counts[i] == 0) continue;
+        v1::LatencyBucket* b = u->add_latency();
+        b->set_le_us(i < bounds.size() ? bounds[i] : 0);
+        b->set_count(s.latency_counts[i]);
+      }
+    }
+  }
+
   v1::AgentMessage HeartbeatMessage() {
     v1::AgentMessage m;
     v1::Heartbeat* hb = m.mutable_heartbeat();
     FillLoad(hb->mutable_load());
+    FillUsage(hb);
     absl::MutexLock lock(&mu_);
-    for (const auto& [id, r] : replicas_) *hb->add_replicas() = StatusOf(r);
+    // Load per function (replicas of one function here share its host) for the autoscaler.
+    std::map<std::string, FunctionHost::Load> load;
+    for (const auto& [id, r] : replicas_) {
+      if (load.count(r.function) > 0) continue;
+      std::shared_ptr<FunctionHost> host = options_.core->Host(r.function);
+      load[r.function] = host != nullptr ? host->load() : FunctionHost::Load{};
+    }
+    for (const auto& [id, r] : replicas_) {
+      v1::ReplicaStatus* status = hb->add_replicas();
+      *status = StatusOf(r);
+      const FunctionHost::Load& l = load[r.function];
+      status->set_requests_total(l.arrived);
+      status->set_in_flight(l.in_flight);
+      status->set_queued(l.queued);
+    }
     for (const auto& name : warm_) hb->add_warm_functions(name);
     return m;
   }
@@ -403,8 +442,9 @@ class ControlClient::Impl {
     {
       // Warm-up: first calls pay one-time costs (lazy GPU library init, caches).
       absl::Notification warm;
-      host->Infer(SyntheticRequest(d.function(), md, std::min(max_batch, kMaxBatchForProfile)),
-                  [&](absl::StatusOr<InferenceResponse>) { warm.Notify(); });
+      host->InferUnmetered(
+          SyntheticRequest(d.function(), md, std::min(max_batch, kMaxBatchForProfile)),
+          [&](absl::StatusOr<InferenceResponse>) { warm.Notify(); });
       warm.WaitForNotification();
     }
     v1::AgentMessage m;
@@ -419,11 +459,11 @@ class ControlClient::Impl {
         absl::Notification done;
         bool ok = false;
         const auto start = std::chrono::steady_clock::now();
-        host->Infer(SyntheticRequest(d.function(), md, n),
-                    [&](absl::StatusOr<InferenceResponse> r) {
-                      ok = r.ok();
-                      done.Notify();
-                    });
+        host->InferUnmetered(SyntheticRequest(d.function(), md, n),
+                             [&](absl::StatusOr<InferenceResponse> r) {
+                               ok = r.ok();
+                               done.Notify();
+                             });
         done.WaitForNotification();
         const double us =
             std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)

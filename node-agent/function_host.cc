@@ -52,25 +52,33 @@ int64_t PayloadBytes(const InferenceRequest& request) {
 class FunctionHost::Task final : public batching::Task {
  public:
   Task(FunctionHost* host, std::unique_ptr<InferenceRequest> request, InferDone done, int64_t cost,
-       int64_t deadline_us, int64_t start_us)
+       int64_t deadline_us, int64_t start_us, bool metered)
       : host_(host),
         request_(std::move(request)),
         done_(std::move(done)),
         cost_(cost),
         bytes_(PayloadBytes(*request_)),
         deadline_us_(deadline_us),
-        start_us_(start_us) {}
+        start_us_(start_us),
+        metered_(metered) {}
 
   int64_t cost() const override { return cost_; }
   int64_t size_bytes() const override { return bytes_; }
   int64_t deadline_us() const override { return deadline_us_; }
+  // The request's KServe "priority" parameter orders it within the function's queue.
+  int64_t priority() const override { return request_->priority; }
   const InferenceRequest& request() const { return *request_; }
+  bool metered() const { return metered_; }
   InferenceResponse* response() { return &response_; }
 
   void Finish(absl::Status status, const batching::TaskTiming& timing) override {
     FunctionMetrics* metrics = host_->metrics_;
     metrics->AddPending(-1);
+    if (metered_) host_->in_flight_.fetch_sub(1, std::memory_order_relaxed);
     const int64_t request_us = host_->clock_->NowMicros() - start_us_;
+    if (metered_ && timing.batch_tasks > 0 && host_->meter_ != nullptr) {
+      host_->meter_->RecordLatency(request_us);  // it ran, so it was charged
+    }
     if (status.ok()) {
       response_.model_name = host_->spec_.name;
       response_.model_version = kDefaultVersion;
@@ -127,6 +135,7 @@ class FunctionHost::Task final : public batching::Task {
   const int64_t bytes_;
   const int64_t deadline_us_;
   const int64_t start_us_;
+  const bool metered_;
 };
 
 // Adapts the runtime to the batcher's executor interface and meters each batch.
@@ -136,16 +145,30 @@ class FunctionHost::Executor final : public batching::Executor {
 
   absl::Status Execute(absl::Span<batching::Task* const> batch,
                        absl::Span<absl::Status> task_status) override {
-    std::vector<kernels::RuntimeCall> calls(batch.size());
+    std::vector<RuntimeCall> calls(batch.size());
     int64_t rows = 0;
+    FunctionMeter* const meter = host_->meter_;
+    std::vector<int64_t> costs(meter != nullptr ? batch.size() : 0);
+    // vector<bool> has no contiguous storage for a Span; an array of bool does.
+    std::unique_ptr<bool[]> metered(meter != nullptr ? new bool[batch.size()] : nullptr);
     for (size_t i = 0; i < batch.size(); ++i) {
       auto* task = static_cast<FunctionHost::Task*>(batch[i]);
       calls[i].request = &task->request();
       calls[i].response = task->response();
       rows += task->cost();
+      if (meter != nullptr) {
+        costs[i] = task->cost();
+        metered[i] = task->metered();
+      }
     }
-    // The batcher times the batch (TaskTiming::compute_us); nothing to time here.
+    // Metering times exactly the runtime's work on the host's clock (the batcher's own
+    // TaskTiming::compute_us also covers its bookkeeping around the call).
+    const int64_t start_us = meter != nullptr ? host_->clock_->NowMicros() : 0;
     absl::Status status = host_->runtime_->Execute(absl::MakeSpan(calls));
+    if (meter != nullptr) {
+      meter->RecordBatch(host_->clock_->NowMicros() - start_us, costs,
+                         absl::MakeConstSpan(metered.get(), batch.size()), host_->on_gpu_);
+    }
     for (size_t i = 0; i < batch.size(); ++i) task_status[i] = std::move(calls[i].status);
     host_->metrics_->RecordBatch(rows);
     return status;
@@ -155,21 +178,27 @@ class FunctionHost::Executor final : public batching::Executor {
   FunctionHost* const host_;
 };
 
-FunctionHost::FunctionHost(FunctionSpec spec, std::unique_ptr<kernels::Runtime> runtime,
-                           FunctionMetrics* metrics, Clock* clock)
-    : spec_(std::move(spec)), runtime_(std::move(runtime)), metrics_(metrics), clock_(clock) {}
+FunctionHost::FunctionHost(FunctionSpec spec, std::unique_ptr<Runtime> runtime,
+                           FunctionMetrics* metrics, Clock* clock, FunctionMeter* meter,
+                           bool on_gpu)
+    : spec_(std::move(spec)),
+      runtime_(std::move(runtime)),
+      metrics_(metrics),
+      clock_(clock),
+      meter_(meter),
+      on_gpu_(on_gpu) {}
 
 absl::StatusOr<std::unique_ptr<FunctionHost>> FunctionHost::Create(
-    const FunctionHostOptions& options, std::unique_ptr<kernels::Runtime> runtime,
+    const FunctionHostOptions& options, std::unique_ptr<Runtime> runtime,
     FunctionMetrics* metrics) {
   if (runtime == nullptr || metrics == nullptr) {
     return absl::InvalidArgumentError("FunctionHost needs a runtime and metrics");
   }
   Clock* clock = options.clock != nullptr ? options.clock : RealClock::Get();
-  std::unique_ptr<FunctionHost> host(
-      new FunctionHost(options.spec, std::move(runtime), metrics, clock));
+  std::unique_ptr<FunctionHost> host(new FunctionHost(options.spec, std::move(runtime), metrics,
+                                                      clock, options.meter, options.on_gpu));
 
-  const kernels::ModelSignature& sig = host->runtime_->signature();
+  const ModelSignature& sig = host->runtime_->signature();
   ModelMetadata& md = host->metadata_;
   md.name = host->spec_.name;
   md.versions = {kDefaultVersion};
@@ -227,15 +256,30 @@ void FunctionHost::AnswerDefault(const InferenceRequest& request, const InferDon
   done(std::move(response));
 }
 
+FunctionHost::Load FunctionHost::load() const {
+  return {.arrived = arrived_.load(std::memory_order_relaxed),
+          .in_flight = in_flight_.load(std::memory_order_relaxed),
+          .queued = batcher_->stats().queued_tasks};
+}
+
 void FunctionHost::Infer(std::unique_ptr<InferenceRequest> request, InferDone done) {
+  Submit(std::move(request), std::move(done), /*metered=*/true);
+}
+
+void FunctionHost::InferUnmetered(std::unique_ptr<InferenceRequest> request, InferDone done) {
+  Submit(std::move(request), std::move(done), /*metered=*/false);
+}
+
+void FunctionHost::Submit(std::unique_ptr<InferenceRequest> request, InferDone done, bool metered) {
   const int64_t now_us = clock_->NowMicros();
-  const kernels::ModelSignature& sig = runtime_->signature();
-  if (absl::Status s = kernels::ValidateRequest(sig, *request); !s.ok()) {
+  if (metered) arrived_.fetch_add(1, std::memory_order_relaxed);
+  const ModelSignature& sig = runtime_->signature();
+  if (absl::Status s = ValidateRequest(sig, *request); !s.ok()) {
     metrics_->RecordFailure(FailureReason::kInvalid, 0);
     done(absl::InvalidArgumentError(absl::StrCat("function '", spec_.name, "': ", s.message())));
     return;
   }
-  const int64_t cost = kernels::RequestCost(sig, *request);
+  const int64_t cost = RequestCost(sig, *request);
   if (cost > spec_.batching.max_batch_size) {
     metrics_->RecordFailure(FailureReason::kInvalid, 0);
     done(absl::InvalidArgumentError(absl::StrCat("function '", spec_.name, "': request batch size ",
@@ -253,8 +297,9 @@ void FunctionHost::Infer(std::unique_ptr<InferenceRequest> request, InferDone do
   timeout_us = std::min(timeout_us, kMaxTimeoutUs);
   const int64_t deadline_us = timeout_us > 0 ? now_us + timeout_us : 0;
   metrics_->AddPending(1);
-  auto task =
-      std::make_unique<Task>(this, std::move(request), std::move(done), cost, deadline_us, now_us);
+  if (metered) in_flight_.fetch_add(1, std::memory_order_relaxed);
+  auto task = std::make_unique<Task>(this, std::move(request), std::move(done), cost, deadline_us,
+                                     now_us, metered);
   // Any rejection is answered inside Submit through Task::Finish.
   (void)batcher_->Submit(std::move(task));
 }

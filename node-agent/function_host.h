@@ -4,6 +4,7 @@
 #ifndef FERRY_NODE_AGENT_FUNCTION_HOST_H_
 #define FERRY_NODE_AGENT_FUNCTION_HOST_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -11,7 +12,9 @@
 #include "batching/batcher.h"
 #include "ferry/clock.h"
 #include "ferry/manifest.h"
-#include "kernels/runtime.h"
+#include "ferry/runtime.h"
+#include "ferry/signature.h"
+#include "node-agent/meter.h"
 #include "node-agent/metrics.h"
 #include "node-agent/serving_core.h"
 
@@ -25,6 +28,10 @@ struct FunctionHostOptions {
   Clock* clock = nullptr;  // not owned; nullptr = RealClock
   // false: the batcher starts no threads and the caller drives it with RunOnce() (tests).
   bool start_threads = true;
+  // Pay-per-use metering (node-agent/meter.h): not owned, must outlive the host; nullptr = none.
+  FunctionMeter* meter = nullptr;
+  // The runtime executes on a GPU: its busy time is metered as GPU-seconds, else CPU-seconds.
+  bool on_gpu = false;
 };
 
 // Thread-safe. The destructor drains (every accepted request is answered) and joins.
@@ -32,7 +39,7 @@ class FunctionHost {
  public:
   // Takes the runtime. `metrics` is not owned and must outlive the host.
   static absl::StatusOr<std::unique_ptr<FunctionHost>> Create(
-      const FunctionHostOptions& options, std::unique_ptr<kernels::Runtime> runtime,
+      const FunctionHostOptions& options, std::unique_ptr<Runtime> runtime,
       FunctionMetrics* metrics);
   ~FunctionHost();
 
@@ -43,9 +50,22 @@ class FunctionHost {
   // thread. Overload is ResourceExhausted, or OK with is_default when the SLO says
   // onOverload: default-output.
   void Infer(std::unique_ptr<InferenceRequest> request, InferDone done);
+  // Infer for the agent's own requests (profiling): served the same way, but their share of a
+  // batch's execution time is metered as overhead, not charged, and they are not counted.
+  void InferUnmetered(std::unique_ptr<InferenceRequest> request, InferDone done);
 
   // Stops accepting (Unavailable) and answers everything queued. Blocks. Idempotent.
   void Drain();
+
+  // Load for the control plane's autoscaler: requests that arrived from clients (not the
+  // agent's own, unmetered ones) since the host was created, those accepted and not yet
+  // answered, and the requests (of any kind) waiting in the queue. Thread-safe, non-blocking.
+  struct Load {
+    int64_t arrived = 0;
+    int64_t in_flight = 0;
+    int64_t queued = 0;
+  };
+  Load load() const;
 
   // Copies batcher state that metrics show as gauges (the target batch size) into the metrics;
   // called when metrics are read, so the request path does not pay for it.
@@ -58,18 +78,23 @@ class FunctionHost {
   class Task;
   class Executor;
 
-  FunctionHost(FunctionSpec spec, std::unique_ptr<kernels::Runtime> runtime,
-               FunctionMetrics* metrics, Clock* clock);
+  FunctionHost(FunctionSpec spec, std::unique_ptr<Runtime> runtime, FunctionMetrics* metrics,
+               Clock* clock, FunctionMeter* meter, bool on_gpu);
+  void Submit(std::unique_ptr<InferenceRequest> request, InferDone done, bool metered);
   // Answers `request` with the SLO's default output (onOverload: default-output).
   void AnswerDefault(const InferenceRequest& request, const InferDone& done);
 
   const FunctionSpec spec_;
-  std::unique_ptr<kernels::Runtime> runtime_;
+  std::unique_ptr<Runtime> runtime_;
   FunctionMetrics* const metrics_;
   Clock* const clock_;
+  FunctionMeter* const meter_;  // may be null
+  const bool on_gpu_;
   ModelMetadata metadata_;
   std::string default_output_json_;
   std::unique_ptr<Executor> executor_;
+  std::atomic<int64_t> arrived_{0};
+  std::atomic<int64_t> in_flight_{0};
   std::unique_ptr<batching::Batcher> batcher_;  // destroyed first (declared last)
 };
 

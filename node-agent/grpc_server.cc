@@ -466,7 +466,7 @@ class GrpcInferenceServiceImpl final : public inference::GRPCInferenceService::C
       response->set_name(metadata->name);
       for (const auto& version : metadata->versions) response->add_versions(version);
       response->set_platform(metadata->platform);
-      auto fill = [](const kernels::TensorSpec& spec,
+      auto fill = [](const TensorSpec& spec,
                      inference::ModelMetadataResponse::TensorMetadata* out) {
         out->set_name(spec.name);
         out->set_datatype(std::string(DataTypeName(spec.dtype)));

@@ -26,7 +26,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "ferry/clock.h"
-#include "node-agent/kserve_json.h"
+#include "node-agent/clipper_codec.h"
+#include "node-agent/kserve_codec.h"
 #include "node-agent/status_codes.h"
 
 namespace ferry::agent {

@@ -1,4 +1,5 @@
-#include "node-agent/kserve_json.h"
+#include "node-agent/clipper_codec.h"
+#include "node-agent/kserve_codec.h"
 
 #include <atomic>
 #include <cstring>

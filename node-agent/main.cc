@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,11 +27,13 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cuda/device.h"
 #include "ferry/flag_spelling.h"
 #include "ferry/manifest.h"
+#include "kernels/plugin_runtime.h"
 #include "node-agent/byte_budget.h"
 #include "node-agent/control_client.h"
 #include "node-agent/grpc_server.h"
@@ -41,6 +44,9 @@
 
 ABSL_FLAG(std::string, manifests, "", "manifest file or folder of manifests to serve");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on");
+ABSL_FLAG(std::string, plugin_dir, "",
+          "folder of function libraries (runtime: plugin) this agent may load; only files inside "
+          "it load. Empty: plugin functions are refused");
 ABSL_FLAG(int, http_port, 8000, "HTTP port (0 = pick a free one)");
 ABSL_FLAG(int, grpc_port, 8001, "gRPC port (0 = pick a free one; -1 = no gRPC)");
 ABSL_FLAG(int, http_threads, 0,
@@ -233,6 +239,16 @@ int Run() {
   // Shared by both servers; declared before them so that it outlives them.
   ferry::agent::ByteBudget byte_budget(absl::GetFlag(FLAGS_max_inflight_bytes));
 
+  // Before any function loads: plugins come from this folder only.
+  if (const std::string plugin_dir = absl::GetFlag(FLAGS_plugin_dir); !plugin_dir.empty()) {
+    struct stat st = {};
+    if (stat(plugin_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      Log(absl::StrCat("error: --plugin-dir ", plugin_dir, " is not a folder"));
+      return 2;
+    }
+    ferry::kernels::SetPluginDirectory(plugin_dir);
+    Log(absl::StrCat("function plugins load from ", plugin_dir));
+  }
   auto core = ferry::agent::AgentCore::Create(core_options);
   if (!core.ok()) {
     Log(absl::StrCat("error: ", core.status().message()));
@@ -373,6 +389,10 @@ int Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Some abseil builds (Debian's among them) check every absl::Mutex acquisition for lock-order
+  // cycles, which costs about 50 ns per lock on the request path (docs/perf.md, "Mutex deadlock
+  // detection"). The daemons turn it off; unit tests keep it on, so they still catch cycles.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // --help lists the agent's own flags (abseil's default matches files named like the binary).
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view path) {

@@ -13,7 +13,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "ferry/inference.h"
-#include "kernels/runtime.h"
+#include "ferry/runtime.h"
+#include "ferry/signature.h"
 
 namespace ferry::agent {
 
@@ -28,8 +29,8 @@ struct ModelMetadata {
   std::vector<std::string> versions;
   std::string platform;
   // Shapes as clients should send them: a batched model's leading dim is -1.
-  std::vector<kernels::TensorSpec> inputs;
-  std::vector<kernels::TensorSpec> outputs;
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
   // Manifest facts front ends need (Clipper predict, limits).
   int64_t max_batch_size = 0;
   bool batched = true;

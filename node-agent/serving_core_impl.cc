@@ -3,23 +3,25 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/runtime.h"
+#include "ferry/runtime.h"
+#include "ferry/runtime_registry.h"
 
 namespace ferry::agent {
 
 namespace {
 
 // Creates `spec`'s runtime, on a GPU when `use_gpu` (falling back to the CPU for `any`).
-absl::StatusOr<std::unique_ptr<kernels::Runtime>> MakeRuntime(const FunctionSpec& spec,
-                                                              bool use_gpu) {
-  kernels::RuntimeContext context;
+absl::StatusOr<std::unique_ptr<Runtime>> MakeRuntime(const FunctionSpec& spec, bool use_gpu,
+                                                     bool* on_gpu) {
+  RuntimeContext context;
   context.use_gpu = use_gpu;
-  auto runtime = kernels::CreateRuntime(spec, context);
+  auto runtime = RuntimeRegistry::Global().Create(spec, context);
   if (!runtime.ok() && context.use_gpu && spec.hardware.accelerator == Accelerator::kAny) {
     // "any" means the function also runs on a CPU: fall back when the GPU path is missing.
     context.use_gpu = false;
-    runtime = kernels::CreateRuntime(spec, context);
+    runtime = RuntimeRegistry::Global().Create(spec, context);
   }
+  *on_gpu = context.use_gpu;
   return runtime;
 }
 
@@ -52,15 +54,21 @@ absl::StatusOr<std::unique_ptr<AgentCore>> AgentCore::Create(const AgentCoreOpti
       case Accelerator::kCpu:
         break;
     }
-    auto runtime = MakeRuntime(spec, use_gpu);
+    Clock* const clock = options.clock != nullptr ? options.clock : RealClock::Get();
+    const int64_t load_start_us = clock->NowMicros();
+    bool on_gpu = false;
+    auto runtime = MakeRuntime(spec, use_gpu, &on_gpu);
     if (!runtime.ok()) return runtime.status();
     FunctionHostOptions host_options;
     host_options.spec = spec;
     host_options.clock = options.clock;
     host_options.start_threads = options.start_threads;
+    host_options.meter = core->meter_.ForFunction(spec.name);
+    host_options.on_gpu = on_gpu;
     auto host = FunctionHost::Create(host_options, *std::move(runtime),
                                      core->metrics_.ForFunction(spec.name, kDefaultVersion));
     if (!host.ok()) return host.status();
+    host_options.meter->RecordLoad(clock->NowMicros() - load_start_us);
     core->hosts_.emplace(spec.name, std::shared_ptr<FunctionHost>(*std::move(host)));
   }
   return core;
@@ -68,15 +76,21 @@ absl::StatusOr<std::unique_ptr<AgentCore>> AgentCore::Create(const AgentCoreOpti
 
 absl::Status AgentCore::LoadFunction(const FunctionSpec& spec, bool use_gpu) {
   // Load outside the lock: a model load may take seconds while requests keep flowing.
-  auto runtime = MakeRuntime(spec, use_gpu);
+  Clock* const clock = clock_ != nullptr ? clock_ : RealClock::Get();
+  const int64_t load_start_us = clock->NowMicros();
+  bool on_gpu = false;
+  auto runtime = MakeRuntime(spec, use_gpu, &on_gpu);
   if (!runtime.ok()) return runtime.status();
   FunctionHostOptions host_options;
   host_options.spec = spec;
   host_options.clock = clock_;
   host_options.start_threads = start_threads_;
+  host_options.meter = meter_.ForFunction(spec.name);
+  host_options.on_gpu = on_gpu;
   auto host = FunctionHost::Create(host_options, *std::move(runtime),
                                    metrics_.ForFunction(spec.name, kDefaultVersion));
   if (!host.ok()) return host.status();
+  host_options.meter->RecordLoad(clock->NowMicros() - load_start_us);
   std::shared_ptr<FunctionHost> old;
   {
     absl::MutexLock lock(&mu_);
@@ -137,7 +151,7 @@ std::string AgentCore::MetricsText() const {
     for (const auto& [name, host] : hosts_) hosts.push_back(host);
   }
   for (const auto& host : hosts) host->RefreshGauges();
-  return metrics_.Serialize();
+  return metrics_.Serialize() + meter_.PrometheusText();
 }
 
 FunctionHost* AgentCore::host_for_test(const std::string& name) { return Host(name).get(); }

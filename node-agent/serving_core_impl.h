@@ -16,6 +16,7 @@
 #include "ferry/clock.h"
 #include "ferry/manifest.h"
 #include "node-agent/function_host.h"
+#include "node-agent/meter.h"
 #include "node-agent/metrics.h"
 #include "node-agent/serving_core.h"
 
@@ -71,6 +72,8 @@ class AgentCore final : public ServingCore {
 
   // The Prometheus text of every function's metrics, gauges refreshed first.
   std::string MetricsText() const;
+  // Pay-per-use metering of every function loaded since the agent started (node-agent/meter.h).
+  const Meter& meter() const { return meter_; }
   // For tests in manual batching mode.
   FunctionHost* host_for_test(const std::string& name);
 
@@ -80,6 +83,7 @@ class AgentCore final : public ServingCore {
                                                      const std::string& version) const;
 
   AgentMetrics metrics_;
+  Meter meter_;
   Clock* clock_ = nullptr;
   bool start_threads_ = true;
   mutable absl::Mutex mu_;

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -22,13 +23,7 @@
 #include <thread>
 #include <vector>
 
-// clang-format off
-// Boost 1.74's Asio uses std::exchange without including <utility> under C++20: keep it first.
 #include <utility>
-#include <boost/asio.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
-// clang-format on
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -36,11 +31,13 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "ferry/client.h"
 #include "ferry_control.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 #include "nlohmann/json.hpp"
 #include "sdk/cli/cli_util.h"
+#include "sdk/cli/usage_view.h"
 
 namespace {
 
@@ -56,6 +53,9 @@ Usage:
   ferry describe function NAME       replicas and where, profile, SLO, pending reasons
   ferry delete function NAME
   ferry invoke NAME --data JSON      call a function through the gateway
+  ferry usage [--since DURATION] [--function NAME] [-o json|yaml]
+                                     metered usage and cost per function (DURATION: 90s, 15m,
+                                     2h, 1d; default: everything recorded)
   ferry up [-f DIR]                  run ferry-control (+ gateway) and one ferry-agent here,
                                      apply DIR (default examples/), wait until ready; Ctrl-C stops
 
@@ -72,6 +72,7 @@ ferry up flags:
   --admin-token-file F  start ferry-control with this admin token file
   --ready-timeout SEC   give up waiting for ready replicas after this (default 120)
   --agent-arg ARG       extra ferry-agent argument (repeatable)
+  --plugin-dir DIR      folder the agent may load function libraries from (runtime: plugin)
 )";
 
 struct Options {
@@ -83,11 +84,14 @@ struct Options {
   std::string file;
   std::string data;
   bool has_data = false;
+  std::string since;     // ferry usage --since
+  std::string function;  // ferry usage --function
   std::string state = ".ferry";
   std::string control_bin;
   std::string agent_bin;
   std::string admin_token_file;
   std::vector<std::string> agent_args;
+  std::string plugin_dir;
   double timeout_s = 10;
   double ready_timeout_s = 120;
   bool help = false;
@@ -118,7 +122,10 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Options& o) {
                                                  {"--state", &o.state},
                                                  {"--control-bin", &o.control_bin},
                                                  {"--agent-bin", &o.agent_bin},
-                                                 {"--admin-token-file", &o.admin_token_file}};
+                                                 {"--admin-token-file", &o.admin_token_file},
+                                                 {"--plugin-dir", &o.plugin_dir},
+                                                 {"--since", &o.since},
+                                                 {"--function", &o.function}};
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "-h" || arg == "--help" || arg == "help") {
@@ -168,54 +175,62 @@ std::optional<std::string> ParseArgs(int argc, char** argv, Options& o) {
 
 // --- control API ---------------------------------------------------------------------------------
 
+// ferry::Client plus the CLI's error wording. `data_plane`: talk to the gateway (invoke) rather
+// than to the control plane.
 class Client {
  public:
-  static absl::StatusOr<Client> Create(const Options& o) {
+  static absl::StatusOr<Client> Create(const Options& o, bool data_plane = false) {
     Client c;
-    c.timeout_s_ = o.timeout_s;
-    if (!o.token_file.empty()) {
-      std::ifstream in(o.token_file);
-      if (!in) return absl::NotFoundError(absl::StrCat("cannot read --token-file ", o.token_file));
-      std::stringstream ss;
-      ss << in.rdbuf();
-      c.token_ = std::string(absl::StripAsciiWhitespace(ss.str()));
+    ferry::ClientOptions options;
+    options.timeout_ms = std::max<int64_t>(1, static_cast<int64_t>(o.timeout_s * 1000));
+    if (data_plane) {
+      options.http_address = o.gateway;
+    } else {
+      options.control_address = o.control;
+      if (!o.token_file.empty()) {
+        std::ifstream in(o.token_file);
+        if (!in) {
+          return absl::NotFoundError(absl::StrCat("cannot read --token-file ", o.token_file));
+        }
+        std::stringstream ss;
+        ss << in.rdbuf();
+        options.admin_token = std::string(absl::StripAsciiWhitespace(ss.str()));
+      }
     }
-    c.stub_ = v1::ControlPlane::NewStub(
-        grpc::CreateChannel(o.control, grpc::InsecureChannelCredentials()));
+    auto api = ferry::Client::Create(options);
+    if (!api.ok()) return api.status();
+    c.api_ = *std::move(api);
     c.target_ = o.control;
     return c;
   }
 
-  std::unique_ptr<grpc::ClientContext> Context() const {
-    auto ctx = std::make_unique<grpc::ClientContext>();
-    ctx->set_deadline(std::chrono::system_clock::now() +
-                      std::chrono::milliseconds(int64_t(timeout_s_ * 1000)));
-    if (!token_.empty()) ctx->AddMetadata("authorization", absl::StrCat("Bearer ", token_));
-    return ctx;
-  }
+  ferry::Client& api() { return *api_; }
+
+  // For control RPCs ferry::Client does not wrap.
+  std::unique_ptr<grpc::ClientContext> Context() const { return api_->NewControlContext(); }
+  v1::ControlPlane::Stub& stub() { return *api_->control_stub(); }
 
   // "error: ..." text for a failed call.
-  std::string Describe(const grpc::Status& s) const {
-    switch (s.error_code()) {
-      case grpc::StatusCode::UNAVAILABLE:
-        return absl::StrCat("cannot reach the control plane at ", target_, ": ", s.error_message());
-      case grpc::StatusCode::UNAUTHENTICATED:
-        return absl::StrCat("UNAUTHENTICATED: ", s.error_message(),
+  std::string Describe(const absl::Status& s) const {
+    switch (s.code()) {
+      case absl::StatusCode::kUnavailable:
+        return absl::StrCat("cannot reach the control plane at ", target_, ": ", s.message());
+      case absl::StatusCode::kUnauthenticated:
+        return absl::StrCat("UNAUTHENTICATED: ", s.message(),
                             " (pass --token-file or set FERRY_TOKEN_FILE)");
-      case grpc::StatusCode::DEADLINE_EXCEEDED:
+      case absl::StatusCode::kDeadlineExceeded:
         return absl::StrCat("the control plane at ", target_, " did not answer in time");
       default:
-        return s.error_message();
+        return std::string(s.message());
     }
   }
-
-  v1::ControlPlane::Stub& stub() { return *stub_; }
+  std::string Describe(const grpc::Status& s) const {
+    return Describe(absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message()));
+  }
 
  private:
-  std::shared_ptr<v1::ControlPlane::Stub> stub_;
-  std::string token_;
+  std::unique_ptr<ferry::Client> api_;
   std::string target_;
-  double timeout_s_ = 10;
 };
 
 std::string ToJson(const google::protobuf::Message& m) {
@@ -256,17 +271,12 @@ int Apply(Client& client, const std::string& path, bool quiet = false) {
   if (path.empty()) return Fail("ferry apply needs -f FILE|DIR");
   auto files = Manifests(path);
   if (!files.ok()) return Fail(std::string(files.status().message()));
-  v1::ApplyRequest req;
-  for (const auto& f : *files) {
-    auto* mf = req.add_files();
-    mf->set_path(f.path);
-    mf->set_content(f.content);
-  }
-  v1::ApplyResponse res;
-  const grpc::Status s = client.stub().Apply(client.Context().get(), req, &res);
-  if (!s.ok()) return Fail(client.Describe(s));
+  std::vector<ferry::ManifestText> texts;
+  for (const auto& f : *files) texts.push_back({f.path, f.content});
+  auto res = client.api().Apply(texts);
+  if (!res.ok()) return Fail(client.Describe(res.status()));
   if (!quiet) {
-    for (const auto& c : res.changes())
+    for (const auto& c : res->changes())
       std::cout << "function/" << c.name() << " " << c.action() << "\n";
   }
   return 0;
@@ -281,22 +291,33 @@ std::string NodesOf(const v1::FunctionStatus& f) {
 }
 
 int GetFunctions(Client& client, const std::string& format) {
-  v1::ListFunctionsResponse res;
-  const grpc::Status s = client.stub().ListFunctions(client.Context().get(), {}, &res);
-  if (!s.ok()) return Fail(client.Describe(s));
+  auto listed = client.api().ListFunctions();
+  if (!listed.ok()) return Fail(client.Describe(listed.status()));
+  const v1::ListFunctionsResponse& res = *listed;
   if (format == "json" || format == "yaml") return PrintStructured(res, format);
   const bool wide = format == "wide";
   std::vector<std::vector<std::string>> rows;
   if (wide) {
-    rows.push_back({"NAME", "RUNTIME", "ACCELERATOR", "READY", "NODES", "GENERATION", "SLO",
-                    "COST/1M", "PENDING"});
+    rows.push_back({"NAME", "RUNTIME", "ACCELERATOR", "DESIRED", "READY", "NODES", "RPS",
+                    "LAST SCALING", "GENERATION", "SLO", "COST/1M", "PENDING"});
   } else {
-    rows.push_back({"NAME", "RUNTIME", "ACCELERATOR", "READY", "NODES"});
+    rows.push_back({"NAME", "RUNTIME", "ACCELERATOR", "DESIRED", "READY", "NODES", "LAST SCALING"});
   }
   for (const auto& f : res.functions()) {
+    // The autoscaler's last change, with its reason and age ("idle 300s: to zero (2m ago)").
+    std::string scaling = f.scale_reason().empty() ? "-" : f.scale_reason();
+    if (!f.scale_reason().empty()) {
+      const int64_t age_s = f.scale_decision_age_ms() / 1000;
+      absl::StrAppend(&scaling, " (",
+                      age_s < 120 ? absl::StrCat(age_s, "s") : absl::StrCat(age_s / 60, "m"),
+                      " ago)");
+    }
+    std::string ready = absl::StrCat(f.ready_replicas());
+    if (f.draining_replicas() > 0) absl::StrAppend(&ready, " (+", f.draining_replicas(), " draining)");
     std::vector<std::string> row = {f.name(), f.runtime(), f.hardware().accelerator(),
-                                    absl::StrCat(f.ready_replicas(), "/", f.desired_replicas()),
-                                    NodesOf(f)};
+                                    absl::StrCat(f.desired_replicas()), ready, NodesOf(f)};
+    if (wide) row.push_back(absl::StrFormat("%.4g", f.observed_rps()));
+    row.push_back(scaling);
     if (wide) {
       double cost = 0;
       int n = 0;
@@ -322,9 +343,9 @@ int GetFunctions(Client& client, const std::string& format) {
 }
 
 int GetNodes(Client& client, const std::string& format) {
-  v1::ListNodesResponse res;
-  const grpc::Status s = client.stub().ListNodes(client.Context().get(), {}, &res);
-  if (!s.ok()) return Fail(client.Describe(s));
+  auto listed = client.api().ListNodes();
+  if (!listed.ok()) return Fail(client.Describe(listed.status()));
+  const v1::ListNodesResponse& res = *listed;
   if (format == "json" || format == "yaml") return PrintStructured(res, format);
   const bool wide = format == "wide";
   std::vector<std::vector<std::string>> rows;
@@ -367,12 +388,34 @@ int GetNodes(Client& client, const std::string& format) {
   return 0;
 }
 
-int DescribeFunction(Client& client, const std::string& name) {
-  v1::GetFunctionRequest req;
-  req.set_name(name);
-  v1::FunctionStatus f;
-  const grpc::Status s = client.stub().GetFunction(client.Context().get(), req, &f);
+// ferry usage: the control plane's metered usage (docs/control-plane.md, "Metering").
+int Usage(Client& client, const Options& o) {
+  v1::GetUsageRequest req;
+  if (!o.since.empty()) {
+    absl::StatusOr<int64_t> since = ferry::cli::ParseDurationSeconds(o.since);
+    if (!since.ok()) return Fail(std::string(since.status().message()));
+    req.set_since_seconds(*since);
+  }
+  req.set_function(o.function);
+  v1::GetUsageResponse res;
+  const grpc::Status s = client.stub().GetUsage(client.Context().get(), req, &res);
   if (!s.ok()) return Fail(client.Describe(s));
+  if (o.output == "json") {
+    std::cout << ferry::cli::UsageToJson(res).dump(2) << "\n";
+  } else if (o.output == "yaml") {
+    std::cout << ferry::cli::ToYaml(ferry::cli::UsageToJson(res));
+  } else if (res.functions().empty()) {
+    std::cerr << "No usage recorded" << (o.since.empty() ? "" : " in the last " + o.since) << ".\n";
+  } else {
+    std::cout << ferry::cli::FormatUsageTable(res);
+  }
+  return 0;
+}
+
+int DescribeFunction(Client& client, const std::string& name) {
+  auto got = client.api().GetFunction(name);
+  if (!got.ok()) return Fail(client.Describe(got.status()));
+  const v1::FunctionStatus& f = *got;
   std::ostringstream out;
   out << "Name:          " << f.name() << "\n"
       << "Runtime:       " << f.runtime() << "\n"
@@ -400,6 +443,10 @@ int DescribeFunction(Client& client, const std::string& name) {
   out << "Replicas:      " << f.ready_replicas() << " ready / " << f.desired_replicas()
       << " desired (min " << f.min_replicas() << ", max " << f.max_replicas() << "), maxBatchSize "
       << f.max_batch_size() << "\n";
+  out << "Scaling:       " << (f.scale_reason().empty() ? "-" : f.scale_reason()) << " ("
+      << f.scale_decision_age_ms() / 1000 << " s ago); " << absl::StrFormat("%.4g", f.observed_rps())
+      << " rps, " << absl::StrFormat("%.3g", f.observed_in_flight()) << " in flight"
+      << (f.panic() ? ", PANIC" : "") << "\n";
   if (f.replicas_size() > 0) {
     std::vector<std::vector<std::string>> rows = {
         {"  REPLICA", "STATE", "NODE", "HARDWARE", "HTTP", "COST/1M", "IN-FLIGHT", "MESSAGE"}};
@@ -438,50 +485,13 @@ int DescribeFunction(Client& client, const std::string& name) {
 }
 
 int DeleteFunction(Client& client, const std::string& name) {
-  v1::DeleteFunctionRequest req;
-  req.set_name(name);
-  v1::DeleteFunctionResponse res;
-  const grpc::Status s = client.stub().DeleteFunction(client.Context().get(), req, &res);
-  if (!s.ok()) return Fail(client.Describe(s));
+  auto deleted = client.api().DeleteFunction(name);
+  if (!deleted.ok()) return Fail(client.Describe(deleted.status()));
   std::cout << "function/" << name << " deleted\n";
   return 0;
 }
 
 // --- data plane ---------------------------------------------------------------------------------
-
-struct HttpAnswer {
-  int status = 0;
-  std::string body;
-};
-
-absl::StatusOr<HttpAnswer> HttpPost(const std::string& url, const std::string& target,
-                                    const std::string& body, double timeout_s) {
-  namespace asio = boost::asio;
-  namespace beast = boost::beast;
-  namespace http = beast::http;
-  auto hp = ferry::cli::ParseHttpUrl(url);
-  if (!hp.ok()) return hp.status();
-  try {
-    asio::io_context ioc;
-    beast::tcp_stream stream(ioc);
-    asio::ip::tcp::resolver resolver(ioc);
-    stream.expires_after(std::chrono::milliseconds(int64_t(timeout_s * 1000)));
-    stream.connect(resolver.resolve(hp->first, std::to_string(hp->second)));
-    http::request<http::string_body> req{http::verb::post, target, 11};
-    req.set(http::field::host, hp->first);
-    req.set(http::field::content_type, "application/json");
-    req.body() = body;
-    req.prepare_payload();
-    http::write(stream, req);
-    beast::flat_buffer buffer;
-    http::response<http::string_body> res;
-    http::read(stream, buffer, res);
-    return HttpAnswer{static_cast<int>(res.result_int()), res.body()};
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot reach the gateway at ", url, ": ", e.what()));
-  }
-}
 
 int Invoke(const Options& o, const std::string& name) {
   if (!o.has_data) return Fail("ferry invoke needs --data JSON");
@@ -493,10 +503,17 @@ int Invoke(const Options& o, const std::string& name) {
   }
   // Clipper-style bodies go to /NAME/predict; everything else is a KServe v2 infer request.
   const bool clipper = data.is_object() && (data.contains("input") || data.contains("input_batch"));
-  const std::string target =
-      clipper ? absl::StrCat("/", name, "/predict") : absl::StrCat("/v2/models/", name, "/infer");
-  auto answer = HttpPost(o.gateway, target, o.data, o.timeout_s);
-  if (!answer.ok()) return Fail(std::string(answer.status().message()));
+  auto client = Client::Create(o, /*data_plane=*/true);
+  if (!client.ok()) return Fail(std::string(client.status().message()));
+  ferry::HttpRequest request = ferry::EncodePredict(name, o.data);
+  if (!clipper) {
+    request.target = absl::StrCat("/v2/models/", ferry::EscapePathSegment(name), "/infer");
+  }
+  auto answer = client->api().SendRaw(request);
+  if (!answer.ok()) {
+    return Fail(absl::StrCat("cannot reach the gateway at ", o.gateway, ": ",
+                             answer.status().message()));
+  }
   std::cout << answer->body;
   if (answer->body.empty() || answer->body.back() != '\n') std::cout << '\n';
   if (answer->status / 100 != 2) {
@@ -710,6 +727,9 @@ int Up(Options o) {
                                          "127.0.0.1", "--http-port", "0",          "--grpc-port",
                                          "0",         "--node-name", "local"};
   for (const auto& a : o.agent_args) agent_args.push_back(a);
+  if (!o.plugin_dir.empty()) {
+    agent_args.push_back(absl::StrCat("--plugin-dir=", fs::absolute(o.plugin_dir).string()));
+  }
   const fs::path agent_log = state / "agent.log";
   const pid_t agent_pid = Spawn(agent_args, agent_log, old_mask);
   if (agent_pid < 0) return shutdown(Fail(absl::StrCat("cannot start ", agent_bin)));
@@ -722,10 +742,9 @@ int Up(Options o) {
 
   // The agent registers.
   for (auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);;) {
-    v1::ListNodesResponse nodes;
-    if (client->stub().ListNodes(client->Context().get(), {}, &nodes).ok()) {
+    if (auto nodes = client->api().ListNodes(); nodes.ok()) {
       bool active = false;
-      for (const auto& n : nodes.nodes()) active |= n.lease_state() == v1::LEASE_STATE_ACTIVE;
+      for (const auto& n : nodes->nodes()) active |= n.lease_state() == v1::LEASE_STATE_ACTIVE;
       if (active) break;
     }
     if (auto exited = children.Reap())
@@ -746,8 +765,9 @@ int Up(Options o) {
                        std::chrono::milliseconds(int64_t(o.ready_timeout_s * 1000));
        ;) {
     fns.Clear();
-    const grpc::Status s = client->stub().ListFunctions(client->Context().get(), {}, &fns);
-    if (s.ok()) {
+    auto listed = client->api().ListFunctions();
+    if (listed.ok()) {
+      fns = *std::move(listed);
       // Settled: every function is fully ready, or what is placed is ready and the rest is
       // pending for a reason the placement gave (it will not change by waiting).
       bool settled = fns.functions_size() > 0;
@@ -855,6 +875,10 @@ int main(int argc, char** argv) {
     if (is(p[1], {"functions", "function", "fn", "fns"})) return GetFunctions(*client, o.output);
     if (is(p[1], {"nodes", "node", "no"})) return GetNodes(*client, o.output);
     return Fail(absl::StrCat("unknown resource '", p[1], "' (functions or nodes)"));
+  }
+  if (verb == "usage") {
+    if (p.size() != 1) return Fail("usage: ferry usage [--since DURATION] [-o json|yaml]");
+    return Usage(*client, o);
   }
   if (verb == "describe" || verb == "delete") {
     if (p.size() != 3 || !is(p[1], {"function", "functions", "fn"})) {

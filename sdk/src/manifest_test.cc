@@ -408,14 +408,16 @@ TEST_F(ManifestTest, BadSpecFieldsNameThePathAndWhatWasExpected) {
       {"bad accelerator",
        "  runtime: echo\n  hardware: {accelerator: tpu}\n",
        {"spec.hardware.accelerator: got \"tpu\", expected one of cpu, gpu, any"}},
-      {"bad runtime",
-       "  runtime: tensorflow\n",
-       {"spec.runtime: got \"tensorflow\", expected one of echo, wordfilter, mlp, "
-        "sentence-embedding, plugin"}},
+      // Only the spelling: which runtimes exist is the node agent's registry's business.
+      {"bad runtime name",
+       "  runtime: Tensor_Flow\n",
+       {"spec.runtime: got \"Tensor_Flow\", expected a runtime name of 1 to 63 characters"}},
+      {"runtime not a string",
+       "  runtime: [echo]\n",
+       {"spec.runtime: got [\"echo\"], expected a runtime name"}},
       {"missing runtime",
        "  batching: {maxBatchSize: 4}\n",
-       {"m.yaml: spec.runtime: missing, expected one of echo, wordfilter, mlp, "
-        "sentence-embedding, plugin"}},
+       {"m.yaml: spec.runtime: missing, expected a runtime name"}},
       {"bad uri scheme",
        "  runtime: mlp\n  model: {uri: \"s3://bucket/model\"}\n",
        {"spec.model.uri: got \"s3://bucket/model\", expected a file:// URI",
@@ -491,6 +493,17 @@ TEST_F(ManifestTest, BadSpecFieldsNameThePathAndWhatWasExpected) {
       EXPECT_THAT(std::string(fns.status().message()), HasSubstr(want));
     }
   }
+}
+
+// The parser links no runtime: any well-spelled name parses, and the node agent's registry
+// rejects names it does not carry when it loads the function.
+TEST_F(ManifestTest, RuntimeNamesAreCheckedForSpellingOnly) {
+  absl::StatusOr<std::vector<FunctionSpec>> fns = ParseManifests(
+      "apiVersion: ferry.dev/v1\nkind: Function\nmetadata: {name: f}\nspec: {runtime: tensorflow-2}\n",
+      "m.yaml", dir_);
+  ASSERT_TRUE(fns.ok()) << fns.status();
+  EXPECT_EQ((*fns)[0].runtime, "tensorflow-2");
+  EXPECT_EQ((*fns)[0].document, 0);
 }
 
 TEST_F(ManifestTest, BadDocumentsNameThePathAndWhatWasExpected) {

@@ -12,18 +12,27 @@ def predict(ferry, model, body, timeout=20):
     return requests.post(f"{ferry.http_url}/{model}/predict", json=body, timeout=timeout)
 
 
-def output_of(prediction):
-    # Clipper's batch entries are objects like the single answer; accept bare values too.
-    return prediction["output"] if isinstance(prediction, dict) else prediction
+def check_batch(doc, outputs):
+    """A batch answer is {"batch_predictions": [...]}: one object per query, shaped like the
+    single answer, with consecutive query ids in query order (docs/http-api.md)."""
+    assert set(doc) == {"batch_predictions"}, doc
+    preds = doc["batch_predictions"]
+    assert len(preds) == len(outputs), preds
+    for i, (p, want) in enumerate(zip(preds, outputs)):
+        assert set(p) == {"query_id", "output", "default"}, p
+        assert p["output"] == want, (i, p)
+        assert p["default"] is False, p
+        assert p["query_id"] == preds[0]["query_id"] + i, preds
 
 
 def test_predict_single_bytes(ferry):
     r = predict(ferry, "echo", {"input": "hello clipper"})
     assert r.status_code == 200, r.text
     doc = r.json()
+    assert set(doc) == {"query_id", "output", "default"}, doc
     assert doc["output"] == "hello clipper"
     assert doc["default"] is False
-    assert "query_id" in doc
+    assert isinstance(doc["query_id"], int) and doc["query_id"] >= 0
 
 
 def test_predict_single_fp32_row(ferry):
@@ -48,31 +57,32 @@ def test_predict_batch(ferry):
     rows = ["a", "bb", "", "dddd"]
     r = predict(ferry, "echo", {"input_batch": rows})
     assert r.status_code == 200, r.text
-    preds = r.json()["batch_predictions"]
-    assert [output_of(p) for p in preds] == rows
-    for p in preds:
-        if isinstance(p, dict) and "default" in p:
-            assert p["default"] is False
+    check_batch(r.json(), rows)
 
 
 def test_predict_batch_fp32(ferry):
     rows = [[1, 2, 3, 4], [5, 6, 7, 8], [0.5, 0.25, 0.125, 0]]
     r = predict(ferry, "echo-fp32", {"input_batch": rows})
     assert r.status_code == 200, r.text
-    assert [output_of(p) for p in r.json()["batch_predictions"]] == rows
+    check_batch(r.json(), rows)
 
 
 def test_predict_wordfilter_single(ferry):
     r = predict(ferry, "wordfilter", {"input": DOCUMENTS[1]})
     assert r.status_code == 200, r.text
-    out = r.json()["output"]
     filtered, count = filter_reference(DOCUMENTS[1])
-    # A two-output model answers with its outputs by name, or with the first output alone.
-    if isinstance(out, dict):
-        assert out["filtered"] == filtered
-        assert out["count"] == count
-    else:
-        assert out == filtered
+    # A model with several outputs answers an object of its outputs' rows by name.
+    assert r.json()["output"] == {"filtered": filtered, "count": count}
+
+
+def test_predict_wordfilter_batch(ferry):
+    r = predict(ferry, "wordfilter", {"input_batch": DOCUMENTS[:3]})
+    assert r.status_code == 200, r.text
+    want = []
+    for doc in DOCUMENTS[:3]:
+        filtered, count = filter_reference(doc)
+        want.append({"filtered": filtered, "count": count})
+    check_batch(r.json(), want)
 
 
 def test_predict_errors(ferry):

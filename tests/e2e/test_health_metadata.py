@@ -52,15 +52,16 @@ def test_server_live_and_ready_grpc(grpc):
 
 def test_server_metadata_http(http):
     md = http.get_server_metadata()
-    assert md["name"]
-    assert isinstance(md.get("version"), str)
+    assert md["name"] == "ferry"
+    assert isinstance(md["version"], str) and md["version"]
     assert "binary_tensor_data" in md["extensions"]
 
 
 def test_server_metadata_grpc(grpc):
     md = grpc.get_server_metadata(as_json=True)
-    assert md["name"]
-    assert "binary_tensor_data" in md.get("extensions", [])
+    assert md["name"] == "ferry"
+    assert isinstance(md["version"], str) and md["version"]
+    assert "binary_tensor_data" in md["extensions"]
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -73,10 +74,10 @@ def test_unknown_model_not_ready(http, grpc, ferry):
     assert not http.is_model_ready("no-such-model")
     r = requests.get(f"{ferry.http_url}/v2/models/no-such-model/ready", timeout=10)
     assert r.status_code == 404
-    try:
-        assert not grpc.is_model_ready("no-such-model")
-    except InferenceServerException as e:
-        assert "NOT_FOUND" in str(e.status())
+    # gRPC answers NOT_FOUND for a model it does not know, not ready=false (docs/grpc-api.md).
+    with pytest.raises(InferenceServerException) as e:
+        grpc.is_model_ready("no-such-model")
+    assert "NOT_FOUND" in str(e.value.status())
 
 
 @pytest.mark.parametrize("model", sorted(SIGNATURES))

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from agentproc import AgentProcess, agent_binary
+from e2e_util import metric_sum, parse_metrics
 
 MANIFEST_DIR = pathlib.Path(__file__).resolve().parent / "manifests"
 
@@ -28,6 +29,23 @@ def run_agent_expecting_failure(manifests, timeout_s=30):
         pytest.fail(f"agent kept running with a bad manifest; output:\n"
                     f"{(e.stderr or b'').decode(errors='replace')}", pytrace=False)
     return proc.returncode, proc.stderr.decode(errors="replace")
+
+
+def wait_for(predicate, what, agent, timeout_s=20.0):
+    """Polls `predicate` until it holds; fails with the agent's log past `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if agent.proc.poll() is not None and not predicate():
+            pytest.fail(f"agent exited ({agent.proc.returncode}) before: {what}\n{agent.log()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for: {what}\n{agent.log()}")
+        time.sleep(0.01)
+
+
+def pending_requests(agent, model):
+    """The agent's ferry_inference_pending_request_count gauge for `model`."""
+    r = requests.get(f"{agent.http_url}/metrics", timeout=5)
+    return metric_sum(parse_metrics(r.text), "ferry_inference_pending_request_count", model=model)
 
 
 def test_bad_manifest_refused(tmp_path):
@@ -96,16 +114,22 @@ spec:
         thread = threading.Thread(target=slow_request)
         started = time.monotonic()
         thread.start()
-        time.sleep(0.3)  # the request is on the wire and queued; it needs 1 s of compute
+        # The request is accepted (it needs 1 s of compute) before the agent is told to stop.
+        wait_for(lambda: pending_requests(agent, "drain") == 1, "request accepted", agent)
         agent.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.1)
+        wait_for(lambda: "received SIGTERM" in agent.log(), "SIGTERM logged", agent)
 
-        # New work is no longer accepted while the old finishes.
-        try:
-            late = requests.get(f"{agent.http_url}/v2/health/ready", timeout=5)
-            assert late.status_code != 200, "agent still ready after SIGTERM"
-        except requests.ConnectionError:
-            pass
+        # New work is no longer accepted while the old finishes: readiness goes away (or the
+        # listener closes) while the in-flight request is still running.
+        def not_ready():
+            try:
+                return requests.get(f"{agent.http_url}/v2/health/ready",
+                                    timeout=5).status_code != 200
+            except requests.ConnectionError:
+                return True
+
+        wait_for(not_ready, "readiness gone after SIGTERM", agent)
+        assert thread.is_alive(), "the in-flight request finished before readiness went away"
 
         thread.join(timeout=30)
         assert not thread.is_alive(), "in-flight request never answered"

@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "kernels/runtime.h"
-#include "node-agent/kserve_json.h"
+#include "ferry/signature.h"
+#include "node-agent/clipper_codec.h"
 #include "tests/fuzz/fuzz_models.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -14,7 +14,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto query = ferry::agent::ParseClipperPredict(body, model.metadata);
     if (!query.ok()) continue;
     if (query->rows < 1) __builtin_trap();
-    if (!ferry::kernels::ValidateRequest(model.signature, query->request).ok()) continue;
+    if (!ferry::ValidateRequest(model.signature, query->request).ok()) continue;
     (void)ferry::agent::EncodeClipperResponse(ferry::fuzz::EchoResponse(query->request), *query, 1);
   }
   return 0;

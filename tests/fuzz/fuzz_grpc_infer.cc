@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kernels/runtime.h"
+#include "ferry/signature.h"
 #include "kserve_inference.pb.h"
 #include "node-agent/grpc_server.h"
 #include "tests/fuzz/fuzz_models.h"
@@ -24,7 +24,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto request = ferry::agent::FromProto(&proto);
   if (!request.ok()) return 0;
   for (const auto& model : ferry::fuzz::FuzzModels()) {
-    if (!ferry::kernels::ValidateRequest(model.signature, *request).ok()) continue;
+    if (!ferry::ValidateRequest(model.signature, *request).ok()) continue;
     inference::ModelInferResponse response;
     ferry::agent::ToProto(ferry::fuzz::EchoResponse(*request), &response);
     (void)response.ByteSizeLong();

@@ -13,8 +13,8 @@
 #include <string_view>
 
 #include "ferry/tensor.h"
-#include "kernels/runtime.h"
-#include "node-agent/kserve_json.h"
+#include "ferry/signature.h"
+#include "node-agent/kserve_codec.h"
 #include "tests/fuzz/fuzz_models.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -30,7 +30,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const ferry::fuzz::FuzzModel& model = models[(selector & 0x0f) % models.size()];
   auto request = ferry::agent::ParseInferRequest(body, static_cast<int64_t>(header_length),
                                                  model.metadata.name, "", model.metadata);
-  if (request.ok() && ferry::kernels::ValidateRequest(model.signature, *request).ok()) {
+  if (request.ok() && ferry::ValidateRequest(model.signature, *request).ok()) {
     ferry::agent::EncodedBody encoded =
         ferry::agent::EncodeInferResponse(ferry::fuzz::EchoResponse(*request), *request);
     if (encoded.json_length > static_cast<int64_t>(encoded.body.size())) __builtin_trap();

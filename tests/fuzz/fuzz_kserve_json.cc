@@ -6,8 +6,8 @@
 #include <string>
 #include <string_view>
 
-#include "kernels/runtime.h"
-#include "node-agent/kserve_json.h"
+#include "ferry/signature.h"
+#include "node-agent/kserve_codec.h"
 #include "tests/fuzz/fuzz_models.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -29,7 +29,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!copied.ok()) return 0;
 
   for (const auto& model : models) {
-    if (!ferry::kernels::ValidateRequest(model.signature, *copied).ok()) continue;
+    if (!ferry::ValidateRequest(model.signature, *copied).ok()) continue;
     ferry::agent::EncodedBody encoded =
         ferry::agent::EncodeInferResponse(ferry::fuzz::EchoResponse(*copied), *copied);
     if (encoded.json_length > static_cast<int64_t>(encoded.body.size())) __builtin_trap();

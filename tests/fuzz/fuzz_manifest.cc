@@ -13,7 +13,7 @@
 #include <string_view>
 
 #include "ferry/manifest.h"
-#include "kernels/runtime.h"
+#include "ferry/runtime_registry.h"
 
 namespace {
 
@@ -52,7 +52,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!specs.ok()) return 0;
   for (const ferry::FunctionSpec& spec : *specs) {
     if (spec.name.empty()) __builtin_trap();
-    (void)ferry::kernels::CreateRuntime(spec, ferry::kernels::RuntimeContext{});
+    (void)ferry::RuntimeRegistry::Global().Create(spec, ferry::RuntimeContext{});
   }
   return 0;
 }

@@ -10,17 +10,17 @@
 #include <vector>
 
 #include "ferry/inference.h"
-#include "kernels/runtime.h"
+#include "ferry/signature.h"
 #include "node-agent/serving_core.h"
 
 namespace ferry::fuzz {
 
 struct FuzzModel {
-  kernels::ModelSignature signature;
+  ModelSignature signature;
   agent::ModelMetadata metadata;
 };
 
-inline FuzzModel MakeFuzzModel(std::string name, kernels::ModelSignature signature,
+inline FuzzModel MakeFuzzModel(std::string name, ModelSignature signature,
                                int64_t max_batch_size) {
   FuzzModel model;
   model.metadata.name = std::move(name);
@@ -37,8 +37,6 @@ inline FuzzModel MakeFuzzModel(std::string name, kernels::ModelSignature signatu
 // Built once; read-only afterwards.
 inline const std::vector<FuzzModel>& FuzzModels() {
   static const auto* models = [] {
-    using kernels::ModelSignature;
-    using kernels::TensorSpec;
     auto* out = new std::vector<FuzzModel>;
     out->push_back(MakeFuzzModel("echo",
                                  ModelSignature{"ferry_echo",

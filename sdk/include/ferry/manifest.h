@@ -55,7 +55,14 @@ struct BatchingSpec {
 struct ScalingSpec {
   int64_t min_replicas = 1;    // minReplicas >= 0
   int64_t max_replicas = 1;    // maxReplicas >= max(1, minReplicas)
-  int64_t idle_seconds = 300;  // idleSeconds >= 0
+  int64_t idle_seconds = 300;  // idleSeconds >= 0: no request this long takes a function to 0
+  // Autoscaler (control-plane/autoscaler.h; Knative KPA defaults).
+  double target_utilization = 0.7;     // targetUtilization, (0, 1]
+  double stable_window_seconds = 60;   // stableWindowSeconds, [0.1, 3600]
+  double panic_window_seconds = 6;     // panicWindowSeconds, (0, stable]; default stable / 10
+  double panic_threshold = 2.0;        // panicThreshold, (1, 100]: x ready replicas
+  double max_scale_up_rate = 1000;     // maxScaleUpRate, (1, 10000]: x ready per decision
+  double max_scale_down_rate = 2.0;    // maxScaleDownRate, (1, 10000]: / current per decision
 };
 
 struct SloSpec {
@@ -75,7 +82,9 @@ struct SloSpec {
 struct FunctionSpec {
   std::string name;                           // metadata.name: [a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?
   std::map<std::string, std::string> labels;  // metadata.labels
-  std::string runtime;  // spec.runtime: echo | wordfilter | mlp | sentence-embedding | plugin
+  // spec.runtime: a name in the node agent's runtime registry (echo, wordfilter, mlp, plugin, ...).
+  // The manifest parser checks only its spelling; see ferry/runtime_registry.h.
+  std::string runtime;
   // spec.model.uri as written, and resolved to an absolute local path for file:// URIs (relative
   // paths resolve against the manifest's folder). Empty when the runtime needs no model.
   std::string model_uri;
@@ -84,11 +93,12 @@ struct FunctionSpec {
   BatchingSpec batching;
   ScalingSpec scaling;
   SloSpec slo;
-  // spec.config: runtime-specific settings, validated by the runtime (which reports paths under
-  // "spec.config").
+  // spec.config: runtime-specific settings, validated by the runtime with ferry/config_reader.h
+  // (which reports paths under "spec.config").
   nlohmann::json config = nlohmann::json::object();
 
   std::string source;    // the manifest file, for messages
+  int document = 0;      // 1-based document index when `source` holds several, else 0
   std::string base_dir;  // folder that relative paths in this spec resolve against
 };
 

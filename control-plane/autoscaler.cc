@@ -1,0 +1,202 @@
+#include "control-plane/autoscaler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace ferry::control {
+namespace {
+
+int CeilCount(double x) {
+  if (!(x > 0)) return 0;
+  // Tolerate float noise at exact multiples (2.0000000001 replicas is 2).
+  const double c = std::ceil(x - 1e-9);
+  return c > 1e6 ? 1'000'000 : static_cast<int>(c);
+}
+
+std::string Seconds(int64_t us) { return absl::StrFormat("%gs", static_cast<double>(us) / 1e6); }
+
+}  // namespace
+
+AutoscalerSettings SettingsOf(const ScalingSpec& s) {
+  AutoscalerSettings out;
+  out.min_replicas = s.min_replicas;
+  out.max_replicas = s.max_replicas;
+  out.idle_us = s.idle_seconds * 1'000'000;
+  out.target_utilization = s.target_utilization;
+  out.stable_window_us = static_cast<int64_t>(s.stable_window_seconds * 1e6);
+  out.panic_window_us = static_cast<int64_t>(s.panic_window_seconds * 1e6);
+  out.panic_threshold = s.panic_threshold;
+  out.max_scale_up_rate = s.max_scale_up_rate;
+  out.max_scale_down_rate = s.max_scale_down_rate;
+  return out;
+}
+
+Autoscaler::Autoscaler(const AutoscalerSettings& settings, Clock* clock, int initial)
+    : settings_(settings),
+      clock_(clock),
+      start_us_(clock->NowMicros()),
+      last_activity_us_(start_us_),
+      last_record_us_(start_us_),
+      last_desired_(initial) {}
+
+void Autoscaler::Record(int64_t arrived, double in_flight) {
+  const int64_t now = clock_->NowMicros();
+  samples_.push_back(
+      {last_record_us_, now, std::max<int64_t>(0, arrived), std::max(0.0, in_flight)});
+  last_record_us_ = now;
+  if (arrived > 0 || in_flight > 0) last_activity_us_ = now;
+  Prune(now);
+}
+
+void Autoscaler::Demand() {
+  demand_ = true;
+  last_activity_us_ = clock_->NowMicros();
+}
+
+void Autoscaler::Prune(int64_t now_us) {
+  const int64_t horizon = now_us - std::max<int64_t>(1, settings_.stable_window_us);
+  while (!samples_.empty() && samples_.front().at_us <= horizon) samples_.pop_front();
+  while (!stable_wants_.empty() && stable_wants_.front().at_us <= horizon) {
+    stable_wants_.pop_front();
+  }
+}
+
+ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
+                                 double per_replica_concurrency) {
+  const AutoscalerSettings& s = settings_;
+  const int64_t now = clock_->NowMicros();
+  Prune(now);
+  const int64_t stable_w = std::max<int64_t>(1, s.stable_window_us);
+  const int64_t panic_w = std::clamp<int64_t>(s.panic_window_us, 1, stable_w);
+
+  // The newest sixth of the panic window (at least two load reports): while panicking, a step is
+  // followed at this pace instead of waiting for the whole panic window to fill (panic never
+  // scales down, so its noise can only add replicas briefly).
+  const int64_t recent_w =
+      std::min(panic_w, std::max<int64_t>({1, panic_w / 6, 2 * s.report_interval_us}));
+  // Each sample covers (from_us, at_us]; a window's rate divides its arrivals by the time its
+  // samples cover, so reports that arrive in lumps are not over- or under-counted.
+  struct Window {
+    int64_t w;
+    int64_t arrived = 0;
+    double conc = 0;
+    int n = 0;
+    int64_t from_us = 0;
+    double rps() const { return n > 0 ? static_cast<double>(arrived) / (span_us() / 1e6) : 0; }
+    double span_us() const { return static_cast<double>(std::max<int64_t>(1, to_us - from_us)); }
+    double mean_conc() const { return n > 0 ? conc / n : 0; }
+    int64_t to_us = 0;
+  };
+  Window win[3] = {{stable_w}, {panic_w}, {recent_w}};
+  for (const Sample& x : samples_) {
+    for (Window& wd : win) {
+      if (x.at_us <= now - wd.w) continue;
+      if (wd.n == 0) wd.from_us = x.from_us;
+      wd.arrived += x.arrived;
+      wd.conc += x.in_flight;
+      ++wd.n;
+      wd.to_us = now;
+    }
+  }
+  const double stable_rps = win[0].rps(), panic_rps = win[1].rps(), recent_rps = win[2].rps();
+  const double stable_conc = win[0].mean_conc(), panic_conc = win[1].mean_conc();
+  const double recent_conc = win[2].mean_conc();
+
+  const double util = s.target_utilization > 0 ? s.target_utilization : 0.7;
+  const double per_replica_rps = throughput_rps > 0 ? throughput_rps : 1.0;
+  auto want = [&](double rps, double conc) {
+    int w = CeilCount(rps / (per_replica_rps * util));
+    if (per_replica_concurrency > 0) {
+      w = std::max(w, CeilCount(conc / (per_replica_concurrency * util)));
+    }
+    return w;
+  };
+  const int stable_want = want(stable_rps, stable_conc);
+  const int panic_want = want(panic_rps, panic_conc);
+
+  ScaleDecision d;
+  d.stable_rps = stable_rps;
+  d.panic_rps = panic_rps;
+  d.stable_concurrency = stable_conc;
+
+  const double ready_base = std::max(1, ready);
+  const double panic_ratio = panic_want / ready_base;
+  if (panic_ratio >= s.panic_threshold) {
+    if (panic_since_us_ < 0) panic_since_us_ = now;
+    panic_last_hit_us_ = now;
+  } else if (panic_since_us_ >= 0 && now - panic_last_hit_us_ >= stable_w) {
+    panic_since_us_ = -1;
+  }
+  stable_wants_.push_back({now, stable_want});
+  int window_max = 0;
+  for (const Want& w : stable_wants_) window_max = std::max(window_max, w.want);
+
+  const std::string load = absl::StrFormat("%.4g rps / %.4g rps per replica at %g target",
+                                           stable_rps, per_replica_rps, util);
+  int desired;
+  if (panic_since_us_ >= 0) {
+    d.panic = true;
+    desired = std::max({panic_want, want(recent_rps, recent_conc), last_desired_});
+    d.reason = absl::StrFormat("panic: %.1fx load over %s window", panic_ratio, Seconds(panic_w));
+  } else {
+    desired = window_max;
+    if (window_max > stable_want) {
+      d.reason = absl::StrCat("stable: ", load, "; holding ", window_max, " until the ",
+                              Seconds(stable_w), " window agrees on ", stable_want);
+    } else {
+      d.reason = absl::StrCat("stable: ", load);
+    }
+  }
+
+  // Rate limits per evaluation.
+  const int up_cap = CeilCount(s.max_scale_up_rate * ready_base);
+  if (desired > up_cap && desired > current) {
+    desired = std::max(current, up_cap);
+    absl::StrAppend(&d.reason, " (limited by maxScaleUpRate ", s.max_scale_up_rate, ")");
+  }
+  const int down_floor =
+      s.max_scale_down_rate > 0 ? static_cast<int>(std::floor(current / s.max_scale_down_rate)) : 0;
+  if (desired < down_floor) {
+    desired = down_floor;
+    absl::StrAppend(&d.reason, " (limited by maxScaleDownRate ", s.max_scale_down_rate, ")");
+  }
+
+  // Zero: the last replica goes only after idleSeconds without any request.
+  if (desired == 0 && s.min_replicas == 0) {
+    const int64_t idle_for = now - last_activity_us_;
+    if (idle_for < s.idle_us && (current > 0 || demand_ || last_desired_ > 0)) {
+      desired = 1;
+      if (demand_ && current == 0) {
+        d.reason = "scale from zero: a request is waiting";
+      } else {
+        d.reason = absl::StrCat("stable: no load; last replica kept until idle ",
+                                Seconds(s.idle_us), " (idle ", Seconds(idle_for), ")");
+      }
+    } else if (current > 0 || last_desired_ > 0) {
+      d.reason = absl::StrCat("idle ", Seconds(s.idle_us), ": to zero");
+    } else {
+      d.reason = "idle: at zero";
+    }
+  } else if (demand_ && current == 0 && desired >= 1) {
+    d.reason = absl::StrCat("scale from zero: a request is waiting; ", d.reason);
+  }
+
+  // Bounds.
+  if (desired < s.min_replicas) {
+    desired = static_cast<int>(s.min_replicas);
+    absl::StrAppend(&d.reason, " (raised to minReplicas ", s.min_replicas, ")");
+  }
+  if (desired > s.max_replicas) {
+    desired = static_cast<int>(s.max_replicas);
+    absl::StrAppend(&d.reason, " (capped at maxReplicas ", s.max_replicas, ")");
+  }
+  demand_ = false;
+  last_desired_ = desired;
+  d.desired = desired;
+  return d;
+}
+
+}  // namespace ferry::control

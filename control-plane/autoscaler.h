@@ -1,0 +1,124 @@
+// The autoscaler: how many replicas one function wants, from its observed load, in the shape of
+// Knative's KPA.
+//
+// Inputs, recorded once per evaluation (the controller evaluates every autoscale interval):
+// the requests that arrived at the function's replicas since the last record (from the agents'
+// requests_total counters, as deltas), the requests in flight across them (queued + executing),
+// and a demand signal from the gateway when a request waits for a function with no ready replica.
+// Per evaluation the caller also states one replica's throughput within the SLO (from the
+// profile, placement.h CapacityOf) and the in-flight requests one replica serves without queueing
+// (its batch within the SLO times its instances).
+//
+// Formula. Over a window W, want(W) = max(ceil(rate_W / (throughput × targetUtilization)),
+// ceil(concurrency_W / (per_replica_concurrency × targetUtilization))), where rate_W is the
+// requests that arrived in W divided by W (or by the time since the autoscaler started, when
+// shorter) and concurrency_W the mean of the in-flight samples in W.
+//  - Stable mode: desired = the largest want(stable window) computed during the last stable
+//    window: up at once, down only once a whole stable window agrees (no flapping).
+//  - Panic mode: entered when want(panic window) ≥ panicThreshold × max(1, ready replicas);
+//    desired = max(want(panic window), want(newest sixth of the panic window), the desired
+//    before) — never down while panicking, and a step is followed within about a sixth of the
+//    panic window; left once a stable window has passed without the threshold being crossed.
+//  - Rate limits per evaluation: up to ceil(maxScaleUpRate × max(1, ready)), down to
+//    floor(current / maxScaleDownRate).
+//  - Bounds: within [minReplicas, maxReplicas]. With minReplicas 0 the last replica goes only
+//    after idleSeconds without any request (arrival, in-flight request or gateway demand); a
+//    function at zero with demand gets at least one replica at once.
+// Every decision carries a reason a person can read, e.g. "panic: 4.1x load over 6s window",
+// "stable: 120 rps / 55 rps per replica at 0.7 target", "idle 300s: to zero".
+//
+// Pure: no I/O, no locks; time comes from the injected Clock. Not thread-safe (the controller
+// calls it under its mutex).
+#ifndef FERRY_CONTROL_PLANE_AUTOSCALER_H_
+#define FERRY_CONTROL_PLANE_AUTOSCALER_H_
+
+#include <cstdint>
+#include <deque>
+#include <string>
+
+#include "ferry/clock.h"
+#include "ferry/manifest.h"
+
+namespace ferry::control {
+
+struct AutoscalerSettings {
+  int64_t min_replicas = 1;
+  int64_t max_replicas = 1;
+  int64_t idle_us = 300'000'000;
+  double target_utilization = 0.7;  // (0, 1]
+  int64_t stable_window_us = 60'000'000;
+  int64_t panic_window_us = 6'000'000;  // <= stable window
+  double panic_threshold = 2.0;         // ratio of ready replicas, > 1
+  double max_scale_up_rate = 1000.0;    // > 1
+  double max_scale_down_rate = 2.0;     // > 1
+  // How often load reports arrive (the agents' heartbeat): the short window that follows a step
+  // in panic mode spans at least two of them.
+  int64_t report_interval_us = 0;
+};
+
+AutoscalerSettings SettingsOf(const ScalingSpec& scaling);
+
+struct ScaleDecision {
+  int desired = 0;
+  std::string reason;
+  bool panic = false;
+  double stable_rps = 0;  // arrival rate over the stable window
+  double panic_rps = 0;   // over the panic window
+  double stable_concurrency = 0;
+};
+
+class Autoscaler {
+ public:
+  // `clock` is not owned. `initial` is the replica count before any load was seen (the
+  // function's starting desired count). Its idle timer starts now.
+  Autoscaler(const AutoscalerSettings& settings, Clock* clock, int initial);
+
+  // New settings (a re-applied manifest); history is kept.
+  void set_settings(const AutoscalerSettings& settings) { settings_ = settings; }
+  const AutoscalerSettings& settings() const { return settings_; }
+
+  // One observation: `arrived` requests since the previous Record, `in_flight` right now.
+  void Record(int64_t arrived, double in_flight);
+  // A request is waiting for a ready replica (the gateway holds it): counts as activity and
+  // makes a function at zero want one replica at the next Decide.
+  void Demand();
+
+  // The replica count wanted now. `current`: replicas assigned and not draining; `ready`: those
+  // serving. `throughput_rps`: one replica's throughput within the SLO (> 0);
+  // `per_replica_concurrency`: in-flight requests one replica serves without queueing (<= 0 =
+  // the concurrency signal is off).
+  ScaleDecision Decide(int current, int ready, double throughput_rps,
+                       double per_replica_concurrency);
+
+  bool panicking() const { return panic_since_us_ >= 0; }
+  int64_t last_activity_us() const { return last_activity_us_; }
+
+ private:
+  struct Sample {
+    int64_t from_us;  // the previous Record
+    int64_t at_us;
+    int64_t arrived;
+    double in_flight;
+  };
+  struct Want {
+    int64_t at_us;
+    int want;
+  };
+  void Prune(int64_t now_us);
+
+  AutoscalerSettings settings_;
+  Clock* const clock_;
+  const int64_t start_us_;
+  std::deque<Sample> samples_;     // within the stable window, oldest first
+  std::deque<Want> stable_wants_;  // (time, want) over the stable window, for the windowed max
+  int64_t last_activity_us_;
+  int64_t last_record_us_;
+  bool demand_ = false;
+  int64_t panic_since_us_ = -1;     // -1 = not panicking
+  int64_t panic_last_hit_us_ = -1;  // last evaluation at or above the threshold
+  int last_desired_;
+};
+
+}  // namespace ferry::control
+
+#endif  // FERRY_CONTROL_PLANE_AUTOSCALER_H_

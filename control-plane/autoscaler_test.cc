@@ -1,0 +1,331 @@
+#include "control-plane/autoscaler.h"
+
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "ferry/clock.h"
+#include "ferry/manifest.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace ferry::control {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+constexpr int64_t kTickUs = 500'000;    // the controller's default autoscale interval
+constexpr double kPerReplicaRps = 100;  // one replica's throughput within the SLO
+
+AutoscalerSettings Settings(int64_t min, int64_t max) {
+  AutoscalerSettings s;
+  s.min_replicas = min;
+  s.max_replicas = max;
+  s.idle_us = 30'000'000;
+  return s;  // Knative defaults otherwise: 0.7, 60 s, 6 s, 2x, 1000, 2
+}
+
+// A function whose replicas are ready the moment they are wanted, driven tick by tick.
+struct Sim {
+  Sim(AutoscalerSettings s, int initial) : clock(0), scaler(s, &clock, initial), current(initial) {}
+
+  // Runs `seconds` of load at `rps` (Poisson-like noise with `noise` relative stddev).
+  ScaleDecision Run(double seconds, double rps, double noise = 0) {
+    ScaleDecision d;
+    const int ticks = static_cast<int>(seconds * 1e6 / kTickUs);
+    for (int i = 0; i < ticks; ++i) {
+      clock.AdvanceMicros(kTickUs);
+      double n = rps * kTickUs / 1e6;
+      if (noise > 0) n = std::max(0.0, n * (1 + noise * gauss(rng)));
+      carry += n;
+      const auto arrived = static_cast<int64_t>(carry);
+      carry -= arrived;
+      scaler.Record(arrived, 0);
+      d = scaler.Decide(current, current, kPerReplicaRps, 0);
+      if (d.desired != current) {
+        const int dir = d.desired > current ? 1 : -1;
+        if (last_dir != 0 && dir != last_dir) ++direction_changes;
+        last_dir = dir;
+        ++changes;
+      }
+      max_seen = std::max(max_seen, d.desired);
+      current = d.desired;
+      if (d.panic) saw_panic = true;
+      if (on_tick) on_tick(d);
+    }
+    return d;
+  }
+
+  FakeClock clock;
+  Autoscaler scaler;
+  int current;
+  double carry = 0;
+  int last_dir = 0;
+  int direction_changes = 0;
+  int changes = 0;
+  int max_seen = 0;
+  bool saw_panic = false;
+  std::function<void(const ScaleDecision&)> on_tick;
+  std::mt19937 rng{42};
+  std::normal_distribution<double> gauss{0, 1};
+};
+
+TEST(AutoscalerTest, SteadyLoadNeedsTargetUtilisationHeadroom) {
+  Sim sim(Settings(1, 10), 1);
+  // 120 rps at 100 rps per replica and 0.7 target: ceil(120 / 70) = 2.
+  const ScaleDecision d = sim.Run(120, 120);
+  EXPECT_EQ(d.desired, 2);
+  EXPECT_FALSE(d.panic);
+  EXPECT_NEAR(d.stable_rps, 120, 2);
+  EXPECT_THAT(d.reason, StartsWith("stable: 120 rps / 100 rps per replica at 0.7 target"));
+}
+
+TEST(AutoscalerTest, FourTimesStepIsMetWithinSecondsThroughPanic) {
+  Sim sim(Settings(1, 20), 1);
+  sim.Run(120, 60);  // one replica at 60 rps (0.86 of its target)
+  ASSERT_EQ(sim.current, 1);
+  // 4x: 240 rps wants ceil(240 / 70) = 4.
+  int64_t met_after_us = -1;
+  const int64_t step_at = sim.clock.NowMicros();
+  std::string first_panic_reason;
+  sim.on_tick = [&](const ScaleDecision& d) {
+    if (d.panic && first_panic_reason.empty()) first_panic_reason = d.reason;
+    if (met_after_us < 0 && d.desired >= 4) met_after_us = sim.clock.NowMicros() - step_at;
+  };
+  sim.Run(30, 240);
+  EXPECT_TRUE(sim.saw_panic);
+  EXPECT_THAT(first_panic_reason, StartsWith("panic: "));
+  EXPECT_THAT(first_panic_reason, HasSubstr("x load over 6s window"));
+  ASSERT_GE(met_after_us, 0);
+  std::printf("4x step: 4 replicas wanted %.1f s after the step\n", met_after_us / 1e6);
+  // Panic starts within a tick or two; the newest sixth of the 6 s window (1 s) then carries the
+  // whole step.
+  EXPECT_LE(met_after_us, 1'500'000);
+  EXPECT_GE(sim.current, 4);
+}
+
+TEST(AutoscalerTest, PanicNeverScalesDown) {
+  Sim sim(Settings(1, 50), 1);
+  sim.Run(60, 50);
+  sim.Run(4, 1000);  // a burst: panic
+  ASSERT_TRUE(sim.scaler.panicking());
+  const int peak = sim.current;
+  ASSERT_GE(peak, 4);
+  // Load vanishes: while in panic (a stable window after the last threshold crossing), the count
+  // never drops.
+  bool dropped_in_panic = false;
+  sim.on_tick = [&](const ScaleDecision& d) {
+    if (d.panic && d.desired < peak) dropped_in_panic = true;
+  };
+  sim.Run(50, 0);
+  EXPECT_FALSE(dropped_in_panic);
+  EXPECT_TRUE(sim.scaler.panicking());
+  EXPECT_EQ(sim.current, peak);
+  // Panic ends one stable window after the last crossing; then it comes down.
+  sim.Run(200, 0);
+  EXPECT_FALSE(sim.scaler.panicking());
+  EXPECT_EQ(sim.current, 1);
+}
+
+TEST(AutoscalerTest, StableScaleDownWaitsForTheWholeWindowAndIsRateLimited) {
+  Sim sim(Settings(1, 20), 1);
+  sim.Run(120, 550);  // ceil(550 / 70) = 8
+  ASSERT_EQ(sim.current, 8);
+  const int64_t drop_at = sim.clock.NowMicros();
+  int64_t first_down_us = -1;
+  int prev = sim.current;
+  bool limit_ok = true;
+  sim.on_tick = [&](const ScaleDecision& d) {
+    if (d.desired < prev && first_down_us < 0) first_down_us = sim.clock.NowMicros() - drop_at;
+    if (d.desired < prev / 2) limit_ok = false;  // maxScaleDownRate 2
+    prev = d.desired;
+  };
+  const ScaleDecision d = sim.Run(200, 60);
+  EXPECT_EQ(d.desired, 1);
+  ASSERT_GE(first_down_us, 0);
+  // The stable average needs time to fall, and the lower count must then hold for a window.
+  EXPECT_GE(first_down_us, 60'000'000);
+  EXPECT_TRUE(limit_ok);
+  EXPECT_THAT(d.reason, StartsWith("stable: "));
+}
+
+TEST(AutoscalerTest, HoldingReasonNamesTheWindow) {
+  Sim sim(Settings(1, 20), 1);
+  sim.Run(120, 300);                   // 5
+  ScaleDecision d = sim.Run(70, 100);  // the stable average has fallen; the window max holds
+  if (sim.current > 2) EXPECT_THAT(d.reason, HasSubstr("until the 60s window agrees"));
+}
+
+TEST(AutoscalerTest, ScalesToZeroAfterIdleAndBackOnDemand) {
+  AutoscalerSettings s = Settings(0, 4);
+  s.idle_us = 300'000'000;
+  Sim sim(s, 1);
+  sim.Run(20, 10);
+  ASSERT_EQ(sim.current, 1);
+  // No requests: the last replica stays until 300 s have passed since the last one.
+  ScaleDecision d = sim.Run(290, 0);
+  EXPECT_EQ(d.desired, 1);
+  EXPECT_THAT(d.reason, HasSubstr("last replica kept until idle 300s"));
+  std::string to_zero_reason;
+  sim.on_tick = [&](const ScaleDecision& x) {
+    if (x.desired == 0 && to_zero_reason.empty()) to_zero_reason = x.reason;
+  };
+  d = sim.Run(15, 0);
+  sim.on_tick = nullptr;
+  EXPECT_EQ(d.desired, 0);
+  EXPECT_EQ(to_zero_reason, "idle 300s: to zero");
+  d = sim.Run(60, 0);
+  EXPECT_EQ(d.desired, 0);
+  // A request waits at the gateway: one replica at once.
+  sim.scaler.Demand();
+  d = sim.scaler.Decide(0, 0, kPerReplicaRps, 0);
+  EXPECT_EQ(d.desired, 1);
+  EXPECT_THAT(d.reason, StartsWith("scale from zero: a request is waiting"));
+  sim.current = 1;
+  // It then stays for idleSeconds again.
+  d = sim.Run(100, 0);
+  EXPECT_EQ(d.desired, 1);
+}
+
+TEST(AutoscalerTest, NoFlappingUnderNoisyConstantLoad) {
+  Sim sim(Settings(1, 20), 1);
+  // 205 rps sits just under 3 replicas' target (210): noise pushes single ticks across.
+  sim.Run(60, 205, 0.3);
+  const int changes_before = sim.direction_changes;
+  sim.Run(600, 205, 0.3);
+  const int direction_changes = sim.direction_changes - changes_before;
+  std::printf("noisy constant load, 10 min: %d direction changes, %d changes\n", direction_changes,
+              sim.changes);
+  // Goal: at most one direction change per 60 s.
+  EXPECT_LE(direction_changes, 10);
+  EXPECT_LE(sim.changes, 12);
+  EXPECT_GE(sim.current, 3);
+  EXPECT_LE(sim.current, 4);
+}
+
+TEST(AutoscalerTest, NaiveInstantRuleWouldFlapOnTheSameLoad) {
+  // Guard that the load above really is noisy enough to flap without the windows: the panic-
+  // window recommendation alone changes direction many times.
+  FakeClock clock(0);
+  AutoscalerSettings s = Settings(1, 20);
+  Autoscaler scaler(s, &clock, 1);
+  std::mt19937 rng(42);
+  std::normal_distribution<double> gauss(0, 1);
+  int last = -1, dir = 0, flips = 0;
+  double carry = 0;
+  for (int i = 0; i < 1200; ++i) {
+    clock.AdvanceMicros(kTickUs);
+    carry += std::max(0.0, 205 * 0.5 * (1 + 0.3 * gauss(rng)));
+    const auto n = static_cast<int64_t>(carry);
+    carry -= n;
+    scaler.Record(n, 0);
+    const int naive = static_cast<int>(
+        std::ceil(scaler.Decide(3, 3, kPerReplicaRps, 0).panic_rps / (kPerReplicaRps * 0.7)));
+    if (last >= 0 && naive != last) {
+      const int d = naive > last ? 1 : -1;
+      if (dir != 0 && d != dir) ++flips;
+      dir = d;
+    }
+    last = naive;
+  }
+  std::printf("the panic-window recommendation alone: %d direction changes\n", flips);
+  EXPECT_GT(flips, 20);
+}
+
+TEST(AutoscalerTest, MinAndMaxBounds) {
+  Sim capped(Settings(1, 3), 1);
+  ScaleDecision d = capped.Run(30, 5000);
+  EXPECT_EQ(d.desired, 3);
+  EXPECT_THAT(d.reason, HasSubstr("capped at maxReplicas 3"));
+  EXPECT_LE(capped.max_seen, 3);
+
+  Sim floor(Settings(2, 5), 2);
+  d = floor.Run(400, 0);
+  EXPECT_EQ(d.desired, 2);
+  EXPECT_THAT(d.reason, HasSubstr("raised to minReplicas 2"));
+}
+
+TEST(AutoscalerTest, ScaleUpRateLimit) {
+  AutoscalerSettings s = Settings(1, 100);
+  s.max_scale_up_rate = 2;
+  FakeClock clock(0);
+  Autoscaler scaler(s, &clock, 1);
+  clock.AdvanceMicros(kTickUs);
+  scaler.Record(1000, 0);  // 2000 rps
+  const ScaleDecision d = scaler.Decide(1, 1, kPerReplicaRps, 0);
+  EXPECT_EQ(d.desired, 2);
+  EXPECT_THAT(d.reason, HasSubstr("limited by maxScaleUpRate"));
+}
+
+TEST(AutoscalerTest, QueueDepthScalesWhenRateIsCapped) {
+  // A saturated replica completes only its capacity, but its queue grows: the concurrency signal
+  // asks for more.
+  FakeClock clock(0);
+  Autoscaler scaler(Settings(1, 10), &clock, 1);
+  ScaleDecision d;
+  for (int i = 0; i < 20; ++i) {
+    clock.AdvanceMicros(kTickUs);
+    scaler.Record(30, 64);  // 60 rps, 64 in flight
+    d = scaler.Decide(d.desired > 0 ? d.desired : 1, 1, kPerReplicaRps, 16);
+  }
+  // 64 / (16 * 0.7) = 5.7 -> 6
+  EXPECT_EQ(d.desired, 6);
+}
+
+TEST(AutoscalerTest, ManifestScalingFields) {
+  auto fns = ParseManifests(R"(apiVersion: ferry.dev/v1
+kind: Function
+metadata: {name: f}
+spec:
+  runtime: echo
+  scaling: {minReplicas: 0, maxReplicas: 5, idleSeconds: 2, targetUtilization: 0.5,
+            stableWindowSeconds: 4, panicThreshold: 3, maxScaleDownRate: 4}
+)",
+                            "f.yaml", "/");
+  ASSERT_TRUE(fns.ok()) << fns.status();
+  const ScalingSpec& sc = fns->front().scaling;
+  EXPECT_DOUBLE_EQ(sc.target_utilization, 0.5);
+  EXPECT_DOUBLE_EQ(sc.stable_window_seconds, 4);
+  EXPECT_DOUBLE_EQ(sc.panic_window_seconds, 0.4);  // a tenth of the stable window
+  EXPECT_DOUBLE_EQ(sc.panic_threshold, 3);
+  EXPECT_DOUBLE_EQ(sc.max_scale_up_rate, 1000);
+  EXPECT_DOUBLE_EQ(sc.max_scale_down_rate, 4);
+  const AutoscalerSettings s = SettingsOf(sc);
+  EXPECT_EQ(s.idle_us, 2'000'000);
+  EXPECT_EQ(s.stable_window_us, 4'000'000);
+  EXPECT_EQ(s.panic_window_us, 400'000);
+
+  auto defaults = ParseManifests(
+      "apiVersion: ferry.dev/v1\nkind: Function\nmetadata: {name: f}\nspec: {runtime: echo}\n",
+      "d.yaml", "/");
+  ASSERT_TRUE(defaults.ok());
+  EXPECT_DOUBLE_EQ(defaults->front().scaling.target_utilization, 0.7);
+  EXPECT_DOUBLE_EQ(defaults->front().scaling.stable_window_seconds, 60);
+  EXPECT_DOUBLE_EQ(defaults->front().scaling.panic_window_seconds, 6);
+  EXPECT_DOUBLE_EQ(defaults->front().scaling.panic_threshold, 2);
+
+  const std::pair<const char*, const char*> bad[] = {
+      {"targetUtilization: 1.5", "spec.scaling.targetUtilization: got 1.5"},
+      {"targetUtilization: 0", "spec.scaling.targetUtilization: got 0"},
+      {"stableWindowSeconds: 10, panicWindowSeconds: 20",
+       "spec.scaling.panicWindowSeconds: got 20"},
+      {"panicThreshold: 1", "spec.scaling.panicThreshold: got 1"},
+      {"maxScaleDownRate: 0.5", "spec.scaling.maxScaleDownRate: got 0.5"},
+      {"stableWindows: 3", "stableWindows"},
+  };
+  for (const auto& [field, want] : bad) {
+    auto r = ParseManifests(std::string("apiVersion: ferry.dev/v1\nkind: Function\nmetadata: "
+                                        "{name: f}\nspec:\n  runtime: echo\n  scaling: {") +
+                                field + "}\n",
+                            "b.yaml", "/");
+    ASSERT_FALSE(r.ok()) << field;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(want)) << field;
+  }
+}
+
+}  // namespace
+}  // namespace ferry::control

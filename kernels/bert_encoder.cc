@@ -1,0 +1,519 @@
+#include "kernels/bert_encoder.h"
+
+#include <cblas.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/safetensors.h"
+#include "nlohmann/json.hpp"
+
+// glibc >= 2.35 on x86-64 has a vector erf in libmvec (4 lanes, dispatching to the best ISA the
+// CPU has; the same few-ulp accuracy as erff at a fraction of the cost).
+#if defined(__x86_64__) && defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
+#define FERRY_HAVE_LIBMVEC_ERF 1
+extern "C" __m128 _ZGVbN4v_erff(__m128 x);
+extern "C" __m128 _ZGVbN4v_expf(__m128 x);
+#endif
+
+namespace ferry::kernels {
+namespace {
+
+// Working memory of one Embed call, kept per thread so that steady-state calls do not allocate.
+struct Scratch {
+  std::vector<float> x;       // [T, H] hidden states
+  std::vector<float> qkv;     // [T, 3H]
+  std::vector<float> ctx;     // [T, H]
+  std::vector<float> tmp;     // [T, H]
+  std::vector<float> ffn;     // [T, I]
+  std::vector<float> scores;  // [L, L] for the longest sequence
+  std::vector<float> erf;     // [I], one row of GELU
+};
+
+Scratch& ThreadScratch() {
+  thread_local Scratch scratch;
+  return scratch;
+}
+
+template <typename T>
+void Grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+// out[r] = (row - mean) / sqrt(var + eps) * gamma + beta for a row whose sum is `sum`.
+inline void NormalizeRow(const float* row, float sum, const float* gamma, const float* beta, int n,
+                         float eps, float* o) {
+  const float mean = sum / static_cast<float>(n);
+  float var = 0.f;
+  for (int i = 0; i < n; ++i) {
+    const float d = row[i] - mean;
+    var += d * d;
+  }
+  const float inv = 1.f / std::sqrt(var / static_cast<float>(n) + eps);
+  for (int i = 0; i < n; ++i) o[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
+}
+
+void LayerNorm(const float* in, const float* gamma, const float* beta, int rows, int n, float eps,
+               float* out) {
+  for (int r = 0; r < rows; ++r) {
+    const float* row = in + static_cast<size_t>(r) * n;
+    float sum = 0.f;
+    for (int i = 0; i < n; ++i) sum += row[i];
+    NormalizeRow(row, sum, gamma, beta, n, eps, out + static_cast<size_t>(r) * n);
+  }
+}
+
+// out[r] = LayerNorm(y[r] + bias + residual[r]) row by row (n columns); y is overwritten with
+// the sum. `out` may be `residual`: each residual row is read before its output row is written.
+void AddBiasResidualLayerNorm(float* y, const float* bias, const float* residual,
+                              const float* gamma, const float* beta, int rows, int n, float eps,
+                              float* out) {
+  for (int r = 0; r < rows; ++r) {
+    float* row = y + static_cast<size_t>(r) * n;
+    const float* res = residual + static_cast<size_t>(r) * n;
+    float sum = 0.f;
+    for (int i = 0; i < n; ++i) {
+      const float v = row[i] + bias[i] + res[i];
+      row[i] = v;
+      sum += v;
+    }
+    NormalizeRow(row, sum, gamma, beta, n, eps, out + static_cast<size_t>(r) * n);
+  }
+}
+
+// erf over n floats: 4 at a time through glibc's vector math library where it has erf (see the
+// top of the file), std::erf elsewhere.
+void ErfInPlace(float* v, int n) {
+  int i = 0;
+#ifdef FERRY_HAVE_LIBMVEC_ERF
+  for (; i + 4 <= n; i += 4) _mm_storeu_ps(v + i, _ZGVbN4v_erff(_mm_loadu_ps(v + i)));
+#endif
+  for (; i < n; ++i) v[i] = std::erf(v[i]);
+}
+
+void ExpInPlace(float* v, int n) {
+  int i = 0;
+#ifdef FERRY_HAVE_LIBMVEC_ERF
+  for (; i + 4 <= n; i += 4) _mm_storeu_ps(v + i, _ZGVbN4v_expf(_mm_loadu_ps(v + i)));
+#endif
+  for (; i < n; ++i) v[i] = std::exp(v[i]);
+}
+
+// y = GELU(y + bias) with the exact (erf) form, row by row; `erf` holds n floats of scratch.
+void AddBiasGelu(float* y, const float* bias, int rows, int n, float* erf) {
+  constexpr float kInvSqrt2 = 0.70710678118654752440f;
+  for (int r = 0; r < rows; ++r) {
+    float* row = y + static_cast<size_t>(r) * n;
+    for (int i = 0; i < n; ++i) {
+      row[i] += bias[i];
+      erf[i] = row[i] * kInvSqrt2;
+    }
+    ErfInPlace(erf, n);
+    for (int i = 0; i < n; ++i) row[i] = 0.5f * row[i] * (1.f + erf[i]);
+  }
+}
+
+// out[rows, n] = in[rows, k] * w^T (w is [n, k]) + bias.
+void Linear(const float* in, int rows, int k, const std::vector<float>& w,
+            const std::vector<float>& bias, int n, float* out) {
+  if (!bias.empty()) {
+    for (int r = 0; r < rows; ++r) {
+      std::memcpy(out + static_cast<size_t>(r) * n, bias.data(), sizeof(float) * n);
+    }
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, k, 1.f, in, k, w.data(), k,
+              bias.empty() ? 0.f : 1.f, out, n);
+}
+
+absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a JSON object"));
+  }
+  return j;
+}
+
+}  // namespace
+
+absl::Status BertConfig::Validate() const {
+  const std::pair<const char*, int> sizes[] = {{"vocab_size", vocab_size},
+                                               {"hidden_size", hidden_size},
+                                               {"num_hidden_layers", num_layers},
+                                               {"num_attention_heads", num_heads},
+                                               {"intermediate_size", intermediate_size},
+                                               {"max_position_embeddings", max_position_embeddings},
+                                               {"type_vocab_size", type_vocab_size}};
+  for (const auto& [name, value] : sizes) {
+    if (value <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("BERT config: ", name, " must be positive, got ", value));
+    }
+  }
+  if (hidden_size % num_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("BERT config: hidden_size ", hidden_size,
+                                                   " is not a multiple of num_attention_heads ",
+                                                   num_heads));
+  }
+  if (!(layer_norm_eps > 0.f)) {
+    return absl::InvalidArgumentError("BERT config: layer_norm_eps must be positive");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BertConfig> ReadBertConfig(const std::string& path) {
+  absl::StatusOr<nlohmann::json> j = ReadJsonFile(path);
+  if (!j.ok()) return j.status();
+  auto error = [&](const std::string& key, const std::string& message) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", key, ": ", message));
+  };
+  auto string_is = [&](const std::string& key, const std::string& want,
+                       bool required) -> absl::Status {
+    auto it = j->find(key);
+    if (it == j->end()) {
+      return required ? error(key, absl::StrCat("missing (expected \"", want, "\")"))
+                      : absl::OkStatus();
+    }
+    if (!it->is_string() || it->get<std::string>() != want) {
+      return error(key, absl::StrCat("expected \"", want,
+                                     "\" (ferry's sentence-embedding "
+                                     "runtime runs BERT encoders), got ",
+                                     it->dump()));
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status s = string_is("model_type", "bert", true); !s.ok()) return s;
+  if (absl::Status s = string_is("hidden_act", "gelu", true); !s.ok()) return s;
+  if (absl::Status s = string_is("position_embedding_type", "absolute", false); !s.ok()) return s;
+  BertConfig config;
+  const std::pair<const char*, int*> ints[] = {
+      {"vocab_size", &config.vocab_size},
+      {"hidden_size", &config.hidden_size},
+      {"num_hidden_layers", &config.num_layers},
+      {"num_attention_heads", &config.num_heads},
+      {"intermediate_size", &config.intermediate_size},
+      {"max_position_embeddings", &config.max_position_embeddings},
+      {"type_vocab_size", &config.type_vocab_size}};
+  for (const auto& [key, field] : ints) {
+    auto it = j->find(key);
+    if (it == j->end()) return error(key, "missing");
+    if (!it->is_number_integer() || it->get<int64_t>() <= 0 || it->get<int64_t>() > (1 << 24)) {
+      return error(key, absl::StrCat("expected a positive integer, got ", it->dump()));
+    }
+    *field = it->get<int>();
+  }
+  if (auto it = j->find("layer_norm_eps"); it != j->end()) {
+    if (!it->is_number() || !(it->get<double>() > 0)) {
+      return error("layer_norm_eps", absl::StrCat("expected a positive number, got ", it->dump()));
+    }
+    config.layer_norm_eps = static_cast<float>(it->get<double>());
+  }
+  if (absl::Status s = config.Validate(); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
+  }
+  return config;
+}
+
+absl::StatusOr<BertWeights> LoadBertWeights(const std::string& safetensors_path,
+                                            const BertConfig& config) {
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(safetensors_path);
+  if (!file.ok()) return file.status();
+  const SafetensorsFile& f = **file;
+  const std::string prefix = f.Find("embeddings.word_embeddings.weight") == nullptr &&
+                                     f.Find("bert.embeddings.word_embeddings.weight") != nullptr
+                                 ? "bert."
+                                 : "";
+  const int64_t h = config.hidden_size;
+  const int64_t inter = config.intermediate_size;
+  auto read = [&](const std::string& name,
+                  std::vector<int64_t> shape) -> absl::StatusOr<std::vector<float>> {
+    const SafetensorsTensor* t = f.Find(prefix + name);
+    if (t == nullptr) {
+      return absl::NotFoundError(absl::StrCat(safetensors_path, ": missing tensor '", prefix, name,
+                                              "' (a BERT encoder with ", config.num_layers,
+                                              " layers needs it)"));
+    }
+    if (t->shape != shape) {
+      auto show = [](const std::vector<int64_t>& s) {
+        std::string out = "[";
+        for (size_t i = 0; i < s.size(); ++i) absl::StrAppend(&out, i ? "," : "", s[i]);
+        return out + "]";
+      };
+      return absl::InvalidArgumentError(absl::StrCat(safetensors_path, ": tensor '", prefix, name,
+                                                     "' has shape ", show(t->shape),
+                                                     "; config.json implies ", show(shape)));
+    }
+    return f.ReadFloat32(*t);
+  };
+  BertWeights w;
+  struct Slot {
+    std::string name;
+    std::vector<int64_t> shape;
+    std::vector<float>* out;
+  };
+  std::vector<Slot> slots = {
+      {"embeddings.word_embeddings.weight", {config.vocab_size, h}, &w.word_embeddings},
+      {"embeddings.position_embeddings.weight",
+       {config.max_position_embeddings, h},
+       &w.position_embeddings},
+      {"embeddings.token_type_embeddings.weight",
+       {config.type_vocab_size, h},
+       &w.token_type_embeddings},
+      {"embeddings.LayerNorm.weight", {h}, &w.embedding_ln_gamma},
+      {"embeddings.LayerNorm.bias", {h}, &w.embedding_ln_beta},
+  };
+  w.layers.resize(config.num_layers);
+  std::vector<std::vector<float>> qkv_parts(static_cast<size_t>(config.num_layers) * 6);
+  for (int i = 0; i < config.num_layers; ++i) {
+    const std::string p = absl::StrCat("encoder.layer.", i, ".");
+    BertLayerWeights& l = w.layers[i];
+    std::vector<float>* q = &qkv_parts[i * 6];
+    slots.push_back({p + "attention.self.query.weight", {h, h}, &q[0]});
+    slots.push_back({p + "attention.self.key.weight", {h, h}, &q[1]});
+    slots.push_back({p + "attention.self.value.weight", {h, h}, &q[2]});
+    slots.push_back({p + "attention.self.query.bias", {h}, &q[3]});
+    slots.push_back({p + "attention.self.key.bias", {h}, &q[4]});
+    slots.push_back({p + "attention.self.value.bias", {h}, &q[5]});
+    slots.push_back({p + "attention.output.dense.weight", {h, h}, &l.attn_out_weight});
+    slots.push_back({p + "attention.output.dense.bias", {h}, &l.attn_out_bias});
+    slots.push_back({p + "attention.output.LayerNorm.weight", {h}, &l.attn_ln_gamma});
+    slots.push_back({p + "attention.output.LayerNorm.bias", {h}, &l.attn_ln_beta});
+    slots.push_back({p + "intermediate.dense.weight", {inter, h}, &l.ffn_in_weight});
+    slots.push_back({p + "intermediate.dense.bias", {inter}, &l.ffn_in_bias});
+    slots.push_back({p + "output.dense.weight", {h, inter}, &l.ffn_out_weight});
+    slots.push_back({p + "output.dense.bias", {h}, &l.ffn_out_bias});
+    slots.push_back({p + "output.LayerNorm.weight", {h}, &l.out_ln_gamma});
+    slots.push_back({p + "output.LayerNorm.bias", {h}, &l.out_ln_beta});
+  }
+  for (Slot& slot : slots) {
+    absl::StatusOr<std::vector<float>> v = read(slot.name, slot.shape);
+    if (!v.ok()) return v.status();
+    *slot.out = *std::move(v);
+  }
+  for (int i = 0; i < config.num_layers; ++i) {
+    BertLayerWeights& l = w.layers[i];
+    const std::vector<float>* q = &qkv_parts[i * 6];
+    for (int k = 0; k < 3; ++k) l.qkv_weight.insert(l.qkv_weight.end(), q[k].begin(), q[k].end());
+    for (int k = 3; k < 6; ++k) l.qkv_bias.insert(l.qkv_bias.end(), q[k].begin(), q[k].end());
+  }
+  return w;
+}
+
+absl::StatusOr<std::unique_ptr<BertEncoder>> BertEncoder::Create(const BertConfig& config,
+                                                                 BertWeights weights) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  const size_t h = config.hidden_size;
+  const size_t inter = config.intermediate_size;
+  auto check = [](const std::string& name, const std::vector<float>& v,
+                  size_t want) -> absl::Status {
+    if (v.size() != want) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("BERT weights: ", name, " has ", v.size(), " values, expected ", want));
+    }
+    return absl::OkStatus();
+  };
+  std::vector<absl::Status> checks = {
+      check("word_embeddings", weights.word_embeddings, config.vocab_size * h),
+      check("position_embeddings", weights.position_embeddings, config.max_position_embeddings * h),
+      check("token_type_embeddings", weights.token_type_embeddings, config.type_vocab_size * h),
+      check("embedding_ln_gamma", weights.embedding_ln_gamma, h),
+      check("embedding_ln_beta", weights.embedding_ln_beta, h)};
+  if (weights.layers.size() != static_cast<size_t>(config.num_layers)) {
+    return absl::InvalidArgumentError(absl::StrCat("BERT weights: ", weights.layers.size(),
+                                                   " layers, config has ", config.num_layers));
+  }
+  for (const BertLayerWeights& l : weights.layers) {
+    checks.push_back(check("qkv_weight", l.qkv_weight, 3 * h * h));
+    checks.push_back(check("qkv_bias", l.qkv_bias, 3 * h));
+    checks.push_back(check("attn_out_weight", l.attn_out_weight, h * h));
+    checks.push_back(check("attn_out_bias", l.attn_out_bias, h));
+    checks.push_back(check("attn_ln_gamma", l.attn_ln_gamma, h));
+    checks.push_back(check("attn_ln_beta", l.attn_ln_beta, h));
+    checks.push_back(check("ffn_in_weight", l.ffn_in_weight, inter * h));
+    checks.push_back(check("ffn_in_bias", l.ffn_in_bias, inter));
+    checks.push_back(check("ffn_out_weight", l.ffn_out_weight, h * inter));
+    checks.push_back(check("ffn_out_bias", l.ffn_out_bias, h));
+    checks.push_back(check("out_ln_gamma", l.out_ln_gamma, h));
+    checks.push_back(check("out_ln_beta", l.out_ln_beta, h));
+  }
+  for (const absl::Status& s : checks) {
+    if (!s.ok()) return s;
+  }
+  std::unique_ptr<BertEncoder> e(new BertEncoder());
+  e->config_ = config;
+  e->weights_ = std::move(weights);
+  return e;
+}
+
+double BertEncoder::FlopsPerToken(int length) const {
+  const double h = config_.hidden_size;
+  const double inter = config_.intermediate_size;
+  // 2 flops per multiply-add: QKV 3H², output H², FFN 2·H·I, attention 2·L·H (scores + context).
+  return 2.0 * config_.num_layers * (4 * h * h + 2 * h * inter + 2.0 * length * h);
+}
+
+absl::Status BertEncoder::Embed(absl::Span<const std::vector<int32_t>> sequences, bool normalize,
+                                float* out) const {
+  // Bounded passes keep the working memory (about 4·(6H + I) bytes per token) near 60 MB for
+  // MiniLM however large the batch.
+  constexpr size_t kMaxTokensPerPass = 4096;
+  size_t begin = 0;
+  while (begin < sequences.size()) {
+    size_t end = begin;
+    size_t tokens = 0;
+    while (end < sequences.size() &&
+           (end == begin || tokens + sequences[end].size() <= kMaxTokensPerPass)) {
+      tokens += sequences[end].size();
+      ++end;
+    }
+    if (absl::Status s = EmbedPacked(sequences.subspan(begin, end - begin), normalize,
+                                     out + begin * static_cast<size_t>(config_.hidden_size));
+        !s.ok()) {
+      return s;
+    }
+    begin = end;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BertEncoder::EmbedPacked(absl::Span<const std::vector<int32_t>> sequences,
+                                      bool normalize, float* out) const {
+  const int h = config_.hidden_size;
+  const int inter = config_.intermediate_size;
+  const int heads = config_.num_heads;
+  const int d = h / heads;
+  const float eps = config_.layer_norm_eps;
+  int total = 0;
+  int longest = 0;
+  for (size_t s = 0; s < sequences.size(); ++s) {
+    const std::vector<int32_t>& ids = sequences[s];
+    if (ids.empty() || ids.size() > static_cast<size_t>(config_.max_position_embeddings)) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " has ", ids.size(),
+                                                     " tokens; expected 1 to ",
+                                                     config_.max_position_embeddings));
+    }
+    for (int32_t id : ids) {
+      if (id < 0 || id >= config_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sequence ", s, ": token id ", id, " outside the vocabulary of ", config_.vocab_size));
+      }
+    }
+    total += static_cast<int>(ids.size());
+    longest = std::max(longest, static_cast<int>(ids.size()));
+  }
+  if (total == 0) return absl::OkStatus();
+
+  Scratch& sc = ThreadScratch();
+  const size_t th = static_cast<size_t>(total) * h;
+  Grow(sc.x, th);
+  Grow(sc.qkv, th * 3);
+  Grow(sc.ctx, th);
+  Grow(sc.tmp, th);
+  Grow(sc.ffn, static_cast<size_t>(total) * inter);
+  Grow(sc.scores, static_cast<size_t>(longest) * longest);
+  Grow(sc.erf, static_cast<size_t>(inter));
+  float* x = sc.x.data();
+  float* qkv = sc.qkv.data();
+  float* ctx = sc.ctx.data();
+  float* tmp = sc.tmp.data();
+  float* ffn = sc.ffn.data();
+  float* scores = sc.scores.data();
+
+  // Embeddings (token type 0) then LayerNorm; the sum goes to tmp, the residual input is zero.
+  {
+    const float* type0 = weights_.token_type_embeddings.data();
+    size_t row = 0;
+    for (const std::vector<int32_t>& ids : sequences) {
+      for (size_t p = 0; p < ids.size(); ++p, ++row) {
+        const float* we = weights_.word_embeddings.data() + static_cast<size_t>(ids[p]) * h;
+        const float* pe = weights_.position_embeddings.data() + p * h;
+        float* t = tmp + row * h;
+        for (int i = 0; i < h; ++i) t[i] = we[i] + pe[i] + type0[i];
+      }
+    }
+    LayerNorm(tmp, weights_.embedding_ln_gamma.data(), weights_.embedding_ln_beta.data(), total, h,
+              eps, x);
+  }
+
+  const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  const int ld = 3 * h;
+  for (const BertLayerWeights& l : weights_.layers) {
+    Linear(x, total, h, l.qkv_weight, l.qkv_bias, 3 * h, qkv);
+    // Attention per sequence over its own rows (no padding, so no mask is needed).
+    size_t offset = 0;
+    for (const std::vector<int32_t>& ids : sequences) {
+      const int len = static_cast<int>(ids.size());
+      const float* base = qkv + offset * ld;
+      for (int head = 0; head < heads; ++head) {
+        const float* q = base + head * d;
+        const float* k = base + h + head * d;
+        const float* v = base + 2 * h + head * d;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, len, len, d, scale, q, ld, k, ld, 0.f,
+                    scores, len);
+        for (int r = 0; r < len; ++r) {
+          float* row = scores + static_cast<size_t>(r) * len;
+          float m = row[0];
+          for (int c = 1; c < len; ++c) m = std::max(m, row[c]);
+          for (int c = 0; c < len; ++c) row[c] -= m;
+          ExpInPlace(row, len);
+          float sum = 0.f;
+          for (int c = 0; c < len; ++c) sum += row[c];
+          const float inv = 1.f / sum;
+          for (int c = 0; c < len; ++c) row[c] *= inv;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, len, d, len, 1.f, scores, len, v, ld,
+                    0.f, ctx + offset * h + head * d, h);
+      }
+      offset += ids.size();
+    }
+    // Attention output: x = LN(ctx Wo^T + bo + x).
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, total, h, h, 1.f, ctx, h,
+                l.attn_out_weight.data(), h, 0.f, tmp, h);
+    AddBiasResidualLayerNorm(tmp, l.attn_out_bias.data(), x, l.attn_ln_gamma.data(),
+                             l.attn_ln_beta.data(), total, h, eps, x);
+    // FFN: x = LN(GELU(x W1^T + b1) W2^T + b2 + x).
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, total, inter, h, 1.f, x, h,
+                l.ffn_in_weight.data(), h, 0.f, ffn, inter);
+    AddBiasGelu(ffn, l.ffn_in_bias.data(), total, inter, sc.erf.data());
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, total, h, inter, 1.f, ffn, inter,
+                l.ffn_out_weight.data(), inter, 0.f, tmp, h);
+    AddBiasResidualLayerNorm(tmp, l.ffn_out_bias.data(), x, l.out_ln_gamma.data(),
+                             l.out_ln_beta.data(), total, h, eps, x);
+  }
+
+  // Mean pooling over each sequence's tokens, then L2 normalisation.
+  size_t offset = 0;
+  for (size_t s = 0; s < sequences.size(); ++s) {
+    const size_t len = sequences[s].size();
+    float* o = out + s * h;
+    std::fill(o, o + h, 0.f);
+    for (size_t r = 0; r < len; ++r) {
+      const float* row = x + (offset + r) * h;
+      for (int i = 0; i < h; ++i) o[i] += row[i];
+    }
+    const float inv_len = 1.f / static_cast<float>(len);
+    for (int i = 0; i < h; ++i) o[i] *= inv_len;
+    if (normalize) {
+      double norm = 0;
+      for (int i = 0; i < h; ++i) norm += static_cast<double>(o[i]) * o[i];
+      const float inv = 1.f / static_cast<float>(std::max(std::sqrt(norm), 1e-12));
+      for (int i = 0; i < h; ++i) o[i] *= inv;
+    }
+    offset += len;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace ferry::kernels

@@ -1,0 +1,41 @@
+// The function runtime contract: what a model looks like to the node agent. A runtime knows no
+// batcher and no network; the agent hands it batches of already-validated requests. Runtimes are
+// created by name through the registry (ferry/runtime_registry.h).
+#ifndef FERRY_RUNTIME_H_
+#define FERRY_RUNTIME_H_
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "ferry/inference.h"
+#include "ferry/signature.h"
+
+namespace ferry {
+
+// One request of a batch. The runtime fills `response->outputs` (every declared output; the
+// agent filters to the requested ones) or sets `status` to fail only this request. Both pointers
+// are owned by the caller and outlive the Execute call.
+struct RuntimeCall {
+  const InferenceRequest* request = nullptr;
+  InferenceResponse* response = nullptr;
+  absl::Status status;
+};
+
+class Runtime {
+ public:
+  virtual ~Runtime() = default;
+  // Fixed for the runtime's lifetime.
+  virtual const ModelSignature& signature() const = 0;
+  // Runs a batch of validated requests (blocking). Thread-safe: may be called from several
+  // executor threads at once. A non-OK return fails the whole batch.
+  virtual absl::Status Execute(absl::Span<RuntimeCall> batch) = 0;
+};
+
+// What hardware a runtime may use, as placed by the agent.
+struct RuntimeContext {
+  bool use_gpu = false;  // the agent placed this replica on a GPU
+  int gpu_index = 0;     // CUDA device ordinal when use_gpu
+};
+
+}  // namespace ferry
+
+#endif  // FERRY_RUNTIME_H_
