@@ -8,7 +8,7 @@ GRPC_PORT ?= 8001
 # CI (which sets CI=true) configures with -Werror; see "Checking builds" in docs/operations.md.
 WERROR_FLAG := $(if $(filter true,$(CI)),-DFERRY_WERROR=ON)
 
-.PHONY: deps configure build models up test unit e2e bench bench-seed sanitize thread-safety tsan fuzz format clean
+.PHONY: deps configure build models up test unit e2e bench bench-seed bench-sim sanitize thread-safety tsan fuzz format clean
 
 deps:
 	@scripts/install-deps.sh $(BUILD_DIR)
@@ -59,6 +59,18 @@ bench: build examples models
 BENCH_SEED_ARGS ?=
 bench-seed: build
 	$(BUILD_DIR)/venv/bin/python perf/bench_seed.py --build-dir $(BUILD_DIR) $(BENCH_SEED_ARGS)
+
+# Cluster simulator at full size (docs/perf.md, "Cluster simulator"): 1,000 nodes, 1,000
+# functions; CSVs and PNGs under $(BUILD_DIR)/sim/. SIM_ARGS adds ferry-sim flags to every run.
+SIM_SIZE ?= --nodes 1000 --functions 1000
+SIM_ARGS ?=
+bench-sim: build
+	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace gamma --cv 4 --duration 60 --out $(BUILD_DIR)/sim/bursty $(SIM_ARGS)
+	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace gamma --cv 4 --duration 60 --utilization 0.85 --policies ferry,fixed-replicas --out $(BUILD_DIR)/sim/bursty-85 $(SIM_ARGS)
+	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace step --step_at 30 --step_factor 4 --duration 90 --policies ferry,fixed-replicas --out $(BUILD_DIR)/sim/step $(SIM_ARGS)
+	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace poisson --duration 120 --policies ferry --out $(BUILD_DIR)/sim/constant $(SIM_ARGS)
+	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace poisson --duration 90 --fail_fraction 0.05 --fail_at 30 --policies ferry --out $(BUILD_DIR)/sim/failure $(SIM_ARGS)
+	for d in bursty bursty-85 step constant failure; do $(BUILD_DIR)/venv/bin/python perf/sim/plot.py $(BUILD_DIR)/sim/$$d; done
 
 # Address + undefined-behaviour sanitizers over every unit and end-to-end test (CPU build).
 sanitize: deps examples

@@ -110,10 +110,13 @@ class Batcher::Impl {
     absl::Status status;
     const int64_t cost = task->cost();
     const int64_t bytes = task->size_bytes();
+    const int64_t tokens = task->tokens();
     if (cost < 1 || cost > options_.max_batch_size) {
       status = absl::InvalidArgumentError(
           absl::StrCat(prefix_, "task cost ", cost,
                        " outside [1, max_batch_size=", options_.max_batch_size, "]"));
+    } else if (tokens < 1) {
+      status = absl::InvalidArgumentError(absl::StrCat(prefix_, "task tokens ", tokens, " < 1"));
     } else if (options_.max_queue_bytes > 0 && bytes > options_.max_queue_bytes) {
       // It could never be queued, so "retry later" would be a lie.
       status = absl::InvalidArgumentError(absl::StrCat(
@@ -140,7 +143,8 @@ class Batcher::Impl {
       } else {
         queued_cost_ += cost;
         queued_bytes_ += bytes;
-        EnqueueLocked(Entry{std::move(task), now, bytes, 0});
+        queued_tokens_ += tokens;
+        EnqueueLocked(Entry{std::move(task), now, bytes, tokens, 0});
         ObserveArrivalLocked(now, cost);
         Batch batch;
         const bool run_inline = InlineAllowedLocked() && TakeBatchLocked(now, &batch);
@@ -210,6 +214,7 @@ class Batcher::Impl {
     s.queued_tasks = static_cast<int64_t>(queue_.size());
     s.queued_cost = queued_cost_;
     s.queued_bytes = queued_bytes_;
+    s.queued_tokens = queued_tokens_;
     s.running_batches = running_;
     s.target_batch_size = target_;
     s.model_slope_us = model_.slope();
@@ -227,14 +232,13 @@ class Batcher::Impl {
   struct Entry {
     std::unique_ptr<Task> task;
     int64_t enqueue_us = 0;
-    int64_t bytes = 0;  // Task::size_bytes() at Submit
-    int64_t rank = 0;   // queue order: Rank(task->priority()), lower first
+    int64_t bytes = 0;   // Task::size_bytes() at Submit
+    int64_t tokens = 0;  // Task::tokens() at Submit
+    int64_t rank = 0;    // queue order: Rank(task->priority()), lower first
   };
 
   // Task::priority as a sort key: explicit levels 1, 2, ... first, the default (0) last.
-  static int64_t Rank(int64_t priority) {
-    return priority > 0 ? priority : kDefaultRank;
-  }
+  static int64_t Rank(int64_t priority) { return priority > 0 ? priority : kDefaultRank; }
 
   // Keeps queue_ sorted by rank, FIFO within a rank. The default rank is the last, so a
   // queue without priorities is a plain FIFO with O(1) appends.
@@ -273,6 +277,7 @@ class Batcher::Impl {
     std::vector<Entry> run;      // executed, in queue order
     std::vector<Entry> expired;  // deadline passed before departure; never executed
     int64_t cost = 0;
+    int64_t tokens = 0;
     int64_t depart_us = 0;
     // The target when the batch departed: "full" means it reached this.
     int64_t target = 0;
@@ -366,7 +371,11 @@ class Batcher::Impl {
   // slot claimed); that still counts as progress for RunOnce.
   bool TakeBatchLocked(int64_t now, Batch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (queue_.empty() || running_ >= options_.num_executors) return false;
-    const bool by_size = queued_cost_ >= target_;
+    const int64_t token_budget = options_.max_batch_tokens;
+    // A full token budget is a full batch: the next task could not join it, so waiting only
+    // adds latency.
+    const bool by_size =
+        queued_cost_ >= target_ || (token_budget > 0 && queued_tokens_ >= token_budget);
     if (!by_size && !stopping_ && now < DepartureLocked()) return false;
     // By size the batch is the target; by delay (or when draining) it is whatever waits, up to
     // the hard cap, as in continuous batching.
@@ -380,14 +389,22 @@ class Batcher::Impl {
       if (deadline != 0 && deadline < now) {
         queued_cost_ -= cost;
         queued_bytes_ -= front.bytes;
+        queued_tokens_ -= front.tokens;
         batch->expired.push_back(PopFrontLocked());
         continue;
       }
-      // Never split a task; the first one always fits (cost <= max_batch_size at Submit).
-      if (!batch->run.empty() && batch->cost + cost > limit) break;
+      // Never split a task; the first one always fits (cost <= max_batch_size at Submit, and a
+      // task over the token budget runs alone).
+      if (!batch->run.empty() &&
+          (batch->cost + cost > limit ||
+           (token_budget > 0 && batch->tokens + front.tokens > token_budget))) {
+        break;
+      }
       queued_cost_ -= cost;
       queued_bytes_ -= front.bytes;
+      queued_tokens_ -= front.tokens;
       batch->cost += cost;
+      batch->tokens += front.tokens;
       batch->run.push_back(PopFrontLocked());
     }
     if (!batch->run.empty()) ++running_;
@@ -500,6 +517,7 @@ class Batcher::Impl {
   int64_t prioritized_ ABSL_GUARDED_BY(mu_) = 0;  // queued entries with a non-default rank
   int64_t queued_cost_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t queued_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int64_t target_ ABSL_GUARDED_BY(mu_) = 1;
@@ -524,6 +542,7 @@ absl::StatusOr<std::unique_ptr<Batcher>> Batcher::Create(const BatcherOptions& o
   if (options.max_queue_delay_us < 0) return bad("max_queue_delay_us must be >= 0");
   if (options.max_queue_size < 1) return bad("max_queue_size must be >= 1");
   if (options.max_queue_bytes < 0) return bad("max_queue_bytes must be >= 0");
+  if (options.max_batch_tokens < 0) return bad("max_batch_tokens must be >= 0");
   if (options.inline_max_exec_us < 0) return bad("inline_max_exec_us must be >= 0");
   if (options.slo_us < 0) return bad("slo_us must be >= 0");
   if (options.initial_batch_size < 0 || options.initial_batch_size > options.max_batch_size) {

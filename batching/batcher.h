@@ -5,14 +5,16 @@
 // A batch departs when an executor slot is free and either the queue holds the current target
 // size (in cost units) or the oldest request has used its delay budget: min(maxQueueDelay,
 // deadline - predicted execution time). A batch never exceeds max_batch_size cost units (a
-// single task larger than that is rejected at Submit). The target size adapts by AIMD against
-// the latency SLO (policy kAimd), stays at max_batch_size (kFixed), or is 1 with no delay (kOff).
-// An online linear model of execution time (a * cost + b) predicts when a batch will finish.
-// The queue is ordered by Task::priority (strict levels, FIFO within one); the delay budget is
-// always the oldest task's, whatever its level.
-// Under kAimd the delay is adaptive too: a batch below the target waits only while more tasks
-// are expected within its budget and a bigger batch would pay for the wait (docs/batching.md,
-// "Adaptive delay"); otherwise it departs as soon as an executor slot is free.
+// single task larger than that is rejected at Submit). With max_batch_tokens set, a batch also
+// departs once the queue holds that many tokens (Task::tokens), and never takes a task that
+// would carry it past the budget; a task over the budget on its own runs alone. The target size
+// adapts by AIMD against the latency SLO (policy kAimd), stays at max_batch_size (kFixed), or is 1
+// with no delay (kOff). An online linear model of execution time (a * cost + b) predicts when a
+// batch will finish. The queue is ordered by Task::priority (strict levels, FIFO within one); the
+// delay budget is always the oldest task's, whatever its level. Under kAimd the delay is adaptive
+// too: a batch below the target waits only while more tasks are expected within its budget and a
+// bigger batch would pay for the wait (docs/batching.md, "Adaptive delay"); otherwise it departs as
+// soon as an executor slot is free.
 #ifndef FERRY_BATCHING_BATCHER_H_
 #define FERRY_BATCHING_BATCHER_H_
 
@@ -43,8 +45,11 @@ struct TaskTiming {
 class Task {
  public:
   virtual ~Task() = default;
-  // Batch units this task uses (rows, or tokens for text); >= 1. Must not change after Submit.
+  // Batch units this task uses (rows) against max_batch_size; >= 1. Must not change after Submit.
   virtual int64_t cost() const = 0;
+  // Work the task adds to a batch in the unit of BatcherOptions::max_batch_tokens (tokens for
+  // text runtimes: ferry::Runtime::Cost); >= 1. Defaults to cost(). Must not change after Submit.
+  virtual int64_t tokens() const { return cost(); }
   // Memory the task holds while it waits (its request's payload), counted against
   // BatcherOptions::max_queue_bytes. Must not change after Submit.
   virtual int64_t size_bytes() const { return 0; }
@@ -93,6 +98,12 @@ struct BatcherOptions {
   // would pass it is ResourceExhausted (retry later); one larger than it alone is
   // InvalidArgument (it can never be queued).
   int64_t max_queue_bytes = 0;
+  // Token budget of one batch (Task::tokens), on top of max_batch_size; 0 = no limit. A batch
+  // departs as soon as the queue holds the budget (the next task could not join), and takes
+  // tasks only while their sum stays within it. A task whose tokens alone exceed the budget is
+  // not refused: it runs in a batch of its own (its rows are bounded by max_batch_size already;
+  // refusing it would make a request's fate depend on a cost estimate).
+  int64_t max_batch_tokens = 0;
   int64_t slo_us = 0;              // batch latency target for AIMD; 0 = none (grow to max)
   int64_t initial_batch_size = 0;  // AIMD start; 0 = 1
   AimdOptions aimd;
@@ -112,6 +123,7 @@ struct BatcherStats {
   int64_t queued_tasks = 0;
   int64_t queued_cost = 0;
   int64_t queued_bytes = 0;
+  int64_t queued_tokens = 0;
   int64_t running_batches = 0;
   int64_t target_batch_size = 0;
   // Linear execution-time model: predicted_us(cost) = slope_us * cost + intercept_us.

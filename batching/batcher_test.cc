@@ -268,6 +268,7 @@ TEST_F(BatcherTest, CreateValidatesOptions) {
       {[](BatcherOptions& o) { o.max_queue_delay_us = -1; }, "max_queue_delay_us"},
       {[](BatcherOptions& o) { o.max_queue_size = 0; }, "max_queue_size"},
       {[](BatcherOptions& o) { o.max_queue_bytes = -1; }, "max_queue_bytes"},
+      {[](BatcherOptions& o) { o.max_batch_tokens = -1; }, "max_batch_tokens"},
       {[](BatcherOptions& o) { o.slo_us = -5; }, "slo_us"},
       {[](BatcherOptions& o) { o.initial_batch_size = 64; }, "initial_batch_size"},
       {[](BatcherOptions& o) { o.aimd.additive_increase = 0; }, "additive_increase"},
@@ -1048,6 +1049,76 @@ TEST_F(BatcherTest, PriorityDelayBudgetIsTheOldestTasksWhateverItsLevel) {
   // Without priorities left in the queue, the front is the oldest again.
   ASSERT_TRUE(b->Submit(std::make_unique<PriorityTask>(3, 0, &recorder_)).ok());
   EXPECT_EQ(b->NextDepartureUs(), kStart + 2100);  // submitted after the 100 us batch
+}
+
+// A text request: one row per sentence (cost) and its tokens against max_batch_tokens.
+class TokenTask : public TestTask {
+ public:
+  TokenTask(int id, int64_t rows, int64_t tokens, Recorder* recorder)
+      : TestTask(id, rows, recorder), tokens_(tokens) {}
+  int64_t tokens() const override { return tokens_; }
+
+ private:
+  int64_t tokens_;
+};
+
+TEST_F(BatcherTest, TokenBudgetIsNeverExceededAndAnOversizedTaskRunsAlone) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 64;  // rows never bind here
+  options_.max_batch_tokens = 100;
+  auto b = Make();
+  // id -> tokens; task 4 alone is over the budget.
+  const std::vector<int64_t> tokens = {30, 50, 40, 20, 150, 60, 10, 30, 70, 1};
+  std::map<int, int64_t> tokens_of;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    tokens_of[static_cast<int>(i)] = tokens[i];
+    ASSERT_TRUE(
+        b->Submit(std::make_unique<TokenTask>(static_cast<int>(i), 1, tokens[i], &recorder_)).ok());
+  }
+  EXPECT_EQ(b->stats().queued_tokens, 461);
+  // Far below 64 rows, but the queue holds a full token budget: batches leave without waiting.
+  while (b->RunOnce()) {
+  }
+  EXPECT_EQ(executor_.batches, (std::vector<std::vector<int>>{{0, 1}, {2, 3}, {4}, {5, 6, 7}}));
+  // The rest (70 + 1 tokens) is under the budget: it waits for more or for its delay.
+  EXPECT_EQ(b->stats().queued_tokens, 71);
+  clock_.AdvanceMicros(options_.max_queue_delay_us);
+  ASSERT_TRUE(b->RunOnce());
+  EXPECT_THAT(executor_.batches.back(), ElementsAre(8, 9));
+  for (const std::vector<int>& batch : executor_.batches) {
+    int64_t sum = 0;
+    for (int id : batch) sum += tokens_of[id];
+    EXPECT_TRUE(sum <= 100 || batch.size() == 1) << "batch starting with " << batch[0];
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    EXPECT_TRUE(recorder_.Get(static_cast<int>(i)).status.ok()) << i;
+  }
+  EXPECT_EQ(b->stats().queued_tokens, 0);
+}
+
+TEST_F(BatcherTest, TokenBudgetDepartsExactlyWhenTheNextTaskCouldNotJoin) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 64;
+  options_.max_batch_tokens = 100;
+  auto b = Make();
+  ASSERT_TRUE(b->Submit(std::make_unique<TokenTask>(1, 2, 60, &recorder_)).ok());
+  ASSERT_TRUE(b->Submit(std::make_unique<TokenTask>(2, 2, 39, &recorder_)).ok());
+  EXPECT_FALSE(b->RunOnce());  // 99 of 100: one more token would still fit
+  ASSERT_TRUE(b->Submit(std::make_unique<TokenTask>(3, 1, 1, &recorder_)).ok());
+  ASSERT_TRUE(b->RunOnce());  // exactly full
+  EXPECT_THAT(executor_.batches.back(), ElementsAre(1, 2, 3));
+  EXPECT_EQ(executor_.batch_costs.back(), 5);  // rows are still counted as cost
+}
+
+TEST_F(BatcherTest, WithoutATokenBudgetTokensAreIgnored) {
+  options_.policy = Policy::kFixed;
+  options_.max_batch_size = 4;
+  auto b = Make();
+  for (int id = 0; id < 4; ++id) {
+    ASSERT_TRUE(b->Submit(std::make_unique<TokenTask>(id, 1, 1'000'000, &recorder_)).ok());
+  }
+  ASSERT_TRUE(b->RunOnce());
+  EXPECT_THAT(executor_.batches.back(), ElementsAre(0, 1, 2, 3));
 }
 
 }  // namespace

@@ -51,6 +51,8 @@ void Autoscaler::Record(int64_t arrived, double in_flight) {
   Prune(now);
 }
 
+void Autoscaler::KeepAtLeast(int replicas) { last_desired_ = std::max(last_desired_, replicas); }
+
 void Autoscaler::Demand() {
   demand_ = true;
   last_activity_us_ = clock_->NowMicros();
@@ -142,6 +144,9 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
     desired = std::max({panic_want, want(recent_rps, recent_conc), last_desired_});
     d.reason = absl::StrFormat("panic: %.1fx load over %s window", panic_ratio, Seconds(panic_w));
   } else {
+    // A window not yet observed in full cannot agree on a scale-down (a restarted control plane
+    // does not drop the replicas it adopted before it has seen their load).
+    if (now - start_us_ < stable_w) window_max = std::max(window_max, last_desired_);
     desired = window_max;
     if (window_max > stable_want) {
       d.reason = absl::StrCat("stable: ", load, "; holding ", window_max, " until the ",

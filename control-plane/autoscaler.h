@@ -83,6 +83,10 @@ class Autoscaler {
   // makes a function at zero want one replica at the next Decide.
   void Demand();
 
+  // Raises the count the autoscaler starts from (replicas adopted after a control-plane
+  // restart); during its first stable window it does not go below it.
+  void KeepAtLeast(int replicas);
+
   // The replica count wanted now. `current`: replicas assigned and not draining; `ready`: those
   // serving. `throughput_rps`: one replica's throughput within the SLO (> 0);
   // `per_replica_concurrency`: in-flight requests one replica serves without queueing (<= 0 =

@@ -545,7 +545,11 @@ absl::StatusOr<int64_t> Controller::RegisterAgent(const v1::Register& reg, Agent
     if (fit == functions_.end() || replicas_.count(rs.replica_id()) > 0) continue;
     FunctionRecord& fn = fit->second;
     const int have = static_cast<int>(ReplicasOfLocked(fn.spec.name).size());
-    const int want = std::max(fn.desired, static_cast<int>(fn.spec.scaling.min_replicas));
+    // During the restart grace the autoscaler has not seen the load yet: keep what the agents
+    // still run, up to maxReplicas.
+    const int want = clock_->NowMicros() < adopt_until_us_
+                         ? static_cast<int>(fn.spec.scaling.max_replicas)
+                         : std::max(fn.desired, static_cast<int>(fn.spec.scaling.min_replicas));
     if (have >= std::max(want, 1)) continue;
     if (!CandidateFits(cluster_, fn.req, fn.profiles, node.index, rs.device_index())) continue;
     ReplicaRecord r;
@@ -560,6 +564,10 @@ absl::StatusOr<int64_t> Controller::RegisterAgent(const v1::Register& reg, Agent
     r.state = rs.state();
     r.cost_per_million = 0;
     AddReplicaLocked(std::move(r));
+    if (have + 1 > fn.autoscaled) {
+      fn.autoscaled = have + 1;
+      fn.scaler->KeepAtLeast(fn.autoscaled);
+    }
   }
   ReconcileLocked();
   PushDesiredLocked(node, /*force=*/true);
@@ -865,9 +873,10 @@ void Controller::ReconcileLocked() {
   const bool adopting = now < adopt_until_us_;
   for (auto& [name, fn] : functions_) {
     // The autoscaler's count, never below what minRps needs, within maxReplicas.
-    fn.desired = std::min<int>(
-        std::max(fn.autoscaled, DesiredReplicaCount(fn.spec, PlanningCapacityLocked(fn).throughput_rps)),
-        static_cast<int>(fn.spec.scaling.max_replicas));
+    const int for_min_rps =
+        DesiredReplicaCount(fn.spec, PlanningCapacityLocked(fn).throughput_rps);
+    fn.desired = std::min<int>(std::max(fn.autoscaled, for_min_rps),
+                               static_cast<int>(fn.spec.scaling.max_replicas));
     std::vector<std::string> mine;  // live: not draining
     std::vector<std::string> draining;
     for (const std::string& id : ReplicasOfLocked(name)) {

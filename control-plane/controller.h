@@ -175,7 +175,8 @@ class Controller {
   void ReconcileLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AutoscaleLocked(FunctionRecord& fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   AutoscalerSettings ScalerSettings(const ScalingSpec& scaling) const;
-  void CountLoadLocked(NodeRecord& node, const v1::Heartbeat& hb) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CountLoadLocked(NodeRecord& node, const v1::Heartbeat& hb)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishDrainsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ExpireLeasesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void LoseNodeLocked(NodeRecord& node, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

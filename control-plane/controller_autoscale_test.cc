@@ -221,5 +221,34 @@ TEST_F(ControllerAutoscaleTest, ScaleUpRevivesADrainingReplica) {
   }
 }
 
+TEST_F(ControllerAutoscaleTest, RestartAdoptsScaledUpReplicasWithoutDroppingThem) {
+  Apply(1);
+  Run(3, 700);
+  const std::vector<std::string> before = channel_.Desired();
+  ASSERT_EQ(before.size(), 3u);
+  // The control plane restarts; the agent re-registers reporting the three it serves.
+  controller_.reset();
+  ControllerOptions o;
+  o.store = store_.get();
+  o.clock = &clock_;
+  o.autoscale_interval_ms = 100;
+  auto c = Controller::Create(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  controller_ = *std::move(c);
+  v1::Register reg = Node("a");
+  for (const auto& id : before) {
+    auto* rs = reg.add_replicas();
+    rs->set_replica_id(id);
+    rs->set_function("fn");
+    rs->set_state(v1::REPLICA_STATE_READY);
+    rs->set_device_index(-1);
+  }
+  RecordingChannel fresh;
+  auto s = controller_->RegisterAgent(reg, &fresh);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(fresh.Desired().size(), 3u);
+  EXPECT_EQ(Status().desired_replicas(), 3);
+}
+
 }  // namespace
 }  // namespace ferry::control

@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "control-plane/controller.h"
+#include "control-plane/router.h"
 #include "nlohmann/json.hpp"
 
 namespace ferry::control {
@@ -502,7 +503,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
         return Reply(503, ErrorJson(absl::StrCat(
                               "function '", function_, "' has no ready replica and ",
                               opt().hold_max_requests,
-                              " requests already wait for one (the gateway's hold queue is full)")));
+                              " requests already wait for one (the gateway's hold queue is "
+                              "full)")));
       }
       gw_->held_total.fetch_add(1);
       hold_deadline_us_ = now + opt().hold_timeout_ms * 1000;
@@ -556,16 +558,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     }
     std::vector<Upstream*>& pool = fresh.empty() ? all : fresh;
     if (pool.empty()) return nullptr;
-    Upstream* chosen = pool[0];
-    if (pool.size() > 1) {
-      const size_t a = rng() % pool.size();
-      size_t b = rng() % (pool.size() - 1);
-      if (b >= a) ++b;
-      chosen = pool[a]->outstanding.load(std::memory_order_relaxed) <=
-                       pool[b]->outstanding.load(std::memory_order_relaxed)
-                   ? pool[a]
-                   : pool[b];
-    }
+    std::vector<int64_t> loads;
+    loads.reserve(pool.size());
+    for (Upstream* u : pool) loads.push_back(u->outstanding.load(std::memory_order_relaxed));
+    Upstream* chosen = pool[PickReplica(loads, rng)];
     for (const auto& u : candidates_) {
       if (u.get() == chosen) return u;
     }

@@ -1,5 +1,6 @@
 #include "kernels/embedding_runtime.h"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -152,6 +153,25 @@ absl::StatusOr<std::unique_ptr<EmbeddingRuntime>> EmbeddingRuntime::Create(const
   return rt;
 }
 
+int64_t EmbeddingRuntime::Cost(const InferenceRequest& request) const {
+  int64_t tokens = 0;
+  std::vector<int32_t> ids;
+  for (const Tensor& t : request.inputs) {
+    if (t.name != options_.input_name || t.dtype != DataType::kBytes) continue;
+    for (size_t r = 0; r < t.bytes.size(); ++r) {
+      const std::string_view text = t.bytes[r];
+      ids.clear();
+      if (encoder_->Tokenize(text, &ids).ok()) {
+        tokens += static_cast<int64_t>(ids.size());
+      } else {
+        tokens +=
+            std::min<int64_t>(static_cast<int64_t>(text.size()) + 2, encoder_->max_seq_length());
+      }
+    }
+  }
+  return std::max<int64_t>(1, tokens);
+}
+
 absl::Status EmbeddingRuntime::Execute(absl::Span<RuntimeCall> batch) {
   // Tokenize everything first; requests with a bad row fail alone and add no sequences.
   std::vector<std::vector<int32_t>> sequences;
@@ -190,6 +210,12 @@ absl::Status EmbeddingRuntime::Execute(absl::Span<RuntimeCall> batch) {
   for (size_t c = 0; c < batch.size(); ++c) {
     RuntimeCall& call = batch[c];
     if (!call.status.ok()) continue;
+    // The tokens embedded, for usage accounting (OpenAI's /v1/embeddings usage).
+    int64_t tokens = 0;
+    for (size_t r = 0; r < rows[c]; ++r) {
+      tokens += static_cast<int64_t>(sequences[first_row[c] + r].size());
+    }
+    call.response->parameters["tokens"] = tokens;
     Tensor out;
     out.name = options_.output_name;
     out.dtype = DataType::kFp32;

@@ -427,7 +427,9 @@ class ControlClient::Impl {
                                 d.base_dir());
     if (!specs.ok()) return specs.status();
     if (specs->size() != 1) return absl::InvalidArgumentError("expected one Function document");
-    return options_.core->LoadFunction(specs->front(), OnRealGpu(d.device_index()));
+    // A real GPU's inventory index is its CUDA ordinal (cuda::ListGpus).
+    const bool on_gpu = OnRealGpu(d.device_index());
+    return options_.core->LoadFunction(specs->front(), on_gpu, on_gpu ? d.device_index() : 0);
   }
 
   // Measures batch latency at 1, 2, 4, ... maxBatchSize and sends the curve.

@@ -52,17 +52,20 @@ int64_t PayloadBytes(const InferenceRequest& request) {
 class FunctionHost::Task final : public batching::Task {
  public:
   Task(FunctionHost* host, std::unique_ptr<InferenceRequest> request, InferDone done, int64_t cost,
-       int64_t deadline_us, int64_t start_us, bool metered)
+       int64_t tokens, int64_t deadline_us, int64_t start_us, bool metered)
       : host_(host),
         request_(std::move(request)),
         done_(std::move(done)),
         cost_(cost),
+        tokens_(tokens),
         bytes_(PayloadBytes(*request_)),
         deadline_us_(deadline_us),
         start_us_(start_us),
         metered_(metered) {}
 
   int64_t cost() const override { return cost_; }
+  // Runtime::Cost: tokens for text runtimes, counted against batching.maxBatchTokens.
+  int64_t tokens() const override { return tokens_; }
   int64_t size_bytes() const override { return bytes_; }
   int64_t deadline_us() const override { return deadline_us_; }
   // The request's KServe "priority" parameter orders it within the function's queue.
@@ -132,6 +135,7 @@ class FunctionHost::Task final : public batching::Task {
   InferDone done_;
   InferenceResponse response_;
   const int64_t cost_;
+  const int64_t tokens_;
   const int64_t bytes_;
   const int64_t deadline_us_;
   const int64_t start_us_;
@@ -217,6 +221,7 @@ absl::StatusOr<std::unique_ptr<FunctionHost>> FunctionHost::Create(
   bo.max_queue_delay_us = host->spec_.batching.max_queue_delay_us;
   bo.max_queue_size = host->spec_.batching.max_queue_size;
   bo.max_queue_bytes = host->spec_.batching.max_queue_bytes;
+  bo.max_batch_tokens = host->spec_.batching.max_batch_tokens;
   bo.slo_us = BatchLatencyTargetUs(host->spec_);
   bo.aimd.additive_increase = host->spec_.batching.aimd.additive_increase;
   bo.aimd.hold_band = host->spec_.batching.aimd.hold_band;
@@ -298,8 +303,11 @@ void FunctionHost::Submit(std::unique_ptr<InferenceRequest> request, InferDone d
   const int64_t deadline_us = timeout_us > 0 ? now_us + timeout_us : 0;
   metrics_->AddPending(1);
   if (metered) in_flight_.fetch_add(1, std::memory_order_relaxed);
-  auto task = std::make_unique<Task>(this, std::move(request), std::move(done), cost, deadline_us,
-                                     now_us, metered);
+  // Only a token budget needs the runtime's count (a tokenizer pass for text runtimes).
+  const int64_t tokens =
+      spec_.batching.max_batch_tokens > 0 ? std::max<int64_t>(1, runtime_->Cost(*request)) : cost;
+  auto task = std::make_unique<Task>(this, std::move(request), std::move(done), cost, tokens,
+                                     deadline_us, now_us, metered);
   // Any rejection is answered inside Submit through Task::Finish.
   (void)batcher_->Submit(std::move(task));
 }

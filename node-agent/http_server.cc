@@ -27,6 +27,7 @@
 #include "absl/synchronization/notification.h"
 #include "ferry/clock.h"
 #include "node-agent/clipper_codec.h"
+#include "node-agent/embed_api.h"
 #include "node-agent/kserve_codec.h"
 #include "node-agent/status_codes.h"
 
@@ -183,7 +184,8 @@ class HttpServerImpl {
 };
 
 // One connection. Lives as long as a handler (read, write, timer, pending inference) holds it.
-// Every member is touched only on the connection's strand.
+// Every member is touched only on the connection's io thread (its "strand": one thread runs
+// each io_context, so the socket's executor serialises the handlers).
 //
 // Phases and their limits (options): reading a request header (header_timeout_ms, counted from
 // the accept or from the first byte of a kept-alive connection's next request), its body
@@ -233,6 +235,20 @@ class Session : public std::enable_shared_from_this<Session> {
   void HandlePredict(std::string_view model);
   void FinishInfer(absl::StatusOr<InferenceResponse> result);
   void FinishPredict(absl::StatusOr<InferenceResponse> result);
+  // POST /embed (TEI) and POST /v1/embeddings (OpenAI): embed_api.h.
+  void HandleEmbed(EmbedApi api);
+  void SubmitEmbed(EmbedQuery query);
+  void FinishEmbed(absl::StatusOr<InferenceResponse> result);
+  // TEI's /embed: the function named by ?model= or X-Ferry-Model, else the only loaded
+  // sentence-embedding function.
+  absl::StatusOr<std::string> TeiFunction() const;
+  void ReplyEmbedError(EmbedApi api, const absl::Status& status) {
+    const int code = HttpStatusFor(status);
+    Reply(code,
+          EncodeEmbedError(api, code,
+                           std::string_view(status.message().data(), status.message().size())),
+          kJson);
+  }
 
   void ReplyError(const absl::Status& status) {
     Reply(HttpStatusFor(status),
@@ -260,8 +276,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // then(work()) on the strand; when `bytes` (what `work` processes) is large, `work` runs on
   // the server's worker threads in between. `work` may read the current request's state
-  // (request_, pending_request_, pending_query_: nothing else touches it meanwhile) but no other
-  // member; an exception from it reaches the Guarded boundary around `then`.
+  // (request_, pending_request_, pending_query_, pending_embed_: nothing else touches it
+  // meanwhile) but no other member; an exception from it reaches the Guarded boundary around
+  // `then`.
   template <typename Work, typename Then>
   void Offload(size_t bytes, Work work, Then then);
 
@@ -286,6 +303,7 @@ class Session : public std::enable_shared_from_this<Session> {
   InferenceRequest pending_request_;
   ClipperQuery pending_query_;
   int64_t pending_query_id_ = 0;
+  EmbedQuery pending_embed_;
   // The current phase's limit (see Arm); a generation tells a stale expiry from a live one.
   asio::steady_timer timer_;
   uint64_t timer_generation_ = 0;
@@ -554,6 +572,14 @@ void Session::Route() {
         return;
       }
     }
+  } else if ((path.size() == 1 && path[0] == "embed") ||
+             (path.size() == 2 && path[0] == "v1" && path[1] == "embeddings")) {
+    if (method != http::verb::post) {
+      wrong_method("POST");
+      return;
+    }
+    HandleEmbed(path.size() == 1 ? EmbedApi::kTei : EmbedApi::kOpenAi);
+    return;
   } else if (path.size() == 1 && path[0] == "metrics") {
     if (!get_only()) return;
     if (server_->options().metrics_text) {
@@ -758,6 +784,105 @@ void Session::FinishPredict(absl::StatusOr<InferenceResponse> result) {
       [this](std::string body) { Reply(200, std::move(body), kJson); });
 }
 
+absl::StatusOr<std::string> Session::TeiFunction() const {
+  const std::string_view target = ToStd(request_.target());
+  if (const size_t q = target.find('?'); q != std::string_view::npos) {
+    for (std::string_view rest = target.substr(q + 1); !rest.empty();) {
+      const size_t amp = rest.find('&');
+      const std::string_view pair = rest.substr(0, amp);
+      if (pair.starts_with("model=") && pair.size() > 6) return std::string(pair.substr(6));
+      if (amp == std::string_view::npos) break;
+      rest.remove_prefix(amp + 1);
+    }
+  }
+  if (const auto h = request_.find("X-Ferry-Model"); h != request_.end() && !h->value().empty()) {
+    return std::string(ToStd(h->value()));
+  }
+  std::vector<std::string> found;
+  for (const std::string& name : server_->core()->ListModels()) {
+    auto metadata = server_->core()->FindModelMetadata(name, "");
+    if (metadata.ok() && (*metadata)->platform == kSentenceEmbeddingPlatform) {
+      found.push_back(name);
+    }
+  }
+  if (found.empty()) {
+    return absl::NotFoundError(
+        "no sentence-embedding function is loaded; name a function with "
+        "?model=NAME or the X-Ferry-Model header");
+  }
+  if (found.size() > 1) {
+    std::string names;
+    for (const std::string& n : found) absl::StrAppend(&names, names.empty() ? "" : ", ", n);
+    return absl::InvalidArgumentError(
+        absl::StrCat("several sentence-embedding functions are loaded (", names,
+                     "): name one with ?model=NAME or the X-Ferry-Model header"));
+  }
+  return found[0];
+}
+
+void Session::HandleEmbed(EmbedApi api) {
+  Offload(
+      request_.body().size(),
+      [this, api] {
+        return api == EmbedApi::kTei
+                   ? ParseTeiEmbed(request_.body(), SpareCapacity(request_.body()))
+                   : ParseOpenAiEmbeddings(request_.body(), SpareCapacity(request_.body()));
+      },
+      [this, api](absl::StatusOr<EmbedQuery> parsed) {
+        if (!parsed.ok()) {
+          ReplyEmbedError(api, parsed.status());
+          return;
+        }
+        SubmitEmbed(*std::move(parsed));
+      });
+}
+
+void Session::SubmitEmbed(EmbedQuery query) {
+  if (query.api == EmbedApi::kTei) {
+    absl::StatusOr<std::string> name = TeiFunction();
+    if (!name.ok()) {
+      ReplyEmbedError(query.api, name.status());
+      return;
+    }
+    query.model = *std::move(name);
+  }
+  auto metadata = server_->core()->FindModelMetadata(query.model, "");
+  if (!metadata.ok()) {
+    ReplyEmbedError(query.api, metadata.status());
+    return;
+  }
+  absl::StatusOr<InferenceRequest> request = MakeEmbedRequest(query, **metadata);
+  if (!request.ok()) {
+    ReplyEmbedError(query.api, request.status());
+    return;
+  }
+  request->arrival_us = arrival_us_;
+  pending_embed_ = std::move(query);
+  request_.body() = std::string();  // release a large body now, not at the next request
+  Submit(std::make_unique<InferenceRequest>(*std::move(request)), &Session::FinishEmbed);
+}
+
+void Session::FinishEmbed(absl::StatusOr<InferenceResponse> result) {
+  if (!result.ok()) {
+    ReplyEmbedError(pending_embed_.api, result.status());
+    return;
+  }
+  const size_t bytes = OutputBytes(*result);
+  Offload(
+      bytes,
+      [this, response = *std::move(result)] {
+        return EncodeEmbedResponse(pending_embed_, response);
+      },
+      [this](absl::StatusOr<std::string> body) {
+        if (!body.ok()) {
+          ReplyEmbedError(pending_embed_.api, body.status());
+          return;
+        }
+        pending_embed_.texts.clear();
+        Reply(200, *std::move(body), kJson);
+      });
+}
+
 void Session::Reply(unsigned status, std::string body, std::string_view content_type,
                     int64_t json_length, bool close) {
   response_ = {};
@@ -770,10 +895,12 @@ void Session::Reply(unsigned status, std::string body, std::string_view content_
     response_.set(ToBeast(kInferenceHeaderContentLength), std::to_string(json_length));
   }
   if (status == 405) {
-    response_.set(http::field::allow,
-                  request_.target().ends_with("/infer") || request_.target().ends_with("/predict")
-                      ? "POST"
-                      : "GET");
+    response_.set(http::field::allow, request_.target().ends_with("/infer") ||
+                                              request_.target().ends_with("/predict") ||
+                                              request_.target().starts_with("/embed") ||
+                                              request_.target().starts_with("/v1/embeddings")
+                                          ? "POST"
+                                          : "GET");
   }
   // A read error leaves request_ from the previous exchange; only a parsed request may keep the
   // connection alive.
@@ -924,8 +1051,11 @@ absl::Status HttpServerImpl::Start() {
 
 void HttpServerImpl::DoAccept() {
   asio::io_context& target = *iocs_[next_ioc_++ % iocs_.size()];
+  // Each io_context is run by exactly one thread, so its executor already serialises a
+  // connection's handlers: a strand would only add a type-erased hop per handler (profiled at
+  // about 3-5 us of CPU per request, docs/perf.md "Seed figures re-run").
   acceptor_.async_accept(
-      asio::make_strand(target),
+      target.get_executor(),
       [this](beast::error_code ec, tcp::socket socket) { OnAccept(ec, std::move(socket)); });
 }
 

@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -76,6 +77,10 @@ ABSL_FLAG(double, price_per_hour, 0, "this node's price in dollars per hour (for
 ABSL_FLAG(std::string, advertise_host, "",
           "host clients reach this agent's data plane at (default: --host, or the hostname "
           "when --host is 0.0.0.0)");
+ABSL_FLAG(bool, exit_on_load_error, false,
+          "standalone: exit when any function fails to load (default: serve the others and "
+          "report that one not ready, with its error)");
+ABSL_FLAG(int, gpu_index, 0, "standalone: CUDA device ordinal that GPU functions run on");
 ABSL_FLAG(bool, profile, true, "profile each replica when it becomes ready (control-plane mode)");
 ABSL_FLAG(std::string, testonly_fake_gpu, "",
           "TESTS ONLY (needs FERRY_TESTONLY=1): advertise fake GPUs NAME:MEMORY:CC[,...], e.g. "
@@ -205,6 +210,8 @@ int Run() {
 
   ferry::agent::AgentCoreOptions core_options;
   core_options.functions = *specs;
+  core_options.exit_on_load_error = absl::GetFlag(FLAGS_exit_on_load_error);
+  core_options.gpu_index = absl::GetFlag(FLAGS_gpu_index);
   auto gpus = ferry::cuda::ListGpus();
   if (gpus.ok()) {
     core_options.num_gpus = static_cast<int>(gpus->size());
@@ -254,7 +261,13 @@ int Run() {
     Log(absl::StrCat("error: ", core.status().message()));
     return 1;
   }
+  const std::map<std::string, absl::Status> failed = (*core)->FailedFunctions();
   for (const auto& spec : *specs) {
+    if (auto it = failed.find(spec.name); it != failed.end()) {
+      Log(absl::StrCat("error: ", it->second.message(),
+                       " (serving the other functions; --exit-on-load-error exits instead)"));
+      continue;
+    }
     Log(absl::StrCat("loaded function '", spec.name, "' (runtime ", spec.runtime, ", batching ",
                      std::string(ferry::BatchPolicyName(spec.batching.policy)), " max ",
                      spec.batching.max_batch_size, ") from ", spec.source));

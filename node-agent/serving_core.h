@@ -47,7 +47,7 @@ class ServingCore {
   virtual ~ServingCore() = default;
 
   virtual bool IsLive() const = 0;
-  // Every function loaded and the agent not stopping.
+  // The agent not stopping; a function that failed to load leaves it ready (see ModelReady).
   virtual bool IsReady() const = 0;
   virtual ServerMetadata GetServerMetadata() const = 0;
   // NotFound for an unknown model or version.
@@ -63,7 +63,10 @@ class ServingCore {
     if (!metadata.ok()) return metadata.status();
     return std::make_shared<const ModelMetadata>(*std::move(metadata));
   }
-  // OK when ready; NotFound (unknown) or Unavailable (loading, stopping).
+  // The loaded functions' names, sorted: for front ends that pick a function by its kind
+  // (POST /embed). The default knows none.
+  virtual std::vector<std::string> ListModels() const { return {}; }
+  // OK when ready; NotFound (unknown) or Unavailable (loading, failed to load, stopping).
   virtual absl::Status ModelReady(const std::string& name, const std::string& version) const = 0;
 
   // Validates and enqueues. Errors: NotFound (model), InvalidArgument (inputs; the message

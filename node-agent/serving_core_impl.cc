@@ -1,5 +1,6 @@
 #include "node-agent/serving_core_impl.h"
 
+#include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -10,11 +11,13 @@ namespace ferry::agent {
 
 namespace {
 
-// Creates `spec`'s runtime, on a GPU when `use_gpu` (falling back to the CPU for `any`).
+// Creates `spec`'s runtime, on GPU `gpu_index` when `use_gpu` (falling back to the CPU for
+// `any`).
 absl::StatusOr<std::unique_ptr<Runtime>> MakeRuntime(const FunctionSpec& spec, bool use_gpu,
-                                                     bool* on_gpu) {
+                                                     int gpu_index, bool* on_gpu) {
   RuntimeContext context;
   context.use_gpu = use_gpu;
+  context.gpu_index = gpu_index;
   auto runtime = RuntimeRegistry::Global().Create(spec, context);
   if (!runtime.ok() && context.use_gpu && spec.hardware.accelerator == Accelerator::kAny) {
     // "any" means the function also runs on a CPU: fall back when the GPU path is missing.
@@ -28,58 +31,64 @@ absl::StatusOr<std::unique_ptr<Runtime>> MakeRuntime(const FunctionSpec& spec, b
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<AgentCore>> AgentCore::Create(const AgentCoreOptions& options) {
-  std::unique_ptr<AgentCore> core(new AgentCore());
-  core->clock_ = options.clock;
-  core->start_threads_ = options.start_threads;
-  absl::MutexLock lock(&core->mu_);
+  // A name defined twice is the user's configuration error: refuse before loading anything.
+  std::set<std::string> names;
   for (const FunctionSpec& spec : options.functions) {
-    if (core->hosts_.count(spec.name) > 0) {
+    if (!names.insert(spec.name).second) {
       return absl::InvalidArgumentError(
           absl::StrCat(spec.source, ": function '", spec.name, "' is defined twice"));
     }
+  }
+  std::unique_ptr<AgentCore> core(new AgentCore());
+  core->clock_ = options.clock;
+  core->start_threads_ = options.start_threads;
+  for (const FunctionSpec& spec : options.functions) {
+    absl::Status placement;  // why this node cannot run it, if so
     bool use_gpu = false;
     switch (spec.hardware.accelerator) {
       case Accelerator::kGpu:
+        use_gpu = true;
         if (options.num_gpus == 0) {
-          return absl::FailedPreconditionError(
+          placement = absl::FailedPreconditionError(
               absl::StrCat(spec.source, ": function '", spec.name,
                            "': spec.hardware.accelerator is gpu but this node has no GPU (",
                            options.gpu_absent_reason, ")"));
+        } else if (options.gpu_index < 0 || options.gpu_index >= options.num_gpus) {
+          placement = absl::FailedPreconditionError(
+              absl::StrCat(spec.source, ": function '", spec.name, "' needs GPU ",
+                           options.gpu_index, " but this node has ", options.num_gpus));
         }
-        use_gpu = true;
         break;
       case Accelerator::kAny:
-        use_gpu = options.num_gpus > 0;
+        use_gpu = options.gpu_index >= 0 && options.gpu_index < options.num_gpus;
         break;
       case Accelerator::kCpu:
         break;
     }
-    Clock* const clock = options.clock != nullptr ? options.clock : RealClock::Get();
-    const int64_t load_start_us = clock->NowMicros();
-    bool on_gpu = false;
-    auto runtime = MakeRuntime(spec, use_gpu, &on_gpu);
-    if (!runtime.ok()) return runtime.status();
-    FunctionHostOptions host_options;
-    host_options.spec = spec;
-    host_options.clock = options.clock;
-    host_options.start_threads = options.start_threads;
-    host_options.meter = core->meter_.ForFunction(spec.name);
-    host_options.on_gpu = on_gpu;
-    auto host = FunctionHost::Create(host_options, *std::move(runtime),
-                                     core->metrics_.ForFunction(spec.name, kDefaultVersion));
-    if (!host.ok()) return host.status();
-    host_options.meter->RecordLoad(clock->NowMicros() - load_start_us);
-    core->hosts_.emplace(spec.name, std::shared_ptr<FunctionHost>(*std::move(host)));
+    absl::StatusOr<std::unique_ptr<FunctionHost>> host =
+        placement.ok() ? core->BuildHost(spec, use_gpu, options.gpu_index)
+                       : absl::StatusOr<std::unique_ptr<FunctionHost>>(placement);
+    absl::MutexLock lock(&core->mu_);
+    if (host.ok()) {
+      core->hosts_.emplace(spec.name, std::shared_ptr<FunctionHost>(*std::move(host)));
+    } else if (options.exit_on_load_error) {
+      return host.status();
+    } else {
+      // Kept, as Unavailable: the function exists but cannot serve; the agent serves the rest.
+      core->failed_.emplace(
+          spec.name, absl::UnavailableError(absl::StrCat(
+                         "function '", spec.name, "' failed to load: ", host.status().message())));
+    }
   }
   return core;
 }
 
-absl::Status AgentCore::LoadFunction(const FunctionSpec& spec, bool use_gpu) {
-  // Load outside the lock: a model load may take seconds while requests keep flowing.
+absl::StatusOr<std::unique_ptr<FunctionHost>> AgentCore::BuildHost(const FunctionSpec& spec,
+                                                                   bool use_gpu, int gpu_index) {
   Clock* const clock = clock_ != nullptr ? clock_ : RealClock::Get();
   const int64_t load_start_us = clock->NowMicros();
   bool on_gpu = false;
-  auto runtime = MakeRuntime(spec, use_gpu, &on_gpu);
+  auto runtime = MakeRuntime(spec, use_gpu, gpu_index, &on_gpu);
   if (!runtime.ok()) return runtime.status();
   FunctionHostOptions host_options;
   host_options.spec = spec;
@@ -91,12 +100,20 @@ absl::Status AgentCore::LoadFunction(const FunctionSpec& spec, bool use_gpu) {
                                    metrics_.ForFunction(spec.name, kDefaultVersion));
   if (!host.ok()) return host.status();
   host_options.meter->RecordLoad(clock->NowMicros() - load_start_us);
+  return host;
+}
+
+absl::Status AgentCore::LoadFunction(const FunctionSpec& spec, bool use_gpu, int gpu_index) {
+  // Load outside the lock: a model load may take seconds while requests keep flowing.
+  auto host = BuildHost(spec, use_gpu, gpu_index);
+  if (!host.ok()) return host.status();
   std::shared_ptr<FunctionHost> old;
   {
     absl::MutexLock lock(&mu_);
     std::shared_ptr<FunctionHost>& slot = hosts_[spec.name];
     old = std::move(slot);
     slot = std::shared_ptr<FunctionHost>(*std::move(host));
+    failed_.erase(spec.name);
   }
   if (old != nullptr) old->Drain();  // its accepted requests finish; new ones go to the new host
   return absl::OkStatus();
@@ -108,6 +125,7 @@ absl::Status AgentCore::UnloadFunction(const std::string& name) {
     absl::MutexLock lock(&mu_);
     auto it = hosts_.find(name);
     if (it == hosts_.end()) {
+      if (failed_.erase(name) > 0) return absl::OkStatus();
       return absl::NotFoundError(absl::StrCat("function '", name, "' is not loaded"));
     }
     old = std::move(it->second);
@@ -124,6 +142,11 @@ std::vector<std::string> AgentCore::LoadedFunctions() const {
   std::vector<std::string> names;
   for (const auto& [name, host] : hosts_) names.push_back(name);
   return names;
+}
+
+std::map<std::string, absl::Status> AgentCore::FailedFunctions() const {
+  absl::MutexLock lock(&mu_);
+  return failed_;
 }
 
 std::shared_ptr<FunctionHost> AgentCore::Host(const std::string& name) const {
@@ -166,7 +189,15 @@ ServerMetadata AgentCore::GetServerMetadata() const {
 
 absl::StatusOr<std::shared_ptr<FunctionHost>> AgentCore::Find(const std::string& name,
                                                               const std::string& version) const {
-  std::shared_ptr<FunctionHost> host = Host(name);
+  std::shared_ptr<FunctionHost> host;
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = hosts_.find(name); it != hosts_.end()) {
+      host = it->second;
+    } else if (auto failed = failed_.find(name); failed != failed_.end()) {
+      return failed->second;  // known, but not ready: ready, metadata and infer all say why
+    }
+  }
   if (host == nullptr) {
     return absl::NotFoundError(absl::StrCat("unknown model '", name, "'"));
   }

@@ -30,6 +30,13 @@ struct AgentCoreOptions {
   // why there are none, for messages.
   int num_gpus = 0;
   std::string gpu_absent_reason;
+  // CUDA device ordinal that functions placed on a GPU run on (standalone: one GPU per agent).
+  int gpu_index = 0;
+  // false (default): a function whose runtime fails to load (a broken plugin, `accelerator:
+  // gpu` on a node without one, a runtime this build lacks) is kept as failed: its ready,
+  // metadata and infer calls answer Unavailable with the load error and the others serve.
+  // true: Create fails on the first such error (ferry-agent --exit-on-load-error).
+  bool exit_on_load_error = false;
 };
 
 // Thread-safe. Standalone mode fixes the functions at Create; under a control plane they are
@@ -38,8 +45,10 @@ struct AgentCoreOptions {
 // function is unloaded or replaced meanwhile.
 class AgentCore final : public ServingCore {
  public:
-  // Loads every function: creates its runtime and batcher. All-or-nothing: the first failure
-  // is returned (naming the manifest and function) and nothing is left serving.
+  // Loads every function: creates its runtime and batcher. Two functions of one name fail it
+  // (InvalidArgument). A function that fails to load is kept as failed (FailedFunctions) unless
+  // options.exit_on_load_error, which returns the first such error (naming the manifest and
+  // function) and leaves nothing serving.
   static absl::StatusOr<std::unique_ptr<AgentCore>> Create(const AgentCoreOptions& options);
   ~AgentCore() override;
 
@@ -52,6 +61,7 @@ class AgentCore final : public ServingCore {
                                                  const std::string& version) const override;
   absl::Status ModelReady(const std::string& name, const std::string& version) const override;
   void Infer(std::unique_ptr<InferenceRequest> request, InferDone done) override;
+  std::vector<std::string> ListModels() const override { return LoadedFunctions(); }
 
   // Stops accepting (ready turns false, new requests get Unavailable) and answers everything
   // accepted. Blocks until done. Idempotent.
@@ -59,14 +69,18 @@ class AgentCore final : public ServingCore {
 
   // Loads `spec` (creates its runtime and batcher; blocks while the model loads) and then
   // serves it under spec.name, replacing a loaded function of that name: requests already
-  // accepted by the old one finish there. `use_gpu`: run on a GPU (when the runtime has a GPU
-  // path); false runs on CPU. On error nothing changes.
-  absl::Status LoadFunction(const FunctionSpec& spec, bool use_gpu);
+  // accepted by the old one finish there, and a failed load of that name is forgotten.
+  // `use_gpu`: run on GPU `gpu_index` (a CUDA device ordinal; when the runtime has a GPU path);
+  // false runs on CPU. On error nothing changes.
+  absl::Status LoadFunction(const FunctionSpec& spec, bool use_gpu, int gpu_index = 0);
   // Stops routing to `name` (new requests get NotFound), then blocks until every request it
-  // accepted is answered. NotFound when it is not loaded.
+  // accepted is answered; a failed function is just forgotten. NotFound when it is neither.
   absl::Status UnloadFunction(const std::string& name);
   // The loaded functions' names, sorted.
   std::vector<std::string> LoadedFunctions() const;
+  // The functions that failed to load at Create, by name, with their errors (Unavailable,
+  // "function 'x' failed to load: <reason>").
+  std::map<std::string, absl::Status> FailedFunctions() const;
   // The host serving `name`, or nullptr.
   std::shared_ptr<FunctionHost> Host(const std::string& name) const;
 
@@ -79,6 +93,9 @@ class AgentCore final : public ServingCore {
 
  private:
   AgentCore() = default;
+  // Creates `spec`'s runtime and host (blocks while the model loads) and records the load.
+  absl::StatusOr<std::unique_ptr<FunctionHost>> BuildHost(const FunctionSpec& spec, bool use_gpu,
+                                                          int gpu_index);
   absl::StatusOr<std::shared_ptr<FunctionHost>> Find(const std::string& name,
                                                      const std::string& version) const;
 
@@ -88,6 +105,8 @@ class AgentCore final : public ServingCore {
   bool start_threads_ = true;
   mutable absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<FunctionHost>> hosts_ ABSL_GUARDED_BY(mu_);
+  // Functions that failed to load and are not (re)loaded since; never also in hosts_.
+  std::map<std::string, absl::Status> failed_ ABSL_GUARDED_BY(mu_);
   std::atomic<bool> draining_{false};
 };
 

@@ -1,9 +1,12 @@
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "ferry/clock.h"
 #include "ferry/manifest.h"
+#include "ferry/runtime_registry.h"
 #include "gtest/gtest.h"
 #include "node-agent/serving_core_impl.h"
 
@@ -198,25 +201,161 @@ TEST_F(ServingCoreTest, DrainAnswersQueuedWorkAndRefusesNew) {
   EXPECT_TRUE(absl::IsUnavailable(results_[1]->status())) << results_[1]->status();
 }
 
-TEST(AgentCoreCreateTest, GpuFunctionOnCpuNodeFailsWithReason) {
-  auto specs = ParseManifests(R"(
+// An echo function next to two that cannot load here: one asks for a GPU on a CPU-only node,
+// one names a runtime this build does not have.
+constexpr char kMixedManifests[] = R"(
+apiVersion: ferry.dev/v1
+kind: Function
+metadata: {name: echo}
+spec:
+  runtime: echo
+  batching: {maxBatchSize: 4, maxQueueDelayMicros: 0, policy: off}
+---
 apiVersion: ferry.dev/v1
 kind: Function
 metadata: {name: g}
 spec:
   runtime: echo
   hardware: {accelerator: gpu, gpuMemoryMiB: 100}
+---
+apiVersion: ferry.dev/v1
+kind: Function
+metadata: {name: ghost}
+spec:
+  runtime: no-such-runtime
+)";
+
+AgentCoreOptions MixedOptions(bool exit_on_load_error) {
+  auto specs = ParseManifests(kMixedManifests, "mixed.yaml", ".");
+  EXPECT_TRUE(specs.ok()) << specs.status();
+  AgentCoreOptions options;
+  if (specs.ok()) options.functions = *specs;
+  options.start_threads = false;
+  options.gpu_absent_reason = "no GPU: none here";
+  options.exit_on_load_error = exit_on_load_error;
+  return options;
+}
+
+std::string Message(const absl::Status& status) { return std::string(status.message()); }
+
+TEST(AgentCoreCreateTest, FailedFunctionIsReportedAndTheOthersServe) {
+  auto core = AgentCore::Create(MixedOptions(/*exit_on_load_error=*/false));
+  ASSERT_TRUE(core.ok()) << core.status();
+  AgentCore& c = **core;
+  EXPECT_TRUE(c.IsReady()) << "one failed function must not make the agent unready";
+  EXPECT_EQ(c.LoadedFunctions(), std::vector<std::string>{"echo"});
+  const std::map<std::string, absl::Status> failed = c.FailedFunctions();
+  ASSERT_EQ(failed.size(), 2u);
+
+  // echo serves.
+  EXPECT_TRUE(c.ModelReady("echo", "").ok());
+  std::optional<absl::StatusOr<InferenceResponse>> echo;
+  c.Infer(Request("echo", BytesTensor("INPUT0", {"hi"})),
+          [&](absl::StatusOr<InferenceResponse> r) { echo = std::move(r); });
+  ASSERT_TRUE(c.host_for_test("echo")->batcher_for_test()->RunOnce());
+  ASSERT_TRUE(echo.has_value() && echo->ok()) << (echo ? echo->status() : absl::OkStatus());
+  EXPECT_EQ((*echo)->outputs[0].bytes, std::vector<std::string>{"hi"});
+
+  // Each failed one answers Unavailable, with its load error, on ready, metadata and infer.
+  const std::map<std::string, std::string> reasons = {
+      {"g", "spec.hardware.accelerator is gpu but this node has no GPU (no GPU: none here)"},
+      {"ghost", "no-such-runtime"}};
+  for (const auto& [name, reason] : reasons) {
+    SCOPED_TRACE(name);
+    const std::string prefix = "function '" + name + "' failed to load: ";
+    ASSERT_EQ(failed.count(name), 1u);
+    EXPECT_TRUE(absl::IsUnavailable(failed.at(name))) << failed.at(name);
+    const absl::Status ready = c.ModelReady(name, "");
+    EXPECT_TRUE(absl::IsUnavailable(ready)) << ready;
+    EXPECT_EQ(Message(ready).rfind(prefix, 0), 0u) << ready;
+    EXPECT_NE(Message(ready).find(reason), std::string::npos) << ready;
+    EXPECT_NE(Message(ready).find("mixed.yaml"), std::string::npos) << ready;
+    const auto metadata = c.GetModelMetadata(name, "");
+    EXPECT_EQ(metadata.status(), ready);
+    EXPECT_EQ(c.FindModelMetadata(name, "").status(), ready);
+    std::optional<absl::StatusOr<InferenceResponse>> result;
+    c.Infer(Request(name, BytesTensor("INPUT0", {"x"})),
+            [&](absl::StatusOr<InferenceResponse> r) { result = std::move(r); });
+    ASSERT_TRUE(result.has_value()) << "a failed function answers inline";
+    EXPECT_EQ(result->status(), ready);
+  }
+  EXPECT_TRUE(absl::IsNotFound(c.ModelReady("nope", "")));
+
+  // A later successful load of that name replaces the failure; unloading forgets one.
+  auto echo_spec = ParseManifests(R"(
+apiVersion: ferry.dev/v1
+kind: Function
+metadata: {name: ghost}
+spec: {runtime: echo}
 )",
-                              "gpu.yaml", ".");
+                                  "fixed.yaml", ".");
+  ASSERT_TRUE(echo_spec.ok()) << echo_spec.status();
+  ASSERT_TRUE(c.LoadFunction(echo_spec->front(), /*use_gpu=*/false).ok());
+  EXPECT_TRUE(c.ModelReady("ghost", "").ok());
+  EXPECT_TRUE(c.UnloadFunction("g").ok());
+  EXPECT_TRUE(absl::IsNotFound(c.ModelReady("g", "")));
+  EXPECT_TRUE(c.FailedFunctions().empty());
+}
+
+TEST(AgentCoreCreateTest, ExitOnLoadErrorKeepsCreateStrict) {
+  auto core = AgentCore::Create(MixedOptions(/*exit_on_load_error=*/true));
+  ASSERT_FALSE(core.ok());
+  EXPECT_TRUE(absl::IsFailedPrecondition(core.status())) << core.status();
+  EXPECT_NE(Message(core.status()).find("spec.hardware.accelerator"), std::string::npos);
+  EXPECT_NE(Message(core.status()).find("mixed.yaml"), std::string::npos);
+  EXPECT_NE(Message(core.status()).find("'g'"), std::string::npos);
+}
+
+TEST(AgentCoreCreateTest, DuplicateNamesAlwaysRefuse) {
+  AgentCoreOptions options = MixedOptions(/*exit_on_load_error=*/false);
+  ASSERT_FALSE(options.functions.empty());
+  options.functions.push_back(options.functions.front());
+  auto core = AgentCore::Create(options);
+  ASSERT_FALSE(core.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(core.status())) << core.status();
+  EXPECT_NE(Message(core.status()).find("'echo' is defined twice"), std::string::npos);
+}
+
+// Fails every load, saying which device the agent asked for, so the tests can see the
+// RuntimeContext a function gets.
+absl::StatusOr<std::unique_ptr<Runtime>> CreateContextProbe(const FunctionSpec&,
+                                                            const RuntimeContext& context) {
+  return absl::InternalError(
+      absl::StrCat("probe: use_gpu=", context.use_gpu, " gpu_index=", context.gpu_index));
+}
+FERRY_REGISTER_RUNTIME("context-probe", "tests: reports its RuntimeContext", &CreateContextProbe);
+
+TEST(AgentCoreCreateTest, TheChosenGpuReachesTheRuntime) {
+  auto specs = ParseManifests(R"(
+apiVersion: ferry.dev/v1
+kind: Function
+metadata: {name: p}
+spec:
+  runtime: context-probe
+  hardware: {accelerator: gpu, gpuMemoryMiB: 100}
+)",
+                              "probe.yaml", ".");
   ASSERT_TRUE(specs.ok()) << specs.status();
   AgentCoreOptions options;
   options.functions = *specs;
-  options.gpu_absent_reason = "no GPU: none here";
+  options.start_threads = false;
+  options.num_gpus = 4;
+  options.gpu_index = 2;
   auto core = AgentCore::Create(options);
-  ASSERT_FALSE(core.ok());
-  EXPECT_NE(std::string(core.status().message()).find("spec.hardware.accelerator"),
-            std::string::npos);
-  EXPECT_NE(std::string(core.status().message()).find("gpu.yaml"), std::string::npos);
+  ASSERT_TRUE(core.ok()) << core.status();
+  EXPECT_NE(Message((*core)->ModelReady("p", "")).find("probe: use_gpu=1 gpu_index=2"),
+            std::string::npos)
+      << (*core)->ModelReady("p", "");
+  // Under a control plane the replica's device index comes with each load.
+  const absl::Status load = (*core)->LoadFunction(specs->front(), /*use_gpu=*/true, 3);
+  EXPECT_NE(Message(load).find("probe: use_gpu=1 gpu_index=3"), std::string::npos) << load;
+
+  options.gpu_index = 4;  // not on this node
+  core = AgentCore::Create(options);
+  ASSERT_TRUE(core.ok()) << core.status();
+  EXPECT_NE(Message((*core)->ModelReady("p", "")).find("needs GPU 4 but this node has 4"),
+            std::string::npos)
+      << (*core)->ModelReady("p", "");
 }
 
 }  // namespace

@@ -10,6 +10,7 @@ DEB_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   nlohmann-json3-dev libsimdjson-dev libyaml-cpp-dev libboost-dev libopenblas-dev prometheus-cpp-dev
   libsqlite3-dev libutf8proc-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev wrk python3-venv
+  linux-perf
   clang-16
 )
 
@@ -32,9 +33,10 @@ fi
 VENV="$BUILD_DIR/venv"
 # Test clients (tritonclient, requests, pytest), the examples' weight writer (safetensors, numpy)
 # and the benchmark's peer and plots (pyzmq, matplotlib); the reference WordPiece tokenizer that
-# ferry's is checked against (tokenizers).
+# ferry's is checked against (tokenizers); the OpenAI client that /v1/embeddings is tested with
+# (openai).
 PY_PACKAGES=("tritonclient[http,grpc]==2.*" numpy pytest requests safetensors pyzmq matplotlib
-  "tokenizers==0.23.*")
+  "tokenizers==0.23.*" openai)
 stamp="$(printf '%s\n' "${PY_PACKAGES[@]}")"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.ferry-packages" 2>/dev/null)" != "$stamp" ]; then
   echo "install-deps: preparing the Python virtualenv in $VENV"

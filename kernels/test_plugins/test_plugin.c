@@ -153,19 +153,19 @@ static const ferry_function_v1 kFunction = {sizeof(ferry_function_v1),
 #if FERRY_TEST_VARIANT == ABI_MAJOR
                                             FERRY_FUNCTION_ABI_MAJOR + 1,
 #else
-                                             FERRY_FUNCTION_ABI_MAJOR,
+                                            FERRY_FUNCTION_ABI_MAJOR,
 #endif
 #if FERRY_TEST_VARIANT == ABI_MINOR
                                             FERRY_FUNCTION_ABI_MINOR + 1,
 #else
-                                             FERRY_FUNCTION_ABI_MINOR,
+                                            FERRY_FUNCTION_ABI_MINOR,
 #endif
                                             "test",
                                             "1.0",
 #if FERRY_TEST_VARIANT == GPU
                                             FERRY_DEVICE_GPU,
 #else
-                                             FERRY_DEVICE_CPU,
+                                            FERRY_DEVICE_CPU,
 #endif
                                             kInputs,
                                             sizeof(kInputs) / sizeof(kInputs[0]),

@@ -313,7 +313,9 @@ int GetFunctions(Client& client, const std::string& format) {
                       " ago)");
     }
     std::string ready = absl::StrCat(f.ready_replicas());
-    if (f.draining_replicas() > 0) absl::StrAppend(&ready, " (+", f.draining_replicas(), " draining)");
+    if (f.draining_replicas() > 0) {
+      absl::StrAppend(&ready, " (+", f.draining_replicas(), " draining)");
+    }
     std::vector<std::string> row = {f.name(), f.runtime(), f.hardware().accelerator(),
                                     absl::StrCat(f.desired_replicas()), ready, NodesOf(f)};
     if (wide) row.push_back(absl::StrFormat("%.4g", f.observed_rps()));
@@ -444,8 +446,9 @@ int DescribeFunction(Client& client, const std::string& name) {
       << " desired (min " << f.min_replicas() << ", max " << f.max_replicas() << "), maxBatchSize "
       << f.max_batch_size() << "\n";
   out << "Scaling:       " << (f.scale_reason().empty() ? "-" : f.scale_reason()) << " ("
-      << f.scale_decision_age_ms() / 1000 << " s ago); " << absl::StrFormat("%.4g", f.observed_rps())
-      << " rps, " << absl::StrFormat("%.3g", f.observed_in_flight()) << " in flight"
+      << f.scale_decision_age_ms() / 1000 << " s ago); "
+      << absl::StrFormat("%.4g", f.observed_rps()) << " rps, "
+      << absl::StrFormat("%.3g", f.observed_in_flight()) << " in flight"
       << (f.panic() ? ", PANIC" : "") << "\n";
   if (f.replicas_size() > 0) {
     std::vector<std::vector<std::string>> rows = {

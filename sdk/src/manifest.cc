@@ -246,15 +246,17 @@ absl::Status ParseHardware(const FieldReader& spec, HardwareSpec* hw) {
 absl::Status ParseBatching(const FieldReader& spec, BatchingSpec* b) {
   if (!spec.Has("batching")) return absl::OkStatus();
   FERRY_MANIFEST_ASSIGN_OR_RETURN(
-      FieldReader f,
-      spec.Child("batching", {"maxBatchSize", "maxQueueDelayMicros", "policy", "maxQueueSize",
-                              "maxQueueBytes", "timeoutMicros", "instances", "aimd"}));
+      FieldReader f, spec.Child("batching", {"maxBatchSize", "maxQueueDelayMicros", "policy",
+                                             "maxQueueSize", "maxQueueBytes", "maxBatchTokens",
+                                             "timeoutMicros", "instances", "aimd"}));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("maxBatchSize", 1, 65536, &b->max_batch_size));
   FERRY_MANIFEST_RETURN_IF_ERROR(
       f.Int("maxQueueDelayMicros", 0, 10'000'000, &b->max_queue_delay_us));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Enum("policy", kPolicies, &b->policy));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("maxQueueSize", 1, 1'000'000, &b->max_queue_size));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("maxQueueBytes", 1, int64_t{1} << 40, &b->max_queue_bytes));
+  FERRY_MANIFEST_RETURN_IF_ERROR(
+      f.Int("maxBatchTokens", 0, int64_t{1} << 30, &b->max_batch_tokens));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("timeoutMicros", 0, 3'600'000'000LL, &b->timeout_us));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("instances", 1, 64, &b->instances));
   if (f.Has("aimd")) {

@@ -128,7 +128,8 @@ TEST_F(ManifestTest, JsonForm) {
     "model": {"uri": "file:///srv/models/mlp"},
     "hardware": {"accelerator": "any", "gpuMemoryMiB": 256, "cpuCores": 0.5},
     "batching": {"maxBatchSize": 64, "policy": "fixed", "timeoutMicros": 250000,
-                 "instances": 2, "maxQueueSize": 100, "maxQueueBytes": 1048576},
+                 "instances": 2, "maxQueueSize": 100, "maxQueueBytes": 1048576,
+                 "maxBatchTokens": 4096},
     "slo": {"latency": {"targetMillis": 7.5}, "onOverload": "reject"},
     "config": {"layers": [4, 8, 2], "activation": "relu", "seed": null}
   }
@@ -147,6 +148,7 @@ TEST_F(ManifestTest, JsonForm) {
   EXPECT_EQ(fn.batching.instances, 2);
   EXPECT_EQ(fn.batching.max_queue_size, 100);
   EXPECT_EQ(fn.batching.max_queue_bytes, 1048576);
+  EXPECT_EQ(fn.batching.max_batch_tokens, 4096);
   EXPECT_EQ(fn.slo.latency_target_us(), 7500);
   EXPECT_DOUBLE_EQ(fn.slo.latency_percentile, 99.0);
   EXPECT_EQ(fn.slo.name, "");
@@ -388,6 +390,9 @@ TEST_F(ManifestTest, BadSpecFieldsNameThePathAndWhatWasExpected) {
       {"queue bytes out of range",
        "  runtime: echo\n  batching: {maxQueueBytes: 0}\n",
        {"spec.batching.maxQueueBytes: got 0, expected an integer in [1, 1099511627776]"}},
+      {"batch tokens out of range",
+       "  runtime: echo\n  batching: {maxBatchTokens: -1}\n",
+       {"spec.batching.maxBatchTokens: got -1, expected an integer in [0, 1073741824]"}},
       {"delay out of range",
        "  runtime: echo\n  batching: {maxQueueDelayMicros: 10000001}\n",
        {"spec.batching.maxQueueDelayMicros: got 10000001, expected an integer in [0, 10000000]"}},

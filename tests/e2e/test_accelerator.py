@@ -70,7 +70,7 @@ def test_gpu_is_refused_without_gpu(tmp_path, no_gpu):
     (tmp_path / "mlp-gpu.yaml").write_text(mlp_manifest("mlp-gpu", "gpu"))
     proc = subprocess.run(
         [str(agent_binary()), "--manifests", str(tmp_path / "mlp-gpu.yaml"), "--host",
-         "127.0.0.1", "--http-port", "0", "--grpc-port", "0"],
+         "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--exit-on-load-error"],
         capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
     err = proc.stderr.decode(errors="replace")
     assert proc.returncode != 0, err

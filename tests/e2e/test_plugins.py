@@ -132,7 +132,9 @@ def test_per_item_error_fails_only_that_request(agent):
 
 def test_agent_without_plugin_dir_refuses_plugins(tmp_path):
     shutil.copy(EXAMPLES / "text-normalize.yaml", tmp_path / "text-normalize.yaml")
-    proc = AgentProcess(tmp_path / "text-normalize.yaml", tmp_path / "agent.log")
+    # Strict mode, so the error ends the agent (by default it serves on, the function not ready).
+    proc = AgentProcess(tmp_path / "text-normalize.yaml", tmp_path / "agent.log",
+                        extra_args=("--exit-on-load-error",))
     proc.start()
     code = proc.proc.wait(timeout=30)
     proc.terminate()
@@ -247,6 +249,11 @@ def test_ferry_up_serves_plugins_and_reports_a_broken_one(tmp_path):
         assert proc.wait(timeout=30) == 0, text()
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            # Ctrl-C first: `ferry up` stops its children; SIGKILL would orphan them.
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         log.close()

@@ -16,14 +16,14 @@ from e2e_util import metric_sum, parse_metrics
 MANIFEST_DIR = pathlib.Path(__file__).resolve().parent / "manifests"
 
 
-def run_agent_expecting_failure(manifests, timeout_s=30):
+def run_agent_expecting_failure(manifests, timeout_s=30, extra_args=()):
     binary = agent_binary()
     if not binary.exists():
         pytest.fail(f"{binary} not found", pytrace=False)
     try:
         proc = subprocess.run(
             [str(binary), "--manifests", str(manifests), "--host", "127.0.0.1",
-             "--http-port", "0", "--grpc-port", "0"],
+             "--http-port", "0", "--grpc-port", "0", *extra_args],
             capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"agent kept running with a bad manifest; output:\n"
@@ -79,7 +79,9 @@ spec:
   runtime: wordfilter
   config: {blacklist: 5}
 """)
-    code, err = run_agent_expecting_failure(path)
+    # spec.config is checked when the runtime loads: by default a function whose runtime fails to
+    # load is served as not ready (test_load_errors.py); --exit-on-load-error refuses to start.
+    code, err = run_agent_expecting_failure(path, extra_args=("--exit-on-load-error",))
     assert code != 0, err
     assert "wf.yaml" in err, err
     assert "spec.config.blacklist" in err, err

@@ -5,9 +5,13 @@ in models/all-MiniLM-L6-v2):
   corpus of > 2,000 varied strings (tests/reference/tokenizer_corpus.py);
 - ferry's CPU embeddings match a NumPy forward pass over the same weights (cosine >= 0.99999 on
   55 sentences);
-- through HTTP: close sentences score higher than unrelated ones, and bad input gets a 400.
+- through HTTP: close sentences score higher than unrelated ones, and bad input gets a 400;
+- the TEI (`POST /embed`) and OpenAI (`POST /v1/embeddings`) endpoints give the KServe
+  endpoint's embeddings in their own shapes, with their own error shapes; the token budget
+  (maxBatchTokens: 32 here) lets a request over it run alone.
 """
 
+import base64
 import os
 import pathlib
 import sys
@@ -74,7 +78,7 @@ metadata: {{name: minilm}}
 spec:
   runtime: sentence-embedding
   model: {{uri: "{MODEL_DIR.as_uri()}"}}
-  batching: {{maxBatchSize: 64, maxQueueDelayMicros: 1000}}
+  batching: {{maxBatchSize: 64, maxQueueDelayMicros: 1000, maxBatchTokens: 32}}
 """)
     agent = AgentProcess(manifests, tmp / "agent.log")
     agent.start()
@@ -166,3 +170,101 @@ def test_bad_input_is_a_400(minilm):
     assert "not valid UTF-8" in str(e.value) and "element 1" in str(e.value), str(e.value)
     # And the model still serves.
     assert embed_http(minilm, ["still here"]).shape == (1, 384)
+
+
+TEXTS = ["A man is eating food.", "Café au lait, s'il vous plaît!", "GPUs accelerate matrix math."]
+
+
+def test_tei_embed_matches_kserve(minilm):
+    want = embed_http(minilm, TEXTS)  # 3 texts, more than the 32-token budget: runs alone
+    r = requests.post(f"{minilm.http_url}/embed", json={"inputs": TEXTS}, timeout=30)
+    assert r.status_code == 200, r.text
+    got = np.array(r.json(), dtype=np.float64)
+    assert got.shape == (3, 384)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # A single string, normalize/truncate given, the function named explicitly: two ways.
+    one = {"inputs": TEXTS[0], "normalize": True, "truncate": True}
+    for kwargs in ({"params": {"model": "minilm"}}, {"headers": {"X-Ferry-Model": "minilm"}}):
+        r = requests.post(f"{minilm.http_url}/embed", json=one, timeout=30, **kwargs)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(np.array(r.json()), want[:1], atol=1e-6)
+
+
+def test_tei_embed_errors(minilm):
+    url = f"{minilm.http_url}/embed"
+    cases = [
+        (b"{not json", 400, "malformed JSON"),
+        (b"[1]", 400, "JSON object"),
+        (b"{}", 400, "missing 'inputs'"),
+        (b'{"inputs": 3}', 400, "'inputs' must be a string or an array of strings"),
+        (b'{"inputs": []}', 400, "must not be an empty array"),
+        (b'{"inputs": ["a", 1]}', 400, "'inputs'[1] must be a string"),
+        (b'{"inputs": "a", "normalize": "yes"}', 400, "'normalize' must be a boolean"),
+        (b'{"inputs": "a", "normalize": false}', 400, "L2-normalised"),
+    ]
+    for body, status, message in cases:
+        r = requests.post(url, data=body, headers={"Content-Type": "application/json"},
+                          timeout=30)
+        assert r.status_code == status, (body, r.text)
+        err = r.json()
+        assert message in err["error"] and err["error_type"] == "Validation", (body, err)
+    r = requests.post(url, params={"model": "nope"}, json={"inputs": "a"}, timeout=30)
+    assert r.status_code == 404, r.text
+    assert "nope" in r.json()["error"]
+    assert requests.get(url, timeout=10).status_code == 405
+
+
+def test_openai_embeddings_float_and_base64(minilm):
+    want = embed_http(minilm, TEXTS)
+    url = f"{minilm.http_url}/v1/embeddings"
+    r = requests.post(url, json={"model": "minilm", "input": TEXTS}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and body["model"] == "minilm"
+    assert [d["index"] for d in body["data"]] == [0, 1, 2]
+    assert all(d["object"] == "embedding" for d in body["data"])
+    np.testing.assert_allclose(np.array([d["embedding"] for d in body["data"]]), want, atol=1e-6)
+    # Tokens after WordPiece, [CLS] and [SEP] included: at least 3 per text here.
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == usage["total_tokens"] and usage["prompt_tokens"] > 3 * 3
+    r = requests.post(url, json={"model": "minilm", "input": TEXTS[1],
+                                 "encoding_format": "base64"}, timeout=30)
+    assert r.status_code == 200, r.text
+    raw = base64.b64decode(r.json()["data"][0]["embedding"])
+    np.testing.assert_allclose(np.frombuffer(raw, dtype="<f4"), want[1], atol=1e-6)
+
+
+def test_openai_embeddings_errors(minilm):
+    url = f"{minilm.http_url}/v1/embeddings"
+    cases = [
+        (b"{oops", 400, "malformed JSON"),
+        (b'{"input": "a"}', 400, "missing 'model'"),
+        (b'{"model": "minilm"}', 400, "missing 'input'"),
+        (b'{"model": "minilm", "input": ""}', 200, None),  # an empty string is a text
+        (b'{"model": "minilm", "input": []}', 400, "must not be an empty array"),
+        (b'{"model": "minilm", "input": [[1, 2]]}', 400, "'input'[0] must be a string"),
+        (b'{"model": "minilm", "input": "a", "encoding_format": "int8"}', 400,
+         "encoding_format"),
+        (b'{"model": "nope", "input": "a"}', 404, "nope"),
+    ]
+    for body, status, message in cases:
+        r = requests.post(url, data=body, headers={"Content-Type": "application/json"},
+                          timeout=30)
+        assert r.status_code == status, (body, r.text)
+        if message is None:
+            continue
+        err = r.json()["error"]
+        assert message in err["message"], (body, err)
+        assert err["type"] == "invalid_request_error", (body, err)
+    assert r.json()["error"]["code"] == "model_not_found"
+
+
+def test_openai_client(minilm):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"{minilm.http_url}/v1", api_key="unused")
+    res = client.embeddings.create(model="minilm", input=TEXTS)  # the client asks for base64
+    got = np.array([d.embedding for d in res.data])
+    np.testing.assert_allclose(got, embed_http(minilm, TEXTS), atol=1e-6)
+    assert res.usage.prompt_tokens > 0
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="nope", input="a")

@@ -46,8 +46,9 @@
  * from one thread at a time: never concurrently on the same instance, but different instances
  * may run at the same time on different threads, so state shared between instances (globals,
  * statics) needs its own locking. `create` and `destroy` are never called concurrently with
- * `execute` on the same instance. host->error_new and host->allocate_output may be called from
- * any thread while the call they belong to runs.
+ * `execute` on the same instance. host->error_new may be called from any thread at any time
+ * between create and destroy; host->allocate_output only while the `execute` whose batch it
+ * names runs, one call at a time.
  *
  * GPU STREAMS. A GPU function's instance gets its GPU ordinal and a CUDA stream (cudaStream_t
  * passed as void*). `execute` must enqueue all its device work on that stream; it may return
@@ -62,9 +63,9 @@
  * A C++ exception must never leave an entry point.
  *
  * IN-PROCESS. A plugin runs inside the agent's process: a crash, abort or memory corruption in
- * the plugin takes the whole agent down, with every function it serves. Test a new function on
- * an agent of its own first (under AddressSanitizer if you can), and run functions you do not
- * trust on an agent that serves nothing else.
+ * the plugin takes the whole agent down, with every function it serves. Try a new function out
+ * of process first (ferry-function-check, then an agent of its own, under AddressSanitizer if you
+ * can), and run functions you do not trust on an agent that serves nothing else.
  */
 #ifndef FERRY_FUNCTION_H_
 #define FERRY_FUNCTION_H_

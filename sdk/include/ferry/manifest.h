@@ -47,6 +47,9 @@ struct BatchingSpec {
   BatchPolicy policy = BatchPolicy::kAimd;  // policy
   int64_t max_queue_size = 1024;            // maxQueueSize (requests), 1..1'000'000
   int64_t max_queue_bytes = int64_t{256} << 20;  // maxQueueBytes: payload bytes queued, 1..2^40
+  // maxBatchTokens: token budget of one batch (Runtime::Cost: tokens for text runtimes, rows
+  // otherwise), 0 = off, 0..2^30. A batch leaves when the next request would pass it.
+  int64_t max_batch_tokens = 0;
   int64_t timeout_us = 0;                   // timeoutMicros: default per-request timeout, 0 = none
   int64_t instances = 1;                    // instances: concurrent executors, 1..64
   AimdSpec aimd;                            // aimd: {...}

@@ -4,6 +4,8 @@
 #ifndef FERRY_RUNTIME_H_
 #define FERRY_RUNTIME_H_
 
+#include <cstdint>
+
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "ferry/inference.h"
@@ -28,6 +30,15 @@ class Runtime {
   // Runs a batch of validated requests (blocking). Thread-safe: may be called from several
   // executor threads at once. A non-OK return fails the whole batch.
   virtual absl::Status Execute(absl::Span<RuntimeCall> batch) = 0;
+  // Work `request` adds to a batch, in the runtime's own unit, counted against the manifest's
+  // batching.maxBatchTokens: tokens (after tokenisation, [CLS]/[SEP] included) for text
+  // runtimes. The default is the request's rows (RequestCost), i.e. one unit per row. Called
+  // once per request on the submitting (front-end) thread, after validation and before
+  // queueing, so it must be cheap, non-blocking and thread-safe; it never fails: a request
+  // Execute will reject may return any estimate >= 1. Returns >= 1.
+  virtual int64_t Cost(const InferenceRequest& request) const {
+    return RequestCost(signature(), request);
+  }
 };
 
 // What hardware a runtime may use, as placed by the agent.

@@ -1,0 +1,24 @@
+// Replica choice for one request: the gateway's power-of-two-choices, as a pure function so that
+// the cluster simulator (perf/sim) runs the same code the gateway runs.
+//
+// Two distinct replicas are drawn uniformly at random and the one with fewer outstanding requests
+// wins (ties go to the first draw). With one replica no random number is drawn.
+//
+// Pure: no I/O, no locks, no clock; the caller owns the random generator (not thread-safe, one
+// per thread).
+#ifndef FERRY_CONTROL_PLANE_ROUTER_H_
+#define FERRY_CONTROL_PLANE_ROUTER_H_
+
+#include <cstdint>
+#include <random>
+#include <span>
+
+namespace ferry::control {
+
+// `outstanding[i]`: requests in flight at replica i (a load snapshot). Returns the index chosen,
+// or -1 when `outstanding` is empty.
+int PickReplica(std::span<const int64_t> outstanding, std::mt19937_64& rng);
+
+}  // namespace ferry::control
+
+#endif  // FERRY_CONTROL_PLANE_ROUTER_H_
