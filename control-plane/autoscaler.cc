@@ -109,24 +109,46 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
 
   const double util = s.target_utilization > 0 ? s.target_utilization : 0.7;
   const double per_replica_rps = throughput_rps > 0 ? throughput_rps : 1.0;
-  auto want = [&](double rps, double conc) {
-    int w = CeilCount(rps / (per_replica_rps * util));
+  const double ready_base = std::max(1, ready);
+  // Replicas wanted, unrounded. The arrival rate is the primary signal. The in-flight count is
+  // not divided by a per-replica concurrency: a backlog that builds between two load reports (a
+  // heartbeat is many batch latencies) made in-flight / batch read ~10x on a 4x step. Only the
+  // backlog beyond what the ready replicas hold without queueing counts, as the replicas that
+  // would drain it within one stable window: a bounded term that still scales a function whose
+  // rate signal under-reads (a throughput profile that is too optimistic keeps its queue growing
+  // until this term covers the shortfall).
+  const double drain_s = static_cast<double>(stable_w) / 1e6;
+  auto raw_want = [&](double rps, double conc) {
+    double w = rps / (per_replica_rps * util);
     if (per_replica_concurrency > 0) {
-      w = std::max(w, CeilCount(conc / (per_replica_concurrency * util)));
+      const double backlog = std::max(0.0, conc - per_replica_concurrency * ready_base);
+      w += backlog / (per_replica_rps * drain_s);
     }
     return w;
   };
+  auto want = [&](double rps, double conc) { return CeilCount(raw_want(rps, conc)); };
   const int stable_want = want(stable_rps, stable_conc);
-  const int panic_want = want(panic_rps, panic_conc);
+  const double panic_raw = raw_want(panic_rps, panic_conc);
+  const int panic_want = CeilCount(panic_raw);
 
   ScaleDecision d;
   d.stable_rps = stable_rps;
   d.panic_rps = panic_rps;
   d.stable_concurrency = stable_conc;
 
-  const double ready_base = std::max(1, ready);
-  const double panic_ratio = panic_want / ready_base;
-  if (panic_ratio >= s.panic_threshold) {
+  // The unrounded want against the threshold: with one ready replica, 1.1 replicas' worth of
+  // load rounds up to 2 and would cross a 2x threshold, cycling 1 -> 2 -> 3 -> 2 -> 1 under
+  // steady load.
+  const double panic_ratio = panic_raw / ready_base;
+  // Overload also panics: arrivals over the newest sixth of the panic window (at least two load
+  // reports) exceed the ready replicas' full capacity (not the target) while a queue builds
+  // beyond what they hold. Without the old in-flight / batch reading, a step that stays under the
+  // threshold (two over-provisioned replicas at 1.8x, or one at 1.05x of its capacity) would
+  // otherwise wait for the stable window's average while its queue and latency grow.
+  const bool overloaded =
+      recent_rps > per_replica_rps * ready_base &&
+      (per_replica_concurrency <= 0 || recent_conc > per_replica_concurrency * ready_base);
+  if (panic_ratio >= s.panic_threshold || overloaded) {
     if (panic_since_us_ < 0) panic_since_us_ = now;
     panic_last_hit_us_ = now;
   } else if (panic_since_us_ >= 0 && now - panic_last_hit_us_ >= stable_w) {
@@ -143,6 +165,10 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
     d.panic = true;
     desired = std::max({panic_want, want(recent_rps, recent_conc), last_desired_});
     d.reason = absl::StrFormat("panic: %.1fx load over %s window", panic_ratio, Seconds(panic_w));
+    if (overloaded && panic_ratio < s.panic_threshold) {
+      absl::StrAppend(&d.reason, "; above ", static_cast<int>(ready_base),
+                      " ready replicas' capacity");
+    }
   } else {
     // A window not yet observed in full cannot agree on a scale-down (a restarted control plane
     // does not drop the replicas it adopted before it has seen their load).

@@ -9,16 +9,20 @@
 // profile, placement.h CapacityOf) and the in-flight requests one replica serves without queueing
 // (its batch within the SLO times its instances).
 //
-// Formula. Over a window W, want(W) = max(ceil(rate_W / (throughput × targetUtilization)),
-// ceil(concurrency_W / (per_replica_concurrency × targetUtilization))), where rate_W is the
-// requests that arrived in W divided by W (or by the time since the autoscaler started, when
-// shorter) and concurrency_W the mean of the in-flight samples in W.
+// Formula. Over a window W, want(W) = ceil(rate_W / (throughput × targetUtilization) +
+// backlog_W / (throughput × stable window)), where rate_W is the requests that arrived in W
+// divided by W (or by the time since the autoscaler started, when shorter), and backlog_W =
+// max(0, concurrency_W − per_replica_concurrency × max(1, ready)) with concurrency_W the mean of
+// the in-flight samples in W: the arrival rate is the primary signal; a queue adds only the
+// replicas that would drain it within one stable window.
 //  - Stable mode: desired = the largest want(stable window) computed during the last stable
 //    window: up at once, down only once a whole stable window agrees (no flapping).
-//  - Panic mode: entered when want(panic window) ≥ panicThreshold × max(1, ready replicas);
-//    desired = max(want(panic window), want(newest sixth of the panic window), the desired
-//    before) — never down while panicking, and a step is followed within about a sixth of the
-//    panic window; left once a stable window has passed without the threshold being crossed.
+//  - Panic mode: entered when the unrounded want(panic window) ≥ panicThreshold × max(1, ready
+//    replicas), or when the arrival rate over its newest sixth exceeds the ready replicas' full
+//    throughput while their queue grows (overload); desired = max(want(panic window), want(newest
+//    sixth of the panic window), the desired before) — never down while panicking, and a step is
+//    followed within about a sixth of the panic window; left once a stable window has passed
+//    without the threshold being crossed.
 //  - Rate limits per evaluation: up to ceil(maxScaleUpRate × max(1, ready)), down to
 //    floor(current / maxScaleDownRate).
 //  - Bounds: within [minReplicas, maxReplicas]. With minReplicas 0 the last replica goes only

@@ -166,8 +166,8 @@ void Controller::InstallFunctionLocked(FunctionSpec spec, std::string manifest,
     fn.scale_changed_us = clock_->NowMicros();
   } else {
     fn.scaler->set_settings(ScalerSettings(scaling));
-    fn.autoscaled = static_cast<int>(std::clamp<int64_t>(fn.autoscaled, scaling.min_replicas,
-                                                         scaling.max_replicas));
+    fn.autoscaled = static_cast<int>(
+        std::clamp<int64_t>(fn.autoscaled, scaling.min_replicas, scaling.max_replicas));
   }
   if (!existed) return;
   // Re-account existing replicas under the new requirements; drop those that no longer fit.
@@ -873,8 +873,7 @@ void Controller::ReconcileLocked() {
   const bool adopting = now < adopt_until_us_;
   for (auto& [name, fn] : functions_) {
     // The autoscaler's count, never below what minRps needs, within maxReplicas.
-    const int for_min_rps =
-        DesiredReplicaCount(fn.spec, PlanningCapacityLocked(fn).throughput_rps);
+    const int for_min_rps = DesiredReplicaCount(fn.spec, PlanningCapacityLocked(fn).throughput_rps);
     fn.desired = std::min<int>(std::max(fn.autoscaled, for_min_rps),
                                static_cast<int>(fn.spec.scaling.max_replicas));
     std::vector<std::string> mine;  // live: not draining

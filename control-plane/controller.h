@@ -133,9 +133,9 @@ class Controller {
     std::vector<std::string> pending_reasons;
     // Autoscaling (see the class comment).
     std::unique_ptr<Autoscaler> scaler;
-    int autoscaled = 0;            // the autoscaler's last desired count
-    int64_t arrived = 0;           // requests counted since the last evaluation
-    std::string scale_reason;      // of the last change of `autoscaled`
+    int autoscaled = 0;        // the autoscaler's last desired count
+    int64_t arrived = 0;       // requests counted since the last evaluation
+    std::string scale_reason;  // of the last change of `autoscaled`
     int64_t scale_changed_us = 0;
     ScaleDecision last_decision;
   };

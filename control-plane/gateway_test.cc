@@ -441,8 +441,7 @@ TEST(GatewayHoldTest, HoldIsBoundedInCountAndTime) {
   EXPECT_NE(second.body.find("hold queue is full"), std::string::npos) << second.body;
   client.join();
   EXPECT_EQ(first.status, 503);
-  EXPECT_NE(first.body.find("had no ready replica within 200 ms: 0/2 nodes fit"),
-            std::string::npos)
+  EXPECT_NE(first.body.find("had no ready replica within 200 ms: 0/2 nodes fit"), std::string::npos)
       << first.body;
   EXPECT_EQ(gw->stats().hold_timeouts, 1);
   EXPECT_EQ(gw->stats().held_now, 0);

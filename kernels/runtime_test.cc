@@ -1,3 +1,5 @@
+#include "ferry/runtime.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,7 +17,6 @@
 
 #include "absl/strings/str_join.h"
 #include "cuda/device.h"
-#include "ferry/runtime.h"
 #include "ferry/runtime_registry.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

@@ -38,9 +38,9 @@ struct FunctionHostOptions {
 class FunctionHost {
  public:
   // Takes the runtime. `metrics` is not owned and must outlive the host.
-  static absl::StatusOr<std::unique_ptr<FunctionHost>> Create(
-      const FunctionHostOptions& options, std::unique_ptr<Runtime> runtime,
-      FunctionMetrics* metrics);
+  static absl::StatusOr<std::unique_ptr<FunctionHost>> Create(const FunctionHostOptions& options,
+                                                              std::unique_ptr<Runtime> runtime,
+                                                              FunctionMetrics* metrics);
   ~FunctionHost();
 
   const ModelMetadata& metadata() const { return metadata_; }

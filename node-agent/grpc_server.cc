@@ -508,11 +508,16 @@ class GrpcInferenceServiceImpl final : public inference::GRPCInferenceService::C
     // The model is looked up first: an unknown model is NOT_FOUND before anything is decoded,
     // and each input's declared shape is checked against the model before it is decoded.
     auto metadata = core_->FindModelMetadata(request->model_name(), request->model_version());
-    auto decoded = metadata.ok()
-                       ? FromProto(const_cast<inference::ModelInferRequest*>(request),
-                                   metadata->get())
-                       : absl::StatusOr<InferenceRequest>(metadata.status());
-    if (!decoded.ok()) return FinishNow(context, ToGrpcStatus(decoded.status()));
+    auto decoded = metadata.ok() ? FromProto(const_cast<inference::ModelInferRequest*>(request),
+                                             metadata->get())
+                                 : absl::StatusOr<InferenceRequest>(metadata.status());
+    if (!decoded.ok()) {
+      // Refused before the core saw it: the function's metrics still count it as invalid.
+      if (metadata.ok()) {
+        core_->RecordRejected(request->model_name(), request->model_version(), decoded.status());
+      }
+      return FinishNow(context, ToGrpcStatus(decoded.status()));
+    }
     auto call = std::make_shared<InferCall>();
     call->response = response;
     call->model_name = decoded->model_name;

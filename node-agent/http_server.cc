@@ -254,6 +254,13 @@ class Session : public std::enable_shared_from_this<Session> {
     Reply(HttpStatusFor(status),
           EncodeError(std::string_view(status.message().data(), status.message().size())), kJson);
   }
+  // ReplyError for a request this front end refused before the core saw it: the function's
+  // metrics still count it (reason "invalid"), as they would had the function refused it.
+  void ReplyRejected(const std::string& model, const std::string& version,
+                     const absl::Status& status) {
+    server_->core()->RecordRejected(model, version, status);
+    ReplyError(status);
+  }
   void Reply(unsigned status, std::string body, std::string_view content_type,
              int64_t json_length = -1, bool close = false);
   void OnWrite(bool close, bool drain, beast::error_code ec);
@@ -688,9 +695,10 @@ void Session::HandleInfer(std::string_view model, std::string_view version) {
   const auto header = request_.find(ToBeast(kInferenceHeaderContentLength));
   if (header != request_.end()) {
     if (!absl::SimpleAtoi(ToAbsl(header->value()), &header_length) || header_length < 0) {
-      ReplyError(absl::InvalidArgumentError(
-          absl::StrCat("Inference-Header-Content-Length must be a non-negative integer, got '",
-                       std::string(ToStd(header->value())), "'")));
+      ReplyRejected(std::string(model), std::string(version),
+                    absl::InvalidArgumentError(absl::StrCat(
+                        "Inference-Header-Content-Length must be a non-negative integer, got '",
+                        std::string(ToStd(header->value())), "'")));
       return;
     }
   }
@@ -709,9 +717,9 @@ void Session::HandleInfer(std::string_view model, std::string_view version) {
         return ParseInferRequest(request_.body(), header_length, model_name, model_version,
                                  *metadata, SpareCapacity(request_.body()));
       },
-      [this](absl::StatusOr<InferenceRequest> parsed) {
+      [this, model_name, model_version](absl::StatusOr<InferenceRequest> parsed) {
         if (!parsed.ok()) {
-          ReplyError(parsed.status());
+          ReplyRejected(model_name, model_version, parsed.status());
           return;
         }
         auto request = std::make_unique<InferenceRequest>(*std::move(parsed));
@@ -755,9 +763,9 @@ void Session::HandlePredict(std::string_view model) {
       [this, metadata = *std::move(metadata)] {
         return ParseClipperPredict(request_.body(), *metadata, SpareCapacity(request_.body()));
       },
-      [this](absl::StatusOr<ClipperQuery> parsed) {
+      [this, model_name = std::string(model)](absl::StatusOr<ClipperQuery> parsed) {
         if (!parsed.ok()) {
-          ReplyError(parsed.status());
+          ReplyRejected(model_name, "", parsed.status());
           return;
         }
         pending_query_ = *std::move(parsed);
@@ -830,6 +838,14 @@ void Session::HandleEmbed(EmbedApi api) {
       },
       [this, api](absl::StatusOr<EmbedQuery> parsed) {
         if (!parsed.ok()) {
+          // A TEI body does not name the function (the URL, a header or the only one loaded
+          // does), so a bad body is still counted on it; an OpenAI body that fails to parse
+          // names none.
+          if (api == EmbedApi::kTei) {
+            if (absl::StatusOr<std::string> name = TeiFunction(); name.ok()) {
+              server_->core()->RecordRejected(*name, "", parsed.status());
+            }
+          }
           ReplyEmbedError(api, parsed.status());
           return;
         }
@@ -853,6 +869,7 @@ void Session::SubmitEmbed(EmbedQuery query) {
   }
   absl::StatusOr<InferenceRequest> request = MakeEmbedRequest(query, **metadata);
   if (!request.ok()) {
+    server_->core()->RecordRejected(query.model, "", request.status());
     ReplyEmbedError(query.api, request.status());
     return;
   }
@@ -1054,9 +1071,9 @@ void HttpServerImpl::DoAccept() {
   // Each io_context is run by exactly one thread, so its executor already serialises a
   // connection's handlers: a strand would only add a type-erased hop per handler (profiled at
   // about 3-5 us of CPU per request, docs/perf.md "Seed figures re-run").
-  acceptor_.async_accept(
-      target.get_executor(),
-      [this](beast::error_code ec, tcp::socket socket) { OnAccept(ec, std::move(socket)); });
+  acceptor_.async_accept(target.get_executor(), [this](beast::error_code ec, tcp::socket socket) {
+    OnAccept(ec, std::move(socket));
+  });
 }
 
 void HttpServerImpl::OnAccept(beast::error_code ec, tcp::socket socket) {

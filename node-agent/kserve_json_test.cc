@@ -1,6 +1,3 @@
-#include "node-agent/clipper_codec.h"
-#include "node-agent/kserve_codec.h"
-
 #include <atomic>
 #include <cstring>
 #include <string>
@@ -11,6 +8,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "node-agent/clipper_codec.h"
+#include "node-agent/kserve_codec.h"
 
 namespace ferry::agent {
 namespace {

@@ -74,6 +74,13 @@ class ServingCore {
   // Unavailable (stopping), or the runtime's error. With the SLO's onOverload: default-output,
   // overload answers OK with InferenceResponse::is_default set instead.
   virtual void Infer(std::unique_ptr<InferenceRequest> request, InferDone done) = 0;
+
+  // A front end refused a request for `name` before calling Infer (its body or inputs do not
+  // match the function: bad JSON, datatype, shape, size). Counted on that function's metrics as
+  // a refusal by the function itself would be: InvalidArgument is reason "invalid"; other codes
+  // and unknown functions are not counted. Non-blocking. The default counts nothing.
+  virtual void RecordRejected(const std::string& /*name*/, const std::string& /*version*/,
+                              const absl::Status& /*status*/) {}
 };
 
 }  // namespace ferry::agent

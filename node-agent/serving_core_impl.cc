@@ -240,4 +240,13 @@ void AgentCore::Infer(std::unique_ptr<InferenceRequest> request, InferDone done)
   (*host)->Infer(std::move(request), std::move(done));
 }
 
+void AgentCore::RecordRejected(const std::string& name, const std::string& version,
+                               const absl::Status& status) {
+  // Only what the function host would itself count as invalid; a request for an unknown (or
+  // failed) function has no function metrics to land on.
+  if (!absl::IsInvalidArgument(status)) return;
+  if (!Find(name, version).ok()) return;
+  metrics_.ForFunction(name, kDefaultVersion)->RecordFailure(FailureReason::kInvalid, 0);
+}
+
 }  // namespace ferry::agent

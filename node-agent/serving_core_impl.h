@@ -62,6 +62,8 @@ class AgentCore final : public ServingCore {
   absl::Status ModelReady(const std::string& name, const std::string& version) const override;
   void Infer(std::unique_ptr<InferenceRequest> request, InferDone done) override;
   std::vector<std::string> ListModels() const override { return LoadedFunctions(); }
+  void RecordRejected(const std::string& name, const std::string& version,
+                      const absl::Status& status) override;
 
   // Stops accepting (ready turns false, new requests get Unavailable) and answers everything
   // accepted. Blocks until done. Idempotent.

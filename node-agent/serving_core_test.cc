@@ -145,6 +145,24 @@ TEST_F(ServingCoreTest, InvalidInputIsRejectedInlineAndCounted) {
       << metrics;
 }
 
+TEST_F(ServingCoreTest, FrontEndRejectionsAreCountedOnKnownFunctionsOnly) {
+  const std::string invalid =
+      "ferry_inference_request_failure{model=\"echo\",reason=\"invalid\",version=\"1\"} ";
+  core_->RecordRejected("echo", "", absl::InvalidArgumentError("bad shape"));
+  core_->RecordRejected("echo", "1", absl::InvalidArgumentError("bad datatype"));
+  // Not refusals of the request's content, or not for a function this agent serves.
+  core_->RecordRejected("echo", "", absl::ResourceExhaustedError("busy"));
+  core_->RecordRejected("echo", "7", absl::InvalidArgumentError("no such version"));
+  core_->RecordRejected("nope", "", absl::InvalidArgumentError("unknown"));
+  const std::string metrics = core_->MetricsText();
+  EXPECT_NE(metrics.find(invalid + "2"), std::string::npos) << metrics;
+  EXPECT_EQ(metrics.find("model=\"nope\""), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("ferry_inference_request_failure{model=\"echo\",reason=\"overload\","
+                         "version=\"1\"} 0"),
+            std::string::npos)
+      << metrics;
+}
+
 TEST_F(ServingCoreTest, FullQueueAnswersResourceExhaustedAtOnce) {
   Submit(Request("echo", BytesTensor("INPUT0", {"a"})));
   Submit(Request("echo", BytesTensor("INPUT0", {"b"})));

@@ -21,9 +21,8 @@
 #include <sstream>
 #include <string>
 #include <thread>
-#include <vector>
-
 #include <utility>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -316,8 +315,9 @@ int GetFunctions(Client& client, const std::string& format) {
     if (f.draining_replicas() > 0) {
       absl::StrAppend(&ready, " (+", f.draining_replicas(), " draining)");
     }
-    std::vector<std::string> row = {f.name(), f.runtime(), f.hardware().accelerator(),
-                                    absl::StrCat(f.desired_replicas()), ready, NodesOf(f)};
+    std::vector<std::string> row = {
+        f.name(), f.runtime(), f.hardware().accelerator(), absl::StrCat(f.desired_replicas()),
+        ready,    NodesOf(f)};
     if (wide) row.push_back(absl::StrFormat("%.4g", f.observed_rps()));
     row.push_back(scaling);
     if (wide) {
@@ -514,8 +514,8 @@ int Invoke(const Options& o, const std::string& name) {
   }
   auto answer = client->api().SendRaw(request);
   if (!answer.ok()) {
-    return Fail(absl::StrCat("cannot reach the gateway at ", o.gateway, ": ",
-                             answer.status().message()));
+    return Fail(
+        absl::StrCat("cannot reach the gateway at ", o.gateway, ": ", answer.status().message()));
   }
   std::cout << answer->body;
   if (answer->body.empty() || answer->body.back() != '\n') std::cout << '\n';

@@ -504,7 +504,8 @@ TEST_F(ManifestTest, BadSpecFieldsNameThePathAndWhatWasExpected) {
 // rejects names it does not carry when it loads the function.
 TEST_F(ManifestTest, RuntimeNamesAreCheckedForSpellingOnly) {
   absl::StatusOr<std::vector<FunctionSpec>> fns = ParseManifests(
-      "apiVersion: ferry.dev/v1\nkind: Function\nmetadata: {name: f}\nspec: {runtime: tensorflow-2}\n",
+      "apiVersion: ferry.dev/v1\nkind: Function\nmetadata: {name: f}\nspec: {runtime: "
+      "tensorflow-2}\n",
       "m.yaml", dir_);
   ASSERT_TRUE(fns.ok()) << fns.status();
   EXPECT_EQ((*fns)[0].runtime, "tensorflow-2");

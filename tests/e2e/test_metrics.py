@@ -3,8 +3,11 @@
 import concurrent.futures
 import time
 
+import numpy as np
 import pytest
 import requests
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from e2e_util import curl, parse_metrics
 
@@ -121,10 +124,9 @@ def test_metrics_with_curl(ferry):
     assert 'model="echo"' in text
 
 
-@pytest.mark.xfail(strict=True, reason="the front ends refuse a request whose inputs do not match "
-                   "the declared signature before it reaches the function, so the refusal is "
-                   "not counted; docs/operations.md says it is (reason=\"invalid\")")
 def test_invalid_input_counted(ferry):
+    """The front ends refuse inputs that do not match the signature before the function sees
+    them; the refusal still counts once as reason="invalid" on that function."""
     def invalid(samples):
         return total(samples, "ferry_inference_request_failure", model="echo-fp32",
                      reason="invalid")
@@ -136,3 +138,28 @@ def test_invalid_input_counted(ferry):
     assert r.status_code == 400
     after = scrape_until(ferry, lambda s: invalid(s) > invalid(before), timeout_s=1.0)
     assert invalid(after) - invalid(before) == 1
+
+    # The same over gRPC (INVALID_ARGUMENT).
+    client = grpcclient.InferenceServerClient(ferry.grpc_hostport)
+    try:
+        t = grpcclient.InferInput("INPUT0", [1, 4], "INT32")
+        t.set_data_from_numpy(np.zeros((1, 4), dtype=np.int32))
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("echo-fp32", [t], client_timeout=20.0)
+        assert "INVALID_ARGUMENT" in str(e.value.status())
+    finally:
+        client.close()
+    final = scrape_until(ferry, lambda s: invalid(s) > invalid(after), timeout_s=1.0)
+    assert invalid(final) - invalid(after) == 1
+
+    # And a Clipper predict body that is not JSON.
+    r = requests.post(f"{ferry.http_url}/echo-fp32/predict", data=b"{not json", timeout=20,
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    clipper = scrape_until(ferry, lambda s: invalid(s) > invalid(final), timeout_s=1.0)
+    assert invalid(clipper) - invalid(final) == 1
+
+    # A request for an unknown function is not counted on any function.
+    r = requests.post(f"{ferry.http_url}/v2/models/no-such-model/infer", json=bad, timeout=20)
+    assert r.status_code == 404
+    assert total(scrape(ferry), "ferry_inference_request_failure", model="no-such-model") == 0

@@ -12,8 +12,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "ferry/tensor.h"
 #include "ferry/signature.h"
+#include "ferry/tensor.h"
 #include "node-agent/kserve_codec.h"
 #include "tests/fuzz/fuzz_models.h"
 

@@ -20,8 +20,7 @@ struct FuzzModel {
   agent::ModelMetadata metadata;
 };
 
-inline FuzzModel MakeFuzzModel(std::string name, ModelSignature signature,
-                               int64_t max_batch_size) {
+inline FuzzModel MakeFuzzModel(std::string name, ModelSignature signature, int64_t max_batch_size) {
   FuzzModel model;
   model.metadata.name = std::move(name);
   model.metadata.versions = {"1"};

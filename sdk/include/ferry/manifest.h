@@ -42,17 +42,17 @@ struct AimdSpec {
 };
 
 struct BatchingSpec {
-  int64_t max_batch_size = 32;              // maxBatchSize, in batch units (rows), 1..65536
-  int64_t max_queue_delay_us = 1000;        // maxQueueDelayMicros, 0..10'000'000
-  BatchPolicy policy = BatchPolicy::kAimd;  // policy
-  int64_t max_queue_size = 1024;            // maxQueueSize (requests), 1..1'000'000
+  int64_t max_batch_size = 32;                   // maxBatchSize, in batch units (rows), 1..65536
+  int64_t max_queue_delay_us = 1000;             // maxQueueDelayMicros, 0..10'000'000
+  BatchPolicy policy = BatchPolicy::kAimd;       // policy
+  int64_t max_queue_size = 1024;                 // maxQueueSize (requests), 1..1'000'000
   int64_t max_queue_bytes = int64_t{256} << 20;  // maxQueueBytes: payload bytes queued, 1..2^40
   // maxBatchTokens: token budget of one batch (Runtime::Cost: tokens for text runtimes, rows
   // otherwise), 0 = off, 0..2^30. A batch leaves when the next request would pass it.
   int64_t max_batch_tokens = 0;
-  int64_t timeout_us = 0;                   // timeoutMicros: default per-request timeout, 0 = none
-  int64_t instances = 1;                    // instances: concurrent executors, 1..64
-  AimdSpec aimd;                            // aimd: {...}
+  int64_t timeout_us = 0;  // timeoutMicros: default per-request timeout, 0 = none
+  int64_t instances = 1;   // instances: concurrent executors, 1..64
+  AimdSpec aimd;           // aimd: {...}
 };
 
 struct ScalingSpec {
@@ -60,12 +60,12 @@ struct ScalingSpec {
   int64_t max_replicas = 1;    // maxReplicas >= max(1, minReplicas)
   int64_t idle_seconds = 300;  // idleSeconds >= 0: no request this long takes a function to 0
   // Autoscaler (control-plane/autoscaler.h; Knative KPA defaults).
-  double target_utilization = 0.7;     // targetUtilization, (0, 1]
-  double stable_window_seconds = 60;   // stableWindowSeconds, [0.1, 3600]
-  double panic_window_seconds = 6;     // panicWindowSeconds, (0, stable]; default stable / 10
-  double panic_threshold = 2.0;        // panicThreshold, (1, 100]: x ready replicas
-  double max_scale_up_rate = 1000;     // maxScaleUpRate, (1, 10000]: x ready per decision
-  double max_scale_down_rate = 2.0;    // maxScaleDownRate, (1, 10000]: / current per decision
+  double target_utilization = 0.7;    // targetUtilization, (0, 1]
+  double stable_window_seconds = 60;  // stableWindowSeconds, [0.1, 3600]
+  double panic_window_seconds = 6;    // panicWindowSeconds, (0, stable]; default stable / 10
+  double panic_threshold = 2.0;       // panicThreshold, (1, 100]: x ready replicas
+  double max_scale_up_rate = 1000;    // maxScaleUpRate, (1, 10000]: x ready per decision
+  double max_scale_down_rate = 2.0;   // maxScaleDownRate, (1, 10000]: / current per decision
 };
 
 struct SloSpec {
