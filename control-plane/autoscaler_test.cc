@@ -158,7 +158,8 @@ TEST(AutoscalerTest, HoldingReasonNamesTheWindow) {
   Sim sim(Settings(1, 20), 1);
   sim.Run(120, 300);                   // 5
   ScaleDecision d = sim.Run(70, 100);  // the stable average has fallen; the window max holds
-  if (sim.current > 2) EXPECT_THAT(d.reason, HasSubstr("until the 60s window agrees"));
+  ASSERT_GT(sim.current, 2);  // still holding the window's maximum
+  EXPECT_THAT(d.reason, HasSubstr("until the 60s window agrees"));
 }
 
 TEST(AutoscalerTest, ScalesToZeroAfterIdleAndBackOnDemand) {

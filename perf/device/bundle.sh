@@ -30,7 +30,8 @@ mkdir -p "$stage/lib" "$stage/bin"
 
 # Binaries run on the GPU machine (copied, stripped) and binaries whose libraries are bundled.
 run_bins=(cuda/cuda_kernels_test perf/ferry_gpu_mlp_bench kernels/kernels_runtime_test
-  node-agent/ferry-agent control-plane/ferry-control perf/control_gpu_check)
+  node-agent/ferry-agent control-plane/ferry-control perf/control_gpu_check
+  kernels/kernels_plugin_runtime_test)
 lib_bins=("${run_bins[@]}" node-agent/ferry-agent)
 while IFS= read -r f; do
   lib_bins+=("${f#"$build_dir"/}")
@@ -81,11 +82,17 @@ for rel in "${run_bins[@]}"; do
   fi
 done
 
+# The plugin test loads its test plugins and the example plugins (the GPU one launches its own
+# kernel) from folders given by FERRY_TEST_PLUGIN_DIR / FERRY_EXAMPLE_PLUGIN_DIR on the device.
+mkdir -p "$stage/plugins/test" "$stage/plugins/examples"
+cp "$build_dir"/kernels/test_plugins/*.so "$stage/plugins/test/" 2>/dev/null || true
+cp "$build_dir"/plugins/*.so "$stage/plugins/examples/" 2>/dev/null || true
+
 rm -rf "$out"
 mkdir -p "$out"
-(cd "$stage" && find lib bin -type f -printf '%10s  %p\n' | sort -k2) >"$out/MANIFEST.txt"
+(cd "$stage" && find lib bin plugins -type f -printf '%10s  %p\n' | sort -k2) >"$out/MANIFEST.txt"
 # xz shrinks OpenBLAS (its kernels for every x86 generation) about 8x; the carried tree is small.
-XZ_OPT="-6 -T2" tar -C "$stage" -cJf "$out/bundle.tar.xz" lib bin
+XZ_OPT="-6 -T2" tar -C "$stage" -cJf "$out/bundle.tar.xz" lib bin plugins
 
 raw=$(du -sb "$stage" | cut -f1)
 packed=$(stat -c %s "$out/bundle.tar.xz")

@@ -28,7 +28,7 @@ section() { printf '\n==== %s ====\n' "$*"; }
 section "unpack"
 bin_dir=""
 if [[ -f "$bundle/bundle.tar.xz" ]]; then
-  rm -rf "${bundle:?}/lib" "${bundle:?}/bin"
+  rm -rf "${bundle:?}/lib" "${bundle:?}/bin" "${bundle:?}/plugins"
   if command -v xz >/dev/null; then
     tar -C "$bundle" -xJf "$bundle/bundle.tar.xz" || exit 1
   else
@@ -107,6 +107,17 @@ timeout 120 "$runtime_bin" ${OUT:+--gtest_output=xml:$results/kernels_runtime_te
 rt_rc=$?
 echo "kernels_runtime_test exit status: $rt_rc"
 [[ "$rt_rc" == 0 ]] || status=1
+
+section "kernels_plugin_runtime_test (C plugin ABI; the GPU example plugin on this GPU)"
+plugin_bin="$(bin_path kernels/kernels_plugin_runtime_test)"
+if [[ -n "$bin_dir" ]]; then
+  export FERRY_TEST_PLUGIN_DIR="$PWD/$bundle/plugins/test"
+  export FERRY_EXAMPLE_PLUGIN_DIR="$PWD/$bundle/plugins/examples"
+fi
+timeout 120 "$plugin_bin" ${OUT:+--gtest_output=xml:$results/kernels_plugin_runtime_test.xml}
+plugin_rc=$?
+echo "kernels_plugin_runtime_test exit status: $plugin_rc"
+[[ "$plugin_rc" == 0 ]] || status=1
 
 section "ferry-agent serving an MLP on the GPU and on the CPU"
 agent_bin="$(bin_path node-agent/ferry-agent)"
