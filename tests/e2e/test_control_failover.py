@@ -239,7 +239,9 @@ def test_silent_agent_loses_its_lease(cluster):
     try:
         wait_for(lambda: cluster.ready_route("echo-cpu", "gpu-node"), 6, "echo-cpu moved")
         elapsed = time.monotonic() - t0
-        assert 2.0 <= elapsed <= 3.5, f"moved {elapsed:.2f} s after the agent went silent"
+        # The 2 s lease runs from the agent's last heartbeat, which may precede SIGSTOP by up to
+        # one heartbeat interval (500 ms): moving earlier than that would be a premature expiry.
+        assert 1.5 <= elapsed <= 3.5, f"moved {elapsed:.2f} s after the agent went silent"
         nodes = cluster.call("ListNodes", cluster.pb.ListNodesRequest(),
                              cluster.pb.ListNodesResponse).nodes
         lease = {n.name: n.lease_state for n in nodes}
