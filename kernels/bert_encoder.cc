@@ -134,7 +134,9 @@ void Linear(const float* in, int rows, int k, const std::vector<float>& w,
               bias.empty() ? 0.f : 1.f, out, n);
 }
 
-absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
+}  // namespace
+
+absl::StatusOr<nlohmann::json> ReadJsonObjectFile(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
   std::stringstream text;
@@ -145,8 +147,6 @@ absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
   }
   return j;
 }
-
-}  // namespace
 
 absl::Status BertConfig::Validate() const {
   const std::pair<const char*, int> sizes[] = {{"vocab_size", vocab_size},
@@ -174,7 +174,7 @@ absl::Status BertConfig::Validate() const {
 }
 
 absl::StatusOr<BertConfig> ReadBertConfig(const std::string& path) {
-  absl::StatusOr<nlohmann::json> j = ReadJsonFile(path);
+  absl::StatusOr<nlohmann::json> j = ReadJsonObjectFile(path);
   if (!j.ok()) return j.status();
   auto error = [&](const std::string& key, const std::string& message) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", key, ": ", message));

@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "nlohmann/json.hpp"
 
 namespace ferry::kernels {
 
@@ -93,6 +94,10 @@ class BertEncoder {
   BertConfig config_;
   BertWeights weights_;
 };
+
+// The JSON object in the file at `path`: NotFound when it cannot be read, InvalidArgument when it
+// is not a JSON object. Shared by the model-folder readers (config.json and its neighbours).
+absl::StatusOr<nlohmann::json> ReadJsonObjectFile(const std::string& path);
 
 }  // namespace ferry::kernels
 

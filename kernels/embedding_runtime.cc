@@ -21,19 +21,6 @@ std::string Join(const std::string& dir, const std::string& name) {
 
 bool Exists(const std::string& path) { return std::ifstream(path).good(); }
 
-// The JSON object in `path`; NotFound when the file is absent.
-absl::StatusOr<nlohmann::json> ReadJsonObject(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
-  std::stringstream text;
-  text << in.rdbuf();
-  nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a JSON object"));
-  }
-  return j;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SentenceEncoder>> SentenceEncoder::Load(const std::string& model_dir,
@@ -51,7 +38,7 @@ absl::StatusOr<std::unique_ptr<SentenceEncoder>> SentenceEncoder::Load(const std
   if (!config.ok()) return config.status();
 
   const std::string st_path = Join(model_dir, "sentence_bert_config.json");
-  absl::StatusOr<nlohmann::json> st = ReadJsonObject(st_path);
+  absl::StatusOr<nlohmann::json> st = ReadJsonObjectFile(st_path);
   if (!st.ok()) return st.status();
   auto msl = st->find("max_seq_length");
   if (msl == st->end() || !msl->is_number_integer() || msl->get<int64_t>() < 2 ||
@@ -65,7 +52,7 @@ absl::StatusOr<std::unique_ptr<SentenceEncoder>> SentenceEncoder::Load(const std
 
   const std::string pooling_path = Join(model_dir, "1_Pooling/config.json");
   if (Exists(pooling_path)) {
-    absl::StatusOr<nlohmann::json> pooling = ReadJsonObject(pooling_path);
+    absl::StatusOr<nlohmann::json> pooling = ReadJsonObjectFile(pooling_path);
     if (!pooling.ok()) return pooling.status();
     for (const auto& [key, value] : pooling->items()) {
       if (key.rfind("pooling_mode_", 0) != 0 || !value.is_boolean()) continue;
@@ -78,7 +65,7 @@ absl::StatusOr<std::unique_ptr<SentenceEncoder>> SentenceEncoder::Load(const std
   }
   const std::string tokenizer_config_path = Join(model_dir, "tokenizer_config.json");
   if (Exists(tokenizer_config_path)) {
-    absl::StatusOr<nlohmann::json> tc = ReadJsonObject(tokenizer_config_path);
+    absl::StatusOr<nlohmann::json> tc = ReadJsonObjectFile(tokenizer_config_path);
     if (!tc.ok()) return tc.status();
     auto lower = tc->find("do_lower_case");
     if (lower != tc->end() && lower->is_boolean() && !lower->get<bool>()) {

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "ferry/config_reader.h"
+#include "status_macros.h"
 #include "yaml_to_json.h"
 
 namespace ferry {
@@ -21,21 +22,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-#define FERRY_MANIFEST_RETURN_IF_ERROR(expr) \
-  do {                                       \
-    absl::Status _st = (expr);               \
-    if (!_st.ok()) return _st;               \
-  } while (0)
-
-#define FERRY_MANIFEST_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
-  auto tmp = (expr);                                         \
-  if (!tmp.ok()) return tmp.status();                        \
-  lhs = std::move(*tmp)
-#define FERRY_MANIFEST_CONCAT_INNER(a, b) a##b
-#define FERRY_MANIFEST_CONCAT(a, b) FERRY_MANIFEST_CONCAT_INNER(a, b)
-#define FERRY_MANIFEST_ASSIGN_OR_RETURN(lhs, expr) \
-  FERRY_MANIFEST_ASSIGN_OR_RETURN_IMPL(FERRY_MANIFEST_CONCAT(_status_or_, __LINE__), lhs, expr)
 
 const std::vector<std::pair<std::string_view, Accelerator>> kAccelerators = {
     {"cpu", Accelerator::kCpu}, {"gpu", Accelerator::kGpu}, {"any", Accelerator::kAny}};

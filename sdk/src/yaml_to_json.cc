@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "status_macros.h"
 #include "yaml-cpp/eventhandler.h"
 #include "yaml-cpp/yaml.h"
 
@@ -18,21 +19,6 @@ namespace ferry::internal {
 namespace {
 
 using json = nlohmann::json;
-
-#define FERRY_MANIFEST_RETURN_IF_ERROR(expr) \
-  do {                                       \
-    absl::Status _st = (expr);               \
-    if (!_st.ok()) return _st;               \
-  } while (0)
-
-#define FERRY_MANIFEST_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
-  auto tmp = (expr);                                         \
-  if (!tmp.ok()) return tmp.status();                        \
-  lhs = std::move(*tmp)
-#define FERRY_MANIFEST_CONCAT_INNER(a, b) a##b
-#define FERRY_MANIFEST_CONCAT(a, b) FERRY_MANIFEST_CONCAT_INNER(a, b)
-#define FERRY_MANIFEST_ASSIGN_OR_RETURN(lhs, expr) \
-  FERRY_MANIFEST_ASSIGN_OR_RETURN_IMPL(FERRY_MANIFEST_CONCAT(_status_or_, __LINE__), lhs, expr)
 
 constexpr int kMaxDepth = 64;
 // Aliases let a small YAML text expand into a huge tree ("billion laughs"); manifests are small.
