@@ -8,7 +8,7 @@ GRPC_PORT ?= 8001
 # CI (which sets CI=true) configures with -Werror; see "Checking builds" in docs/operations.md.
 WERROR_FLAG := $(if $(filter true,$(CI)),-DFERRY_WERROR=ON)
 
-.PHONY: deps configure build models up test unit e2e bench bench-seed bench-sim sanitize thread-safety tsan fuzz format clean
+.PHONY: deps configure build models up test unit e2e bench bench-seed bench-slo bench-peers bench-sim sanitize thread-safety tsan fuzz format clean
 
 deps:
 	@scripts/install-deps.sh $(BUILD_DIR)
@@ -31,12 +31,15 @@ examples: build
 models: deps
 	$(BUILD_DIR)/venv/bin/python scripts/fetch_minilm.py
 
-# `ferry up`: ferry-control (gRPC on CONTROL_PORT, gateway on HTTP_PORT) and one ferry-agent as
-# child processes, state in .ferry/, the manifests in examples/ applied; Ctrl-C stops both.
+# `ferry up`: ferry-control (gRPC on CONTROL_PORT, gateway on HTTP_PORT) and one ferry-agent
+# (KServe gRPC on GRPC_PORT, its own HTTP on AGENT_HTTP_PORT) as child processes, state in
+# .ferry/, the manifests in examples/ applied; Ctrl-C stops both. Ports as in docs/operations.md.
 CONTROL_PORT ?= 7070
+AGENT_HTTP_PORT ?= 8080
 up: build examples models
 	exec $(BUILD_DIR)/sdk/cli/ferry up -f examples --state .ferry \
 	  --control 127.0.0.1:$(CONTROL_PORT) --gateway http://127.0.0.1:$(HTTP_PORT) \
+	  --agent-arg=--http-port=$(AGENT_HTTP_PORT) --agent-arg=--grpc-port=$(GRPC_PORT) \
 	  --plugin-dir $(BUILD_DIR)/plugins
 
 unit: build
@@ -60,17 +63,31 @@ BENCH_SEED_ARGS ?=
 bench-seed: build
 	$(BUILD_DIR)/venv/bin/python perf/bench_seed.py --build-dir $(BUILD_DIR) $(BENCH_SEED_ARGS)
 
+# Batching policies against the mlp SLO, open-loop Poisson load at 25-95 % of capacity
+# (docs/perf.md, "Batching policies against an SLO"); CSV and PNGs under perf/results/.
+BENCH_SLO_ARGS ?=
+bench-slo: build examples
+	$(BUILD_DIR)/venv/bin/python perf/bench_slo.py --build-dir $(BUILD_DIR) $(BENCH_SLO_ARGS)
+
+# ferry beside MLServer, Ray Serve, PyTriton and BentoML (docs/perf.md, "Peers on the same
+# machine"): installs each with pip into its own virtualenv under $(BUILD_DIR)/peers/ first.
+BENCH_PEERS_ARGS ?=
+bench-peers: build examples
+	PEERS_DIR=$(abspath $(BUILD_DIR))/peers perf/peers/install.sh
+	$(BUILD_DIR)/venv/bin/python perf/bench_peers.py --build-dir $(BUILD_DIR) $(BENCH_PEERS_ARGS)
+
 # Cluster simulator at full size (docs/perf.md, "Cluster simulator"): 1,000 nodes, 1,000
 # functions; CSVs and PNGs under $(BUILD_DIR)/sim/. SIM_ARGS adds ferry-sim flags to every run.
 SIM_SIZE ?= --nodes 1000 --functions 1000
 SIM_ARGS ?=
 bench-sim: build
-	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace gamma --cv 4 --duration 60 --out $(BUILD_DIR)/sim/bursty $(SIM_ARGS)
-	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace gamma --cv 4 --duration 60 --utilization 0.85 --policies ferry,fixed-replicas --out $(BUILD_DIR)/sim/bursty-85 $(SIM_ARGS)
+	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace gamma --cv 4 --duration 180 --warmup 60 --out $(BUILD_DIR)/sim/bursty $(SIM_ARGS)
+	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace gamma --cv 4 --duration 180 --warmup 60 --utilization 0.85 --policies ferry,fixed-replicas --out $(BUILD_DIR)/sim/bursty-85 $(SIM_ARGS)
 	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace step --step_at 30 --step_factor 4 --duration 90 --policies ferry,fixed-replicas --out $(BUILD_DIR)/sim/step $(SIM_ARGS)
 	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace poisson --duration 120 --policies ferry --out $(BUILD_DIR)/sim/constant $(SIM_ARGS)
 	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace poisson --duration 90 --fail_fraction 0.05 --fail_at 30 --policies ferry --out $(BUILD_DIR)/sim/failure $(SIM_ARGS)
-	for d in bursty bursty-85 step constant failure; do $(BUILD_DIR)/venv/bin/python perf/sim/plot.py $(BUILD_DIR)/sim/$$d; done
+	$(BUILD_DIR)/perf/sim/ferry-sim --oracle 1000 --out $(BUILD_DIR)/sim/oracle
+	for d in bursty bursty-85 step constant failure oracle; do $(BUILD_DIR)/venv/bin/python perf/sim/plot.py $(BUILD_DIR)/sim/$$d; done
 
 # Address + undefined-behaviour sanitizers over every unit and end-to-end test (CPU build).
 sanitize: deps examples

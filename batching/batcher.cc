@@ -28,6 +28,13 @@ constexpr int64_t kMaxWaitUs = 50'000;
 // inter-arrival gap, task cost): about the last 8 arrivals matter, so the estimate follows a
 // change of load within a few requests.
 constexpr double kArrivalWeight = 0.125;
+// Rule (c) of the adaptive delay ("keep up", AdaptiveDepartureLocked): it applies when the
+// fixed cost per batch would take more than this share of the time between arrivals if every
+// task ran alone (lambda * b), ...
+constexpr double kFixedCostShare = 0.1;
+// ... and tasks keep arriving while the executors are busy or others wait: the moving average
+// of "every slot was busy or another task was queued when this task arrived" is above this.
+constexpr double kBusyAtArrivalShare = 0.25;
 
 // Weighted least squares of y = slope * x + intercept with exponential forgetting.
 class LinearModel {
@@ -75,9 +82,12 @@ std::string Prefix(const std::string& name) {
 
 class Batcher::Impl {
  public:
-  Impl(const BatcherOptions& options, Executor* executor)
+  // Exactly one of `executor` and `async` is non-null.
+  Impl(const BatcherOptions& options, Executor* executor, AsyncExecutor* async)
       : options_(options),
         executor_(executor),
+        async_(async),
+        capacity_(async != nullptr ? async->max_in_flight() : options.num_executors),
         clock_(options.clock != nullptr ? options.clock : RealClock::Get()),
         prefix_(Prefix(options.name)) {
     switch (options_.policy) {
@@ -185,7 +195,7 @@ class Batcher::Impl {
       if (RunOnce()) continue;
       absl::MutexLock lock(&mu_);
       if (queue_.empty() && running_ == 0) return;
-      if (!queue_.empty() && running_ < options_.num_executors) continue;
+      if (!queue_.empty() && running_ < capacity_) continue;
       cv_.Wait(&mu_);
     }
   }
@@ -285,7 +295,13 @@ class Batcher::Impl {
 
   // Whether a batch that is due now may run on the submitting thread: only when the model has
   // learned that the batch would be short, so a slow model never blocks a caller's thread.
+  // Under aimd, not when the fixed cost per batch is heavy against the arrival rate: a batch
+  // run inline keeps the next requests unread in their sockets, where the batcher cannot see
+  // them queue, so each batch would again find one task and rule (c) could never batch them.
   bool InlineAllowedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (options_.policy == Policy::kAimd && options_.slo_us > 0 && FixedCostHeavyLocked()) {
+      return false;
+    }
     return options_.inline_max_exec_us > 0 && options_.start_threads &&
            model_.samples() >= kMinSamplesForAdmission &&
            model_.Predict(std::min(queued_cost_, options_.max_batch_size)) <=
@@ -327,6 +343,18 @@ class Batcher::Impl {
     // Without a measured arrival rate and execution model there is no evidence that waiting
     // pays, so nothing waits (the model learns from what departs).
     if (arrival_gap_us_ < 0 || model_.samples() < kMinSamplesForAdmission) return oldest;
+    // Rule (c), keep up, for functions with an SLO: the fixed cost per batch is heavy against
+    // the arrival rate and tasks arrive while the executors are busy, i.e. a stream that batches
+    // of one may not keep up with once the executor's fixed costs and the front end share the
+    // cores (rule (b) weighs latency only and would send batches of one; the batcher cannot see
+    // the front end's cost per request). With an SLO, latency under the target is free and
+    // throughput within it is the objective, so then no early departure: the batch waits for
+    // the AIMD target or its budget (bounded by the deadlines), as a fixed policy would. A
+    // closed-loop client alone finds the executor idle and nobody queued (its previous request
+    // has just been answered), so it is not waited for. Without an SLO rules (a) and (b) decide.
+    if (options_.slo_us > 0 && FixedCostHeavyLocked() && busy_at_arrival_ > kBusyAtArrivalShare) {
+      return budget_end;
+    }
     const double gap = arrival_gap_us_;
     const double n = static_cast<double>(queue_.size());
     const double a = model_.slope();
@@ -352,6 +380,18 @@ class Batcher::Impl {
   // A gap is counted as at most twice the delay budget: any longer gap means "nothing arrives
   // within the budget", and an hour of idleness must not hide the next burst for long.
   void ObserveArrivalLocked(int64_t now, int64_t cost) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // Rule (c)'s inputs: the arithmetic mean gap (the rate that has to be kept up with) and
+    // whether the task found the executors busy or others waiting.
+    if (last_arrival_us_ >= 0) {
+      const double gap = std::clamp(static_cast<double>(now - last_arrival_us_), 1.0, 1e6);
+      arrival_mean_gap_us_ =
+          arrival_mean_gap_us_ < 0
+              ? gap
+              : arrival_mean_gap_us_ + kArrivalWeight * (gap - arrival_mean_gap_us_);
+    }
+    // (Called after the task was queued: another task queued means this one is not alone.)
+    const bool busy = running_ >= capacity_ || queue_.size() > 1;
+    busy_at_arrival_ += kArrivalWeight * ((busy ? 1.0 : 0.0) - busy_at_arrival_);
     if (last_arrival_us_ >= 0) {
       const double cap = 2.0 * static_cast<double>(std::max<int64_t>(delay_us_, 1));
       const double sample =
@@ -366,11 +406,20 @@ class Batcher::Impl {
     last_arrival_us_ = now;
   }
 
+  // Rule (c)'s first condition: with the arrival rate lambda (arithmetic mean) and the model's
+  // fixed cost b, lambda * b > kFixedCostShare, i.e. batches of one would spend that share of
+  // the time in fixed costs.
+  bool FixedCostHeavyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (arrival_mean_gap_us_ <= 0 || model_.samples() < kMinSamplesForAdmission) return false;
+    return std::max(0.0, model_.intercept()) / arrival_mean_gap_us_ >
+           kFixedCostShare * static_cast<double>(capacity_);
+  }
+
   // If a batch is due at `now` and an executor slot is free, moves it out of the queue, claims
   // the slot and returns true. The batch may hold only expired tasks (nothing to execute, no
   // slot claimed); that still counts as progress for RunOnce.
   bool TakeBatchLocked(int64_t now, Batch* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (queue_.empty() || running_ >= options_.num_executors) return false;
+    if (queue_.empty() || running_ >= capacity_) return false;
     const int64_t token_budget = options_.max_batch_tokens;
     // A full token budget is a full batch: the next task could not join it, so waiting only
     // adds latency.
@@ -424,29 +473,57 @@ class Batcher::Impl {
     }
     if (batch.run.empty()) return;
 
-    std::vector<Task*> tasks;
-    tasks.reserve(batch.run.size());
-    for (Entry& e : batch.run) tasks.push_back(e.task.get());
-    std::vector<absl::Status> task_status(tasks.size());
-
-    const int64_t start_us = clock_->NowMicros();
+    if (async_ != nullptr) {
+      // The executor keeps `flight` (inside `done`) until the batch is over; the spans point
+      // into it. `done` may run inline, before Start returns.
+      auto flight = std::make_unique<InFlight>(std::move(batch));
+      InFlight* const f = flight.get();
+      f->start_us = clock_->NowMicros();
+      async_->Start(absl::MakeConstSpan(f->tasks), absl::MakeSpan(f->status),
+                    [this, flight = std::move(flight)](absl::Status batch_status) mutable {
+                      FinishBatch(*flight, std::move(batch_status),
+                                  clock_->NowMicros() - flight->start_us);
+                    });
+      return;
+    }
+    InFlight flight(std::move(batch));
+    flight.start_us = clock_->NowMicros();
     absl::Status batch_status =
-        executor_->Execute(absl::MakeConstSpan(tasks), absl::MakeSpan(task_status));
-    const int64_t exec_us = clock_->NowMicros() - start_us;
+        executor_->Execute(absl::MakeConstSpan(flight.tasks), absl::MakeSpan(flight.status));
+    FinishBatch(flight, std::move(batch_status), clock_->NowMicros() - flight.start_us);
+  }
 
+  // A batch handed to an executor: its tasks (pointers into `batch`) and their statuses.
+  struct InFlight {
+    explicit InFlight(Batch b) : batch(std::move(b)), status(batch.run.size()) {
+      tasks.reserve(batch.run.size());
+      for (Entry& e : batch.run) tasks.push_back(e.task.get());
+    }
+    Batch batch;
+    std::vector<Task*> tasks;
+    std::vector<absl::Status> status;
+    int64_t start_us = 0;
+  };
+
+  // Finishes every task of an executed batch, frees its executor slot and lets the model and the
+  // AIMD target learn from it. Called without the lock, on the thread that ran the batch (or
+  // the one the AsyncExecutor completed it on).
+  void FinishBatch(InFlight& flight, absl::Status batch_status, int64_t exec_us) {
+    Batch& batch = flight.batch;
     TaskTiming timing;
     timing.compute_us = exec_us;
     timing.batch_cost = batch.cost;
-    timing.batch_tasks = static_cast<int64_t>(tasks.size());
-    for (size_t i = 0; i < tasks.size(); ++i) {
+    timing.batch_tasks = static_cast<int64_t>(flight.tasks.size());
+    for (size_t i = 0; i < flight.tasks.size(); ++i) {
       timing.queue_us = batch.depart_us - batch.run[i].enqueue_us;
-      tasks[i]->Finish(batch_status.ok() ? std::move(task_status[i]) : batch_status, timing);
+      flight.tasks[i]->Finish(batch_status.ok() ? std::move(flight.status[i]) : batch_status,
+                              timing);
       batch.run[i].task.reset();
     }
 
     absl::MutexLock lock(&mu_);
     --running_;
-    last_finish_us_ = start_us + exec_us;
+    last_finish_us_ = flight.start_us + exec_us;
     // A failed batch says nothing about how long a good one takes (it may have failed fast), so
     // neither the model nor the target learns from it.
     if (batch_status.ok()) {
@@ -491,7 +568,7 @@ class Batcher::Impl {
         mu_.Lock();
         continue;
       }
-      if (queue_.empty() || running_ >= options_.num_executors) {
+      if (queue_.empty() || running_ >= capacity_) {
         // Idle: no timer, a Submit (or a finished batch) wakes us.
         cv_.Wait(&mu_);
       } else {
@@ -503,7 +580,9 @@ class Batcher::Impl {
   }
 
   const BatcherOptions options_;
-  Executor* const executor_;
+  Executor* const executor_;    // null with an AsyncExecutor
+  AsyncExecutor* const async_;  // null with an Executor
+  const int64_t capacity_;      // batches in flight at once: slots of either kind
   Clock* const clock_;
   const std::string prefix_;
   int64_t delay_us_ = 0;  // the policy's queue delay
@@ -527,17 +606,21 @@ class Batcher::Impl {
   double arrival_gap_us_ ABSL_GUARDED_BY(mu_) = -1;  // exp(arrival_log_gap_)
   double arrival_cost_ ABSL_GUARDED_BY(mu_) = -1;    // moving average of task cost
   int64_t last_arrival_us_ ABSL_GUARDED_BY(mu_) = -1;
+  // Rule (c) (keep up): arithmetic moving average of the gaps (negative = no sample yet) and
+  // moving average of "every slot busy, or another task queued, at arrival".
+  double arrival_mean_gap_us_ ABSL_GUARDED_BY(mu_) = -1;
+  double busy_at_arrival_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t last_finish_us_ ABSL_GUARDED_BY(mu_) = -1;  // end of the last batch
 
   absl::Mutex join_mu_;  // serializes concurrent Shutdown calls around join
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(join_mu_);
 };
 
-absl::StatusOr<std::unique_ptr<Batcher>> Batcher::Create(const BatcherOptions& options,
-                                                         Executor* executor) {
+namespace {
+
+absl::Status ValidateOptions(const BatcherOptions& options) {
   const std::string p = Prefix(options.name);
   auto bad = [&p](const std::string& what) { return absl::InvalidArgumentError(p + what); };
-  if (executor == nullptr) return bad("executor must not be null");
   if (options.max_batch_size < 1) return bad("max_batch_size must be >= 1");
   if (options.max_queue_delay_us < 0) return bad("max_queue_delay_us must be >= 0");
   if (options.max_queue_size < 1) return bad("max_queue_size must be >= 1");
@@ -558,7 +641,33 @@ absl::StatusOr<std::unique_ptr<Batcher>> Batcher::Create(const BatcherOptions& o
   if (options.num_executors < 1 || options.num_executors > 1024) {
     return bad("num_executors must be in [1, 1024]");
   }
-  auto impl = std::make_unique<Impl>(options, executor);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Batcher>> Batcher::Create(const BatcherOptions& options,
+                                                         Executor* executor) {
+  if (executor == nullptr) {
+    return absl::InvalidArgumentError(Prefix(options.name) + "executor must not be null");
+  }
+  if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
+  auto impl = std::make_unique<Impl>(options, executor, nullptr);
+  impl->Start();
+  return std::unique_ptr<Batcher>(new Batcher(std::move(impl)));
+}
+
+absl::StatusOr<std::unique_ptr<Batcher>> Batcher::CreateAsync(const BatcherOptions& options,
+                                                              AsyncExecutor* executor) {
+  const std::string p = Prefix(options.name);
+  if (executor == nullptr) return absl::InvalidArgumentError(p + "executor must not be null");
+  const int depth = executor->max_in_flight();
+  if (depth < 1 || depth > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(p, "executor's max_in_flight must be in [1, 1024], got ", depth));
+  }
+  if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
+  auto impl = std::make_unique<Impl>(options, nullptr, executor);
   impl->Start();
   return std::unique_ptr<Batcher>(new Batcher(std::move(impl)));
 }

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
@@ -80,6 +81,29 @@ class Executor {
                                absl::Span<absl::Status> task_status) = 0;
 };
 
+// Called exactly once when an asynchronously started batch is over, with the batch status (a
+// non-OK status fails every task of the batch); the task statuses are final by then. May run on
+// any thread, possibly inside AsyncExecutor::Start.
+using BatchDone = absl::AnyInvocable<void(absl::Status)>;
+
+// Runs batches in stages that overlap across batches (batching/pipeline.h): Start does the CPU
+// work that must precede the device (packing), hands the batch on and returns, and the batch
+// completes later through `done`. The batcher lets a batch depart only while fewer than
+// max_in_flight() batches are started and not done: a free pipeline slot, not a free thread, is
+// what lets the next batch leave. Thread-safety: Start is called from up to
+// BatcherOptions::num_executors threads at once.
+class AsyncExecutor {
+ public:
+  virtual ~AsyncExecutor() = default;
+  // The most batches in flight at once (the pipeline depth), >= 1; fixed.
+  virtual int max_in_flight() const = 0;
+  // Starts `batch` (in queue order); `task_status` has one entry per task, preset to OK, and the
+  // executor sets an entry to fail only that task. Both spans stay valid until `done` has been
+  // called. Blocks only for CPU work on this batch, never on an earlier batch's device work.
+  virtual void Start(absl::Span<Task* const> batch, absl::Span<absl::Status> task_status,
+                     BatchDone done) = 0;
+};
+
 enum class Policy { kAimd, kFixed, kOff };
 
 struct AimdOptions {
@@ -107,7 +131,9 @@ struct BatcherOptions {
   int64_t slo_us = 0;              // batch latency target for AIMD; 0 = none (grow to max)
   int64_t initial_batch_size = 0;  // AIMD start; 0 = 1
   AimdOptions aimd;
-  int num_executors = 1;  // batches in flight at once, >= 1
+  // Batches in flight at once (worker threads), >= 1. With an AsyncExecutor: the worker threads
+  // that start (pack) batches; the batches in flight are bounded by max_in_flight() instead.
+  int num_executors = 1;
   // A batch that is due as soon as it is submitted, with an executor slot free, runs on the
   // submitting thread when the execution model (after a few batches) predicts it takes at most
   // this long. It saves two thread hand-offs, which dominate for models that take microseconds.
@@ -140,6 +166,11 @@ class Batcher {
   // outlive the batcher.
   static absl::StatusOr<std::unique_ptr<Batcher>> Create(const BatcherOptions& options,
                                                          Executor* executor);
+  // The same with a pipelined executor (not owned; must outlive the batcher and keep completing
+  // started batches until Shutdown returns). A batch's execution time (TaskTiming::compute_us,
+  // the AIMD latency and the execution-time model) is Start -> done.
+  static absl::StatusOr<std::unique_ptr<Batcher>> CreateAsync(const BatcherOptions& options,
+                                                              AsyncExecutor* executor);
   // Stops accepting, lets every accepted task finish (runs what is queued), joins threads.
   ~Batcher();
 
@@ -158,7 +189,8 @@ class Batcher {
   void Shutdown();
 
   // Manual mode (start_threads == false) only: if a batch is due at clock->NowMicros(), forms it
-  // and executes it on the calling thread, then returns true; else false.
+  // and executes it on the calling thread (with an AsyncExecutor: starts it; it completes when
+  // the executor calls `done`), then returns true; else false.
   bool RunOnce();
   // Manual mode: the clock time at which the queued tasks become due if nothing else happens
   // (the oldest task's delay budget, or earlier under kAimd's adaptive delay; a time <= now

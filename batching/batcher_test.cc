@@ -534,6 +534,91 @@ TEST_F(BatcherTest, AdaptiveDelayWaitsForSteadyStreamButNeverPastMaxQueueDelay) 
   EXPECT_GE(first.timing.queue_us, options_.max_queue_delay_us - 2 * 20);
 }
 
+// Drives `b` with an open-loop stream, one task every `gap_us`, `total` tasks, submitting the
+// tasks that arrive while a batch runs at their own times; returns the executed batch sizes.
+std::vector<int64_t> RunOpenLoop(Batcher& b, FakeClock& clock, FakeExecutor& executor,
+                                 Recorder& recorder, int64_t gap_us, int total) {
+  int next_id = 0;
+  int64_t next_at = clock.NowMicros();
+  auto submit_due = [&](int64_t until) {
+    while (next_id < total && next_at <= until) {
+      clock.AdvanceMicros(std::max<int64_t>(0, next_at - clock.NowMicros()));
+      EXPECT_TRUE(b.Submit(std::make_unique<TestTask>(next_id, 1, &recorder)).ok()) << next_id;
+      ++next_id;
+      next_at += gap_us;
+    }
+  };
+  executor.advance = [&](int64_t us) {
+    const int64_t end = clock.NowMicros() + us;
+    submit_due(end);
+    clock.AdvanceMicros(end - clock.NowMicros());
+  };
+  std::vector<int64_t> sizes;
+  while (static_cast<int>(recorder.finished().size()) < total) {
+    submit_due(clock.NowMicros());
+    const size_t seen = executor.batches.size();
+    if (b.RunOnce()) {
+      for (size_t i = seen; i < executor.batches.size(); ++i) {
+        sizes.push_back(static_cast<int64_t>(executor.batches[i].size()));
+      }
+      continue;
+    }
+    int64_t until = b.NextDepartureUs();
+    if (next_id < total) until = until >= 0 ? std::min(until, next_at) : next_at;
+    if (until < 0) {
+      ADD_FAILURE() << "nothing queued and nothing due";
+      break;
+    }
+    clock.AdvanceMicros(std::max<int64_t>(1, until - clock.NowMicros()));
+  }
+  executor.advance = nullptr;
+  return sizes;
+}
+
+// Rule (c), keep up: an open stream (a task every 20 us) on a model whose fixed cost per batch
+// (30 us) exceeds the gap. Without an SLO the latency-first rules send whatever waits when the
+// executor frees up (about two tasks: the executor is always busy, one batch of one and the next
+// of what came meanwhile). With an SLO, latency under it is free: the batcher stops departing
+// early and the batches grow, as a fixed policy's would, without any task waiting past the
+// delay budget.
+TEST_F(BatcherTest, AdaptiveDelayKeepsUpWithAnOpenStreamOnlyUnderAnSlo) {
+  for (const int64_t slo_us : {int64_t{0}, int64_t{10000}}) {
+    SCOPED_TRACE(slo_us);
+    options_ = BatcherOptions();
+    options_.name = "test";
+    options_.clock = &clock_;
+    options_.start_threads = false;
+    options_.max_batch_size = 64;
+    options_.slo_us = slo_us;
+    executor_.exec_us = [](int64_t cost) { return cost + 30; };
+    auto b = Make();
+    Recorder recorder;
+    const std::vector<int64_t> sizes = RunOpenLoop(*b, clock_, executor_, recorder, 20, 2000);
+    const double mean = Mean(sizes, sizes.size() / 2);
+    int64_t max_queue_us = 0;
+    for (const Finished& f : recorder.finished()) {
+      max_queue_us = std::max(max_queue_us, f.timing.queue_us);
+    }
+    EXPECT_LE(max_queue_us, options_.max_queue_delay_us);
+    if (slo_us == 0) {
+      EXPECT_LT(mean, 3.0);
+    } else {
+      EXPECT_GE(mean, 8.0);
+    }
+  }
+}
+
+// Under an SLO, a single closed-loop client on a model with a high fixed cost is still never
+// waited for: it arrives while the executor is idle, and nothing else can come.
+TEST_F(BatcherTest, AdaptiveDelayUnderAnSloDoesNotWaitForASingleClosedLoopClient) {
+  options_.slo_us = 10000;
+  executor_.exec_us = [](int64_t cost) { return 2 * cost + 800; };
+  auto b = Make();
+  SimResult r = RunClosedLoop(*b, 1, 50, /*rtt_us=*/30, /*per_reply_us=*/0);
+  EXPECT_EQ(r.waits, 0);
+  for (const Finished& f : recorder_.finished()) EXPECT_EQ(f.timing.queue_us, 0) << f.id;
+}
+
 // The same stream on a cheap model (b = 5 us): a bigger batch saves nothing worth a wait.
 TEST_F(BatcherTest, AdaptiveDelayDoesNotWaitForSteadyStreamWhenFixedCostIsLow) {
   options_.max_batch_size = 64;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -126,7 +128,40 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
     }
     return w;
   };
-  auto want = [&](double rps, double conc) { return CeilCount(raw_want(rps, conc)); };
+  // Burst headroom: the index of dispersion from successive differences of the reports' rates.
+  // A step adds one large difference instead of a variance over the whole window, and the two
+  // largest differences are dropped (a step up and down of on/off load), so that a change of
+  // rate is left to the rate signal and panic mode. Fewer than 8 reports say too little.
+  double dispersion = 0;
+  if (per_replica_concurrency > 0 && s.burst_z > 0 && samples_.size() >= 8 && stable_rps > 0) {
+    std::vector<std::pair<double, double>> terms;  // (squared difference, its expectation / D)
+    terms.reserve(samples_.size());
+    for (size_t i = 1; i < samples_.size(); ++i) {
+      const Sample& x = samples_[i];
+      const Sample& y = samples_[i - 1];
+      const double dx = static_cast<double>(std::max<int64_t>(1, x.at_us - x.from_us)) / 1e6;
+      const double dy = static_cast<double>(std::max<int64_t>(1, y.at_us - y.from_us)) / 1e6;
+      const double diff = static_cast<double>(x.arrived) / dx - static_cast<double>(y.arrived) / dy;
+      terms.emplace_back(diff * diff, stable_rps * (1 / dx + 1 / dy));
+    }
+    std::sort(terms.begin(), terms.end());
+    const size_t keep = terms.size() - 2;
+    double num = 0, den = 0;
+    for (size_t i = 0; i < keep; ++i) {
+      num += terms[i].first;
+      den += terms[i].second;
+    }
+    dispersion = den > 0 ? num / den : 0;
+  }
+  const double window_s = 2 * per_replica_concurrency / per_replica_rps;
+  auto burst_raw = [&](double rps) {
+    if (dispersion <= 0 || window_s <= 0) return 0.0;
+    const double mean = rps * window_s;
+    return (mean + s.burst_z * std::sqrt(dispersion * mean)) / (per_replica_rps * window_s);
+  };
+  auto want = [&](double rps, double conc) {
+    return CeilCount(std::max(raw_want(rps, conc), burst_raw(rps)));
+  };
   const int stable_want = want(stable_rps, stable_conc);
   const double panic_raw = raw_want(panic_rps, panic_conc);
   const int panic_want = CeilCount(panic_raw);
@@ -135,6 +170,8 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
   d.stable_rps = stable_rps;
   d.panic_rps = panic_rps;
   d.stable_concurrency = stable_conc;
+  d.dispersion = dispersion;
+  d.burst_want = CeilCount(burst_raw(stable_rps));
 
   // The unrounded want against the threshold: with one ready replica, 1.1 replicas' worth of
   // load rounds up to 2 and would cross a 2x threshold, cycling 1 -> 2 -> 3 -> 2 -> 1 under
@@ -158,8 +195,12 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
   int window_max = 0;
   for (const Want& w : stable_wants_) window_max = std::max(window_max, w.want);
 
-  const std::string load = absl::StrFormat("%.4g rps / %.4g rps per replica at %g target",
-                                           stable_rps, per_replica_rps, util);
+  std::string load = absl::StrFormat("%.4g rps / %.4g rps per replica at %g target", stable_rps,
+                                     per_replica_rps, util);
+  if (d.burst_want > CeilCount(raw_want(stable_rps, stable_conc))) {
+    absl::StrAppend(
+        &load, absl::StrFormat("; bursts (dispersion %.3g) want %d", dispersion, d.burst_want));
+  }
   int desired;
   if (panic_since_us_ >= 0) {
     d.panic = true;

@@ -31,6 +31,25 @@
 // Every decision carries a reason a person can read, e.g. "panic: 4.1x load over 6s window",
 // "stable: 120 rps / 55 rps per replica at 0.7 target", "idle 300s: to zero".
 //
+// Burst headroom. A mean rate says nothing about how requests bunch: under Gamma arrivals with a
+// coefficient of variation of 4, a window as long as the SLO holds up to ~6x its mean arrivals at
+// the 99.9th percentile, and a request that arrives in such a clump waits behind it whatever the
+// autoscaler decides a second later. So want(W) is at least
+//   (rate_W × S + burstZ × sqrt(D × rate_W × S)) / (throughput × S),
+// the replicas whose throughput within the SLO serves, within one window S, the arrivals of such a
+// window at the burstZ-sigma level. S = 2 × per_replica_concurrency / throughput, the batch
+// latency doubled: placement sizes the batch so that it takes at most half the latency target,
+// the other half being left to queueing (placement.h CapacityOf), so S is at most the target. D is
+// the index of dispersion of the arrival counts (variance / mean; 1 for Poisson, ~16 for Gamma
+// CV 4), measured over the stable window from the load reports with successive differences (the
+// Allan variance), so that a change of rate (a step) does not read as burstiness:
+// D = Σ (x_i − x_{i−1})² / Σ rate × (1/d_i + 1/d_{i−1}), x_i the rate of report i over its
+// duration d_i, without the two largest differences (a step up and a step down are changes of
+// rate, left to the rate signal and panic mode). Measured at the report interval (a second), D
+// over-estimates the dispersion over the shorter S for renewal arrivals (it grows with the
+// window), which errs towards headroom. Off without a concurrency signal, with burstZ 0, or
+// before 8 reports.
+//
 // Pure: no I/O, no locks; time comes from the injected Clock. Not thread-safe (the controller
 // calls it under its mutex).
 #ifndef FERRY_CONTROL_PLANE_AUTOSCALER_H_
@@ -58,6 +77,11 @@ struct AutoscalerSettings {
   // How often load reports arrive (the agents' heartbeat): the short window that follows a step
   // in panic mode spans at least two of them.
   int64_t report_interval_us = 0;
+  // Burst headroom (see above): the standard deviations of one SLO window's arrivals that the
+  // replicas serve within it. 0 = off (rate / targetUtilization only). Not a manifest field yet.
+  // 4 is what 99.9 % within the SLO took in the simulator under Gamma CV 4 arrivals (docs/perf.md,
+  // "Cluster simulator"); 3 gave 99.7 %.
+  double burst_z = 4.0;
 };
 
 AutoscalerSettings SettingsOf(const ScalingSpec& scaling);
@@ -69,6 +93,8 @@ struct ScaleDecision {
   double stable_rps = 0;  // arrival rate over the stable window
   double panic_rps = 0;   // over the panic window
   double stable_concurrency = 0;
+  double dispersion = 0;  // index of dispersion D of the arrival counts (0 = not measured)
+  int burst_want = 0;     // replicas the burst headroom alone wants (0 = off)
 };
 
 class Autoscaler {

@@ -6,6 +6,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "ferry/clock.h"
@@ -158,7 +159,7 @@ TEST(AutoscalerTest, HoldingReasonNamesTheWindow) {
   Sim sim(Settings(1, 20), 1);
   sim.Run(120, 300);                   // 5
   ScaleDecision d = sim.Run(70, 100);  // the stable average has fallen; the window max holds
-  ASSERT_GT(sim.current, 2);  // still holding the window's maximum
+  ASSERT_GT(sim.current, 2);           // still holding the window's maximum
   EXPECT_THAT(d.reason, HasSubstr("until the 60s window agrees"));
 }
 
@@ -353,6 +354,89 @@ TEST(AutoscalerTest, SingleReplicaAtSteadyLoadNeverPanics) {
   EXPECT_FALSE(sim.saw_panic);
   EXPECT_EQ(sim.direction_changes, 0);
   EXPECT_EQ(sim.current, 2);
+}
+
+// Reports once a second of `pattern` arrivals (repeated), with a batch-8 concurrency signal so
+// that the burst rule is on; returns the last decision after `seconds`.
+ScaleDecision RunReports(Autoscaler& scaler, FakeClock& clock, const std::vector<int64_t>& pattern,
+                         int seconds, int* current) {
+  ScaleDecision d;
+  for (int i = 0; i < seconds; ++i) {
+    clock.AdvanceMicros(1'000'000);
+    scaler.Record(pattern[i % pattern.size()], 0);
+    d = scaler.Decide(*current, *current, kPerReplicaRps, 8);
+    *current = d.desired;
+  }
+  return d;
+}
+
+TEST(AutoscalerTest, BurstyArrivalsGetHeadroomThatTheMeanRateHides) {
+  // Both loads average 100 rps (one replica serves 100 within the SLO, batch 8: the SLO window is
+  // 2 × 8 / 100 = 0.16 s). Bunched: a second of 400 every fifth second, 25 otherwise.
+  AutoscalerSettings s = Settings(1, 100);
+  s.report_interval_us = 1'000'000;
+  s.burst_z = 3;
+  const std::vector<int64_t> bunched = {400, 25, 25, 25, 25};
+  const std::vector<int64_t> smooth = {90, 110, 100, 95, 105};
+
+  FakeClock c1(0);
+  Autoscaler bursty(s, &c1, 2);
+  int n1 = 2;
+  const ScaleDecision b = RunReports(bursty, c1, bunched, 120, &n1);
+  // D = Σ diff² / Σ 2·rate over the window (the 2 largest of 59 differences dropped): about
+  // 281 · 22 / 23 ≈ 263; want = (16 + 3 · sqrt(263 · 16)) / 16 ≈ 13.2 -> 14.
+  EXPECT_NEAR(b.dispersion, 263, 15);
+  EXPECT_EQ(b.burst_want, 14);
+  EXPECT_EQ(b.desired, 14) << b.reason;
+  EXPECT_THAT(b.reason, HasSubstr("bursts (dispersion"));
+
+  FakeClock c2(0);
+  Autoscaler even(s, &c2, 2);
+  int n2 = 2;
+  const ScaleDecision e = RunReports(even, c2, smooth, 120, &n2);
+  // Less dispersed than Poisson (D ≈ 0.6): the target utilisation decides, ceil(100 / 70) = 2.
+  EXPECT_LT(e.dispersion, 1.5);
+  EXPECT_EQ(e.desired, 2) << e.reason;
+
+  // burstZ 0 turns the rule off: the mean rate alone, 2 replicas.
+  s.burst_z = 0;
+  FakeClock c3(0);
+  Autoscaler off(s, &c3, 2);
+  int n3 = 2;
+  EXPECT_EQ(RunReports(off, c3, bunched, 120, &n3).desired, 2);
+}
+
+TEST(AutoscalerTest, AStepIsNotReadAsBurstiness) {
+  // 60 s at 700 rps, then 2800: a change of rate, not bunching. Successive differences see one
+  // jump (dropped as one of the two largest), so the step is sized by the rate: 2800 / 70 = 40.
+  AutoscalerSettings s = Settings(1, 1000);
+  s.report_interval_us = 1'000'000;
+  FakeClock clock(0);
+  Autoscaler scaler(s, &clock, 10);
+  int current = 10;
+  RunReports(scaler, clock, {700}, 60, &current);
+  EXPECT_EQ(current, 10);
+  const ScaleDecision d = RunReports(scaler, clock, {2800}, 30, &current);
+  EXPECT_LT(d.dispersion, 0.01);
+  EXPECT_EQ(d.burst_want, 0);
+  EXPECT_EQ(d.desired, 40) << d.reason;
+}
+
+TEST(AutoscalerTest, BurstRuleNeedsEightReportsAndTheConcurrencySignal) {
+  AutoscalerSettings s = Settings(1, 100);
+  s.report_interval_us = 1'000'000;
+  FakeClock clock(0);
+  Autoscaler scaler(s, &clock, 1);
+  int current = 1;
+  // Seven reports of bunched load: not measured yet; the eighth measures it.
+  const ScaleDecision d7 = RunReports(scaler, clock, {400, 25, 25, 25, 25}, 7, &current);
+  EXPECT_EQ(d7.dispersion, 0);
+  const ScaleDecision d8 = RunReports(scaler, clock, {25}, 1, &current);
+  EXPECT_GT(d8.dispersion, 10);
+  // Without a concurrency signal (the unit Sim's per_replica_concurrency 0) the rule is off.
+  Sim sim(s, 2);
+  sim.Run(60, 100, 0.5);
+  EXPECT_LE(sim.current, 3);
 }
 
 TEST(AutoscalerTest, ManifestScalingFields) {

@@ -139,9 +139,13 @@ absl::Status Controller::Load() {
   return absl::OkStatus();
 }
 
-AutoscalerSettings Controller::ScalerSettings(const ScalingSpec& scaling) const {
-  AutoscalerSettings settings = SettingsOf(scaling);
+AutoscalerSettings Controller::ScalerSettings(const FunctionSpec& spec) const {
+  AutoscalerSettings settings = SettingsOf(spec.scaling);
   settings.report_interval_us = options_.heartbeat_ms * 1000;
+  // Burst headroom exists to keep latency within a target; a function without a latency SLO is
+  // scaled on its mean rate alone (headroom for Poisson noise would double its replicas at low
+  // rates for no promise made).
+  if (spec.slo.latency_target_ms <= 0) settings.burst_z = 0;
   return settings;
 }
 
@@ -161,11 +165,11 @@ void Controller::InstallFunctionLocked(FunctionSpec spec, std::string manifest,
     // goes to zero after idleSeconds without requests.
     fn.autoscaled = static_cast<int>(
         std::min<int64_t>(std::max<int64_t>(1, scaling.min_replicas), scaling.max_replicas));
-    fn.scaler = std::make_unique<Autoscaler>(ScalerSettings(scaling), clock_, fn.autoscaled);
+    fn.scaler = std::make_unique<Autoscaler>(ScalerSettings(fn.spec), clock_, fn.autoscaled);
     fn.scale_reason = "initial scale";
     fn.scale_changed_us = clock_->NowMicros();
   } else {
-    fn.scaler->set_settings(ScalerSettings(scaling));
+    fn.scaler->set_settings(ScalerSettings(fn.spec));
     fn.autoscaled = static_cast<int>(
         std::clamp<int64_t>(fn.autoscaled, scaling.min_replicas, scaling.max_replicas));
   }

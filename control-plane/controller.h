@@ -174,7 +174,7 @@ class Controller {
 
   void ReconcileLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AutoscaleLocked(FunctionRecord& fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  AutoscalerSettings ScalerSettings(const ScalingSpec& scaling) const;
+  AutoscalerSettings ScalerSettings(const FunctionSpec& spec) const;
   void CountLoadLocked(NodeRecord& node, const v1::Heartbeat& hb)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishDrainsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -233,6 +233,16 @@ struct CycleState {
     }
   }
   int KindOf(const Candidate& c) const { return c.gpu == nullptr ? kCpuKind : c.gpu->kind; }
+  // The cost the score ranks: per request at full throughput, or, with a known need, per
+  // request of the need when it is covered by whole replicas of the candidate's hardware (the
+  // rounding up is what makes a big GPU win for a small load).
+  double ScoredCost(const Candidate& c, double needed_rps) const {
+    const double full = CostPerMillion(c);
+    const Capacity& cap = capacity[KindOf(c)];
+    if (!(needed_rps > 0) || !std::isfinite(full) || cap.throughput_rps <= 0) return full;
+    const double replicas = std::ceil(needed_rps / cap.throughput_rps - 1e-9);
+    return full * replicas * cap.throughput_rps / needed_rps;
+  }
   double CostPerMillion(const Candidate& c) const {
     const Capacity& cap = capacity[KindOf(c)];
     const double share = PriceShare(*c.spec, c.gpu ? c.gpu->index : -1, *req);
@@ -489,7 +499,7 @@ Decision PlaceOne(const Cluster& cluster, const Requirements& req, const Functio
     ForEachCandidate(cluster, req, node, [&](const Candidate& c) {
       double d = 0;
       if (RunFilters(s, c, &d) != kNumFilters) return true;
-      const double cost = s.CostPerMillion(c);
+      const double cost = s.ScoredCost(c, hints.needed_rps);
       // Among one node's GPUs, prefer the cheapest, then the one with the most free memory.
       if (!any || cost < best.cost ||
           (cost == best.cost && c.gpu != nullptr && best.c.gpu != nullptr &&
@@ -537,7 +547,7 @@ Decision PlaceOne(const Cluster& cluster, const Requirements& req, const Functio
   out.node = winner->c.node;
   out.device_index = winner->c.gpu ? winner->c.gpu->index : -1;
   out.kind = s.KindOf(winner->c);
-  out.cost_per_million = winner->cost;
+  out.cost_per_million = s.CostPerMillion(winner->c);
   out.throughput_rps = s.capacity[out.kind].throughput_rps;
   return out;
 }

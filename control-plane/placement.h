@@ -8,7 +8,8 @@
 // Filters, in order: node ready (lease), accelerator kind, minimum compute capability, free GPU
 // memory (accounted as replicas are placed), free CPU cores, free memory, latency fit (a measured
 // profile whose 1-item batch already misses the SLO target), cost cap (SLO maxCostPerMillion).
-// Scores (0..100 each, weighted sum): cost per request within the SLO (weight 2), spreading a
+// Scores (0..100 each, weighted sum): cost per request within the SLO (weight 2; with a known
+// need, PlacementHints::needed_rps, per request of that need served by whole replicas), spreading a
 // function's replicas across nodes (weight 1: 100 / (1 + its replicas on the node)), warm affinity
 // for nodes that hold the weights but run no replica of the function yet (weight 1). Ties go to the
 // node with more free CPU, then to the lower node index.
@@ -133,6 +134,12 @@ struct PlacementHints {
   std::vector<std::pair<int, int>> replicas_on_node;
   // Nodes that hold the function's weights (sorted indices); for warm affinity.
   std::vector<int> warm_nodes;
+  // Throughput within the SLO (requests per second) still wanted from new replicas of the
+  // function; 0 = unknown. When set, the cost score ranks a candidate by what covering that need
+  // with replicas of its hardware costs, share × ceil(need / throughput), rather than by its
+  // price per request at full throughput: for a load that fills no replica, one replica of a
+  // bigger GPU can cost less than three of a GPU that is cheaper per request when full.
+  double needed_rps = 0;
 };
 
 struct Decision {

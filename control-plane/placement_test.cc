@@ -199,6 +199,44 @@ TEST(PlacementTest, CheaperFeasibleKindWins) {
   EXPECT_EQ(d.device_index, -1);
 }
 
+TEST(PlacementTest, NeededThroughputMakesWholeReplicasCount) {
+  // 4 T4s at $1/h each and one A100 at $3.5/h. Batch 8 within half the 200 ms target: a T4
+  // replica serves 8 / 100 ms = 80 rps, the A100 8 / 25 ms = 320 rps. Per request at full
+  // throughput the A100 is cheaper ($3.04 vs $3.47 per million), and wins without a need.
+  Cluster c = MakeCluster({{"t4",
+                            32,
+                            64 * kGiB,
+                            {{"T4", 16 * kGiB, 75},
+                             {"T4", 16 * kGiB, 75},
+                             {"T4", 16 * kGiB, 75},
+                             {"T4", 16 * kGiB, 75}},
+                            4.0},
+                           {"a100", 32, 64 * kGiB, {{"A100", 80 * kGiB, 80}}, 3.5}});
+  Requirements r = Gpu(kGiB);
+  r.max_batch_size = 8;
+  r.latency_target_us = 200'000;
+  FunctionProfiles p;
+  p.Set(c.kinds().Find("T4"), {10'000, 20'000, true});
+  p.Set(c.kinds().Find("A100"), {2'500, 5'000, true});
+  Decision d = PlaceOne(c, r, p, {});
+  ASSERT_TRUE(d.placed);
+  EXPECT_EQ(NodeOf(c, d), "a100");
+  EXPECT_NEAR(d.throughput_rps, 320, 1e-6);
+  // 100 rps wanted: two T4 replicas ($2/h) cover it for less than the A100 ($3.5/h).
+  PlacementHints hints;
+  hints.needed_rps = 100;
+  d = PlaceOne(c, r, p, hints);
+  ASSERT_TRUE(d.placed);
+  EXPECT_EQ(NodeOf(c, d), "t4");
+  // The per-request cost reported stays the full-throughput one (what the cost cap checks).
+  EXPECT_NEAR(d.cost_per_million, 1.0 / 3600 / 80 * 1e6, 1e-6);
+  // 300 rps wanted: four T4s ($4/h) cost more than one A100.
+  hints.needed_rps = 300;
+  d = PlaceOne(c, r, p, hints);
+  ASSERT_TRUE(d.placed);
+  EXPECT_EQ(NodeOf(c, d), "a100");
+}
+
 TEST(PlacementTest, CostCapFiltersAndExplains) {
   Cluster c = MakeCluster({{"pricey", 4, 8 * kGiB, {}, 100.0}, {"cheap", 4, 8 * kGiB, {}, 0.01}});
   Requirements r = Cpu(4);

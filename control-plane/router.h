@@ -19,6 +19,10 @@ namespace ferry::control {
 // or -1 when `outstanding` is empty.
 int PickReplica(std::span<const int64_t> outstanding, std::mt19937_64& rng);
 
+// Full scan: the replica with the fewest outstanding requests, ties broken uniformly at random
+// (join the shortest queue). Draws one random number per tie.
+int PickLeastOutstanding(std::span<const int64_t> outstanding, std::mt19937_64& rng);
+
 }  // namespace ferry::control
 
 #endif  // FERRY_CONTROL_PLANE_ROUTER_H_

@@ -17,7 +17,8 @@ struct GpuInfo {
   int compute_capability_major = 0;
   int compute_capability_minor = 0;
   int64_t total_memory_bytes = 0;
-  int64_t free_memory_bytes = 0;
+  // From NVML (no CUDA context needed); -1 when NVML is unavailable.
+  int64_t free_memory_bytes = -1;
 };
 
 // true when this binary was built with the CUDA backend.
@@ -25,6 +26,8 @@ bool BuiltWithCuda();
 
 // The GPUs this process can use. FailedPrecondition with the reason when there are none
 // (built without CUDA, no driver, no device), so callers can log why and serve on CPU.
+// Creates no CUDA context on any GPU (each would hold ~500 MiB of its memory): contexts are made
+// only where a function is placed.
 absl::StatusOr<std::vector<GpuInfo>> ListGpus();
 
 }  // namespace ferry::cuda

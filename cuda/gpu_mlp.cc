@@ -1,6 +1,5 @@
 #include "cuda/gpu_mlp.h"
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -8,7 +7,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "cuda/cublas_loader.h"
+#include "absl/synchronization/notification.h"
+#include "cuda/graph_cache.h"
 
 namespace ferry::cuda {
 namespace {
@@ -26,165 +26,277 @@ absl::Status CudaError(cudaError_t err, const char* what) {
     if (ferry_err_ != cudaSuccess) return CudaError(ferry_err_, #expr); \
   } while (false)
 
-#define FERRY_CUBLAS_RETURN_IF_ERROR(api, expr)                                    \
-  do {                                                                             \
-    const cublasStatus_t ferry_st_ = (expr);                                       \
-    if (ferry_st_ != CUBLAS_STATUS_SUCCESS) {                                      \
-      return absl::InternalError(                                                  \
-          absl::StrCat("GpuMlp: ", #expr, ": ", (api)->status_string(ferry_st_))); \
-    }                                                                              \
-  } while (false)
+std::vector<LinearSpec> ToSpecs(std::vector<GpuMlp::Layer> layers) {
+  std::vector<LinearSpec> specs;
+  specs.reserve(layers.size());
+  for (GpuMlp::Layer& l : layers) {
+    LinearSpec s;
+    s.weight = std::move(l.weight);
+    s.bias = std::move(l.bias);
+    s.in = l.in;
+    s.out = l.out;
+    s.act = l.act;
+    s.softmax = l.softmax;
+    specs.push_back(std::move(s));
+  }
+  return specs;
+}
 
-absl::Status Validate(const std::vector<GpuMlp::Layer>& layers, int64_t max_rows) {
-  if (layers.empty()) return absl::InvalidArgumentError("GpuMlp: no layers");
-  if (max_rows <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("GpuMlp: max_rows must be > 0, got ", max_rows));
+int64_t ElapsedUs(cudaEvent_t from, cudaEvent_t to) {
+  float ms = 0;
+  if (cudaEventElapsedTime(&ms, from, to) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return -1;
   }
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const GpuMlp::Layer& l = layers[i];
-    if (l.in <= 0 || l.out <= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("GpuMlp: layer ", i, " has bad shape in=", l.in, " out=", l.out));
-    }
-    if (static_cast<int64_t>(l.weight.size()) != l.in * l.out) {
-      return absl::InvalidArgumentError(absl::StrCat("GpuMlp: layer ", i, " weight has ",
-                                                     l.weight.size(), " floats, expected ",
-                                                     l.in * l.out, " (out x in)"));
-    }
-    if (!l.bias.empty() && static_cast<int64_t>(l.bias.size()) != l.out) {
-      return absl::InvalidArgumentError(absl::StrCat("GpuMlp: layer ", i, " bias has ",
-                                                     l.bias.size(), " floats, expected ", l.out));
-    }
-    if (i > 0 && layers[i - 1].out != l.in) {
-      return absl::InvalidArgumentError(absl::StrCat("GpuMlp: layer ", i, " takes ", l.in,
-                                                     " inputs but layer ", i - 1, " gives ",
-                                                     layers[i - 1].out));
-    }
-    // cuBLAS takes int dimensions.
-    if (l.in > INT32_MAX || l.out > INT32_MAX || max_rows > INT32_MAX) {
-      return absl::InvalidArgumentError("GpuMlp: dimension too large for cuBLAS");
-    }
-  }
-  return absl::OkStatus();
+  return static_cast<int64_t>(ms * 1000.0f + 0.5f);
 }
 
 }  // namespace
 
-struct GpuMlp::Impl {
-  struct DeviceLayer {
-    float* weight = nullptr;
-    float* bias = nullptr;  // null when the layer has no bias
-    int64_t in = 0;
-    int64_t out = 0;
-    Activation act = Activation::kNone;
-    bool softmax = false;
-  };
-
+// One slot's resources. Only the thread holding the slot touches it, except `done` and
+// `needs_sync`, which the stream callback sets before it calls `done` (the holder reads them only
+// after hearing from `done`).
+struct GpuMlp::Slot {
   int device = 0;
   cudaStream_t stream = nullptr;
-  const CublasApi* api = nullptr;
-  cublasHandle_t cublas = nullptr;
-  std::vector<DeviceLayer> layers;
-  // Ping-pong activations: layer i reads buffer i%2 and writes buffer (i+1)%2.
-  float* act[2] = {nullptr, nullptr};
   float* pinned_in = nullptr;
   float* pinned_out = nullptr;
+  float* d_in = nullptr;   // fixed device input: a CUDA graph reads it
+  float* d_out = nullptr;  // fixed device output
+  std::unique_ptr<LinearScratch> scratch;
+  std::unique_ptr<GraphCache> graphs;  // null: enqueue the layers directly
+  // start, after H2D, after the layers, after D2H.
+  cudaEvent_t events[4] = {nullptr, nullptr, nullptr, nullptr};
+  Done done;
+  // The last batch failed on the device: ReleaseSlot waits for the stream first.
+  bool needs_sync = false;
 
-  ~Impl() {
+  ~Slot() {
     // Errors are ignored: nothing useful can be done with them while tearing down.
     if (cudaSetDevice(device) != cudaSuccess) return;
     if (stream != nullptr) (void)cudaStreamSynchronize(stream);
-    for (DeviceLayer& l : layers) {
-      (void)cudaFree(l.weight);
-      (void)cudaFree(l.bias);
-    }
-    (void)cudaFree(act[0]);
-    (void)cudaFree(act[1]);
+    graphs.reset();
+    scratch.reset();
+    (void)cudaFree(d_in);
+    (void)cudaFree(d_out);
     (void)cudaFreeHost(pinned_in);
     (void)cudaFreeHost(pinned_out);
-    if (cublas != nullptr) (void)api->destroy(cublas);
+    for (cudaEvent_t e : events) {
+      if (e != nullptr) (void)cudaEventDestroy(e);
+    }
     if (stream != nullptr) (void)cudaStreamDestroy(stream);
     (void)cudaGetLastError();
   }
 };
 
-GpuMlp::GpuMlp(int device, int64_t input_dim, int64_t output_dim, int64_t max_rows,
-               int64_t num_layers, std::unique_ptr<Impl> impl)
-    : device_(device),
+struct GpuMlp::Impl {
+  std::unique_ptr<LinearStack> stack;
+  // Destroyed before the stack (declared after it): their work uses its weights.
+  std::vector<std::unique_ptr<Slot>> slots;
+
+  ~Impl() { slots.clear(); }
+};
+
+GpuMlp::GpuMlp(const Options& options, int64_t input_dim, int64_t output_dim, int64_t num_layers,
+               std::unique_ptr<Impl> impl)
+    : device_(options.device),
       input_dim_(input_dim),
       output_dim_(output_dim),
-      max_rows_(max_rows),
+      max_rows_(options.max_rows),
       num_layers_(num_layers),
-      impl_(std::move(impl)) {}
-
-GpuMlp::~GpuMlp() {
+      num_slots_(options.slots),
+      precision_(options.precision),
+      impl_(std::move(impl)) {
   absl::MutexLock lock(&mu_);
-  impl_.reset();
+  for (int s = num_slots_ - 1; s >= 0; --s) free_slots_.push_back(s);
 }
+
+GpuMlp::~GpuMlp() { impl_.reset(); }
 
 absl::StatusOr<std::unique_ptr<GpuMlp>> GpuMlp::Create(int device, std::vector<Layer> layers,
                                                        int64_t max_rows) {
-  if (absl::Status s = Validate(layers, max_rows); !s.ok()) return s;
+  Options options;
+  options.device = device;
+  options.max_rows = max_rows;
+  return Create(options, std::move(layers));
+}
 
-  int count = 0;
-  if (cudaError_t err = cudaGetDeviceCount(&count); err != cudaSuccess) {
-    (void)cudaGetLastError();
-    return absl::FailedPreconditionError(absl::StrCat("no GPU: ", cudaGetErrorString(err)));
-  }
-  if (count <= 0) return absl::FailedPreconditionError("no GPU: no CUDA device is visible");
-  if (device < 0 || device >= count) {
+absl::StatusOr<std::unique_ptr<GpuMlp>> GpuMlp::Create(const Options& options,
+                                                       std::vector<Layer> layers) {
+  if (options.max_rows <= 0 || options.max_rows > INT32_MAX) {
     return absl::InvalidArgumentError(
-        absl::StrCat("GpuMlp: device ", device, " out of range (", count, " GPUs)"));
+        absl::StrCat("GpuMlp: max_rows must be in [1, 2^31), got ", options.max_rows));
   }
+  if (options.slots < 1 || options.slots > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GpuMlp: slots must be in [1, 64], got ", options.slots));
+  }
+  std::vector<LinearSpec> specs = ToSpecs(std::move(layers));
+  // Before any GPU work, so a bad model is InvalidArgument on every machine.
+  if (absl::Status s = ValidateLinearChain(specs); !s.ok()) return s;
+  const int64_t num_layers = static_cast<int64_t>(specs.size());
 
-  // Impl's destructor releases whatever was allocated if any step below fails.
   auto impl = std::make_unique<Impl>();
-  impl->device = device;
-  FERRY_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
-  FERRY_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
-  auto api = LoadCublas();
-  if (!api.ok()) return api.status();
-  impl->api = *api;
-  FERRY_CUBLAS_RETURN_IF_ERROR(impl->api, impl->api->create(&impl->cublas));
-  FERRY_CUBLAS_RETURN_IF_ERROR(impl->api, impl->api->set_stream(impl->cublas, impl->stream));
-  // Plain FP32 (no TF32 tensor-core rounding), so the GPU agrees with the CPU path to rounding.
-  FERRY_CUBLAS_RETURN_IF_ERROR(impl->api,
-                               impl->api->set_math_mode(impl->cublas, CUBLAS_DEFAULT_MATH));
+  absl::StatusOr<std::unique_ptr<LinearStack>> stack = LinearStack::Create(
+      LinearStack::Options{.device = options.device, .precision = options.precision},
+      std::move(specs));
+  if (!stack.ok()) return stack.status();
+  impl->stack = *std::move(stack);
+  const LinearStack& st = *impl->stack;
+  const int64_t in_dim = st.input_dim();
+  const int64_t out_dim = st.output_dim();
+  const size_t in_bytes = static_cast<size_t>(options.max_rows * in_dim) * sizeof(float);
+  const size_t out_bytes = static_cast<size_t>(options.max_rows * out_dim) * sizeof(float);
 
-  int64_t widest = 0;
-  for (const Layer& l : layers) widest = std::max({widest, l.in, l.out});
-  for (Layer& l : layers) {
-    Impl::DeviceLayer& d = impl->layers.emplace_back();
-    d.in = l.in;
-    d.out = l.out;
-    d.act = l.act;
-    d.softmax = l.softmax;
-    FERRY_CUDA_RETURN_IF_ERROR(cudaMalloc(&d.weight, l.weight.size() * sizeof(float)));
-    FERRY_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d.weight, l.weight.data(),
-                                               l.weight.size() * sizeof(float),
-                                               cudaMemcpyHostToDevice, impl->stream));
-    if (!l.bias.empty()) {
-      FERRY_CUDA_RETURN_IF_ERROR(cudaMalloc(&d.bias, l.bias.size() * sizeof(float)));
-      FERRY_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d.bias, l.bias.data(),
-                                                 l.bias.size() * sizeof(float),
-                                                 cudaMemcpyHostToDevice, impl->stream));
+  FERRY_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
+  bool graphs = options.graphs;
+  // Slot::~Slot releases whatever was allocated if a step below fails.
+  for (int i = 0; i < options.slots; ++i) {
+    Slot& slot = *impl->slots.emplace_back(std::make_unique<Slot>());
+    slot.device = options.device;
+    FERRY_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&slot.stream, cudaStreamNonBlocking));
+    FERRY_CUDA_RETURN_IF_ERROR(cudaMallocHost(&slot.pinned_in, in_bytes));
+    FERRY_CUDA_RETURN_IF_ERROR(cudaMallocHost(&slot.pinned_out, out_bytes));
+    FERRY_CUDA_RETURN_IF_ERROR(cudaMalloc(&slot.d_in, in_bytes));
+    FERRY_CUDA_RETURN_IF_ERROR(cudaMalloc(&slot.d_out, out_bytes));
+    // Rows a graph pads a batch with are read as input: keep them finite.
+    FERRY_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(slot.d_in, 0, in_bytes, slot.stream));
+    for (cudaEvent_t& e : slot.events) FERRY_CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
+    absl::StatusOr<std::unique_ptr<LinearScratch>> scratch = st.CreateScratch(options.max_rows);
+    if (!scratch.ok()) return scratch.status();
+    slot.scratch = *std::move(scratch);
+    if (graphs) {
+      const LinearStack* stack_ptr = impl->stack.get();
+      Slot* s = &slot;
+      GraphCache::Options go;
+      go.device = options.device;
+      go.buckets = BatchBuckets(options.max_rows);
+      go.enqueue = [stack_ptr, s](int64_t rows, cudaStream_t stream) {
+        return stack_ptr->Enqueue(s->d_in, rows, s->d_out, *s->scratch, stream);
+      };
+      absl::StatusOr<std::unique_ptr<GraphCache>> cache = GraphCache::Create(std::move(go));
+      absl::Status prepared = cache.ok() ? (*cache)->Prepare(slot.stream) : cache.status();
+      if (prepared.ok()) {
+        slot.graphs = *std::move(cache);
+      } else {
+        // Graphs only save launch overhead: serve without them rather than not at all. A
+        // poisoned context fails the synchronisation below anyway.
+        (void)cudaGetLastError();
+        graphs = false;
+        for (std::unique_ptr<Slot>& other : impl->slots) other->graphs.reset();
+      }
     }
+    FERRY_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(slot.stream));
   }
-  const size_t act_bytes = static_cast<size_t>(max_rows * widest) * sizeof(float);
-  FERRY_CUDA_RETURN_IF_ERROR(cudaMalloc(&impl->act[0], act_bytes));
-  FERRY_CUDA_RETURN_IF_ERROR(cudaMalloc(&impl->act[1], act_bytes));
-  const int64_t input_dim = layers.front().in;
-  const int64_t output_dim = layers.back().out;
-  FERRY_CUDA_RETURN_IF_ERROR(
-      cudaMallocHost(&impl->pinned_in, static_cast<size_t>(max_rows * input_dim) * sizeof(float)));
-  FERRY_CUDA_RETURN_IF_ERROR(cudaMallocHost(
-      &impl->pinned_out, static_cast<size_t>(max_rows * output_dim) * sizeof(float)));
-  // The host weight vectors are pageable: wait for the uploads before `layers` is destroyed.
-  FERRY_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(impl->stream));
 
-  const int64_t num_layers = static_cast<int64_t>(layers.size());
-  return std::unique_ptr<GpuMlp>(
-      new GpuMlp(device, input_dim, output_dim, max_rows, num_layers, std::move(impl)));
+  std::unique_ptr<GpuMlp> mlp(new GpuMlp(options, in_dim, out_dim, num_layers, std::move(impl)));
+  mlp->graphs_enabled_ = graphs;
+  return mlp;
+}
+
+int GpuMlp::AcquireSlot() {
+  absl::MutexLock lock(&mu_);
+  while (free_slots_.empty()) slot_freed_.Wait(&mu_);
+  const int slot = free_slots_.back();
+  free_slots_.pop_back();
+  return slot;
+}
+
+void GpuMlp::ReleaseSlot(int slot) {
+  Slot& s = *impl_->slots[slot];
+  if (s.needs_sync) {
+    // An error path: the stream may still hold work on this slot's buffers (a failed enqueue
+    // stops midway; a failed stream is reported by the callback before everything drained).
+    if (cudaSetDevice(device_) == cudaSuccess) (void)cudaStreamSynchronize(s.stream);
+    (void)cudaGetLastError();
+    s.needs_sync = false;
+  }
+  absl::MutexLock lock(&mu_);
+  free_slots_.push_back(slot);
+  slot_freed_.Signal();
+}
+
+float* GpuMlp::slot_input(int slot) const { return impl_->slots[slot]->pinned_in; }
+
+const float* GpuMlp::slot_output(int slot) const { return impl_->slots[slot]->pinned_out; }
+
+absl::Status GpuMlp::Launch(int slot, int64_t rows, Done done) {
+  if (slot < 0 || slot >= num_slots_) {
+    return absl::InvalidArgumentError(absl::StrCat("GpuMlp: no slot ", slot));
+  }
+  if (rows < 1 || rows > max_rows_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GpuMlp: rows = ", rows, ", expected 1..", max_rows_));
+  }
+  Slot& s = *impl_->slots[slot];
+  auto enqueue = [&]() -> absl::Status {
+    // The current device is per host thread, and callers come from any thread.
+    FERRY_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+    FERRY_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.events[0], s.stream));
+    // Only the batch's rows cross the bus; a graph's padding rows keep whatever they held.
+    FERRY_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(s.d_in, s.pinned_in, static_cast<size_t>(rows * input_dim_) * sizeof(float),
+                        cudaMemcpyHostToDevice, s.stream));
+    FERRY_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.events[1], s.stream));
+    if (s.graphs != nullptr) {
+      absl::StatusOr<int64_t> bucket = s.graphs->Launch(rows, s.stream);
+      if (!bucket.ok()) return bucket.status();
+    } else {
+      // The seam for the layers: cuda::LinearStack (cuBLASLt at the configured precision).
+      if (absl::Status st = impl_->stack->Enqueue(s.d_in, rows, s.d_out, *s.scratch, s.stream);
+          !st.ok()) {
+        return st;
+      }
+    }
+    FERRY_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.events[2], s.stream));
+    FERRY_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+        s.pinned_out, s.d_out, static_cast<size_t>(rows * output_dim_) * sizeof(float),
+        cudaMemcpyDeviceToHost, s.stream));
+    FERRY_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.events[3], s.stream));
+    s.done = std::move(done);
+    // Runs on a driver thread once everything enqueued before it finished (or the stream
+    // failed). No CUDA call is allowed there, so a failure is reported by its code, and the
+    // slot remembers to wait for its stream before it is reused.
+    cudaStreamCallback_t on_done = [](cudaStream_t, cudaError_t err, void* user) {
+      Slot* slot = static_cast<Slot*>(user);
+      slot->needs_sync = err != cudaSuccess;
+      Done call = std::move(slot->done);
+      slot->done = nullptr;
+      call(err == cudaSuccess ? absl::OkStatus()
+                              : absl::InternalError(
+                                    absl::StrCat("GpuMlp: the batch failed on the GPU (CUDA error ",
+                                                 static_cast<int>(err), ")")));
+    };
+    // cudaStreamAddCallback rather than cudaLaunchHostFunc: it also runs (with the error) when
+    // the stream fails, so a batch on a broken GPU completes instead of hanging its pipeline.
+    const cudaError_t err = cudaStreamAddCallback(s.stream, on_done, &s, 0);
+    if (err != cudaSuccess) {
+      s.done = nullptr;
+      return CudaError(err, "cudaStreamAddCallback");
+    }
+    return absl::OkStatus();
+  };
+  absl::Status status = enqueue();
+  if (!status.ok()) {
+    // Error path: wait for whatever was enqueued before the slot's buffers are touched again.
+    (void)cudaStreamSynchronize(s.stream);
+    (void)cudaGetLastError();
+  }
+  // On success `s` may already belong to the callback (and the next user): not touched again.
+  return status;
+}
+
+absl::StatusOr<GpuMlp::SlotTimes> GpuMlp::LastTimes(int slot) const {
+  if (slot < 0 || slot >= num_slots_) {
+    return absl::InvalidArgumentError(absl::StrCat("GpuMlp: no slot ", slot));
+  }
+  const Slot& s = *impl_->slots[slot];
+  FERRY_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  SlotTimes t;
+  t.h2d_us = ElapsedUs(s.events[0], s.events[1]);
+  t.compute_us = ElapsedUs(s.events[1], s.events[2]);
+  t.d2h_us = ElapsedUs(s.events[2], s.events[3]);
+  return t;
 }
 
 absl::Status GpuMlp::Forward(const float* host_in, int64_t rows, float* host_out) {
@@ -193,56 +305,28 @@ absl::Status GpuMlp::Forward(const float* host_in, int64_t rows, float* host_out
   if (host_in == nullptr || host_out == nullptr) {
     return absl::InvalidArgumentError("GpuMlp: null input or output");
   }
-  absl::MutexLock lock(&mu_);
-  // The current device is per host thread, and callers come from any thread.
-  FERRY_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
-  for (int64_t start = 0; start < rows; start += max_rows_) {
+  const int slot = AcquireSlot();
+  absl::Status status;
+  for (int64_t start = 0; start < rows && status.ok(); start += max_rows_) {
     const int64_t n = std::min(max_rows_, rows - start);
-    absl::Status s = ForwardChunk(host_in + start * input_dim_, n, host_out + start * output_dim_);
-    if (!s.ok()) return s;
+    std::memcpy(slot_input(slot), host_in + start * input_dim_,
+                static_cast<size_t>(n * input_dim_) * sizeof(float));
+    absl::Notification finished;
+    absl::Status device_status;
+    status = Launch(slot, n, [&finished, &device_status](absl::Status s) {
+      device_status = std::move(s);
+      finished.Notify();
+    });
+    if (!status.ok()) break;
+    // Sleeps on a futex until the stream callback: no spinning on the device.
+    finished.WaitForNotification();
+    status = std::move(device_status);
+    if (!status.ok()) break;  // ReleaseSlot waits for the failed stream
+    std::memcpy(host_out + start * output_dim_, slot_output(slot),
+                static_cast<size_t>(n * output_dim_) * sizeof(float));
   }
-  return absl::OkStatus();
-}
-
-absl::Status GpuMlp::ForwardChunk(const float* host_in, int64_t rows, float* host_out) {
-  Impl& m = *impl_;
-  const size_t in_bytes = static_cast<size_t>(rows * input_dim_) * sizeof(float);
-  const size_t out_bytes = static_cast<size_t>(rows * output_dim_) * sizeof(float);
-  // Staging through pinned memory makes the copy a single DMA instead of the driver's chunked
-  // pageable path, which matters most for the small batches a latency SLO produces.
-  std::memcpy(m.pinned_in, host_in, in_bytes);
-  FERRY_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(m.act[0], m.pinned_in, in_bytes, cudaMemcpyHostToDevice, m.stream));
-
-  const float alpha = 1.0f;
-  const float beta = 0.0f;
-  int cur = 0;
-  for (const Impl::DeviceLayer& l : m.layers) {
-    const float* x = m.act[cur];
-    float* y = m.act[1 - cur];
-    // cuBLAS is column-major. Row-major X[rows, in] is column-major X^T[in, rows], row-major
-    // W[out, in] is column-major W^T[in, out], and row-major Y[rows, out] is column-major
-    // Y^T[out, rows]. So Y^T = W · X^T = op_T(W^T) · X^T: A = W^T buffer (lda = in, transposed),
-    // B = X^T buffer (ldb = in), C = Y^T buffer (ldc = out).
-    FERRY_CUBLAS_RETURN_IF_ERROR(
-        m.api, m.api->sgemm(m.cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(l.out),
-                            static_cast<int>(rows), static_cast<int>(l.in), &alpha, l.weight,
-                            static_cast<int>(l.in), x, static_cast<int>(l.in), &beta, y,
-                            static_cast<int>(l.out)));
-    if (absl::Status s = LaunchBiasActivation(y, l.bias, rows, l.out, l.act, m.stream); !s.ok()) {
-      return s;
-    }
-    if (l.softmax) {
-      if (absl::Status s = LaunchRowSoftmax(y, rows, l.out, m.stream); !s.ok()) return s;
-    }
-    cur = 1 - cur;
-  }
-
-  FERRY_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(m.pinned_out, m.act[cur], out_bytes, cudaMemcpyDeviceToHost, m.stream));
-  FERRY_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream));
-  std::memcpy(host_out, m.pinned_out, out_bytes);
-  return absl::OkStatus();
+  ReleaseSlot(slot);
+  return status;
 }
 
 }  // namespace ferry::cuda

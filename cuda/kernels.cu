@@ -1,8 +1,11 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cfloat>
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -104,19 +107,77 @@ __global__ void RowSoftmaxKernel(float* __restrict__ y, int64_t rows, int64_t co
   }
 }
 
+template <typename Half>
+__device__ __forceinline__ Half FromFloat(float x);
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float x) {
+  return __float2half_rn(x);
+}
+
+template <typename Half>
+__global__ void FloatToHalfKernel(const float* __restrict__ in, Half* __restrict__ out, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    out[i] = FromFloat<Half>(in[i]);
+  }
+}
+
+template <typename Half>
+__global__ void HalfToFloatKernel(const Half* __restrict__ in, float* __restrict__ out, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    out[i] = static_cast<float>(in[i]);
+  }
+}
+
+__global__ void NoopKernel() {}
+__global__ void TrapKernel() { __trap(); }
+
 // ---- Launchers ---------------------------------------------------------------------------------
+
+std::string BuiltArchitectures() {
+#ifdef FERRY_CUDA_ARCHITECTURES
+  return FERRY_CUDA_ARCHITECTURES;
+#else
+  return "unknown";
+#endif
+}
 
 absl::Status LaunchStatus(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err == cudaSuccess) return absl::OkStatus();
+  if (err == cudaErrorNoKernelImageForDevice) {
+    // Say which GPU and what the build has, so the fix (rebuild for it) is obvious.
+    int device = -1;
+    cudaDeviceProp prop{};
+    std::string gpu = "this GPU";
+    if (cudaGetDevice(&device) == cudaSuccess &&
+        cudaGetDeviceProperties(&prop, device) == cudaSuccess) {
+      gpu = absl::StrCat("GPU ", device, " (", prop.name, ", compute capability ", prop.major, ".",
+                         prop.minor, ")");
+    }
+    (void)cudaGetLastError();
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": ferry has no kernel image for ", gpu, "; this build has CUDA architectures ",
+        BuiltArchitectures(), " (rebuild with CMAKE_CUDA_ARCHITECTURES including this GPU's)"));
+  }
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(err)));
+}
+
+int64_t GridFor(int64_t n) {
+  return std::min<int64_t>((n + kElementwiseThreads - 1) / kElementwiseThreads, kMaxBlocks);
 }
 
 template <Activation kAct>
 void LaunchBiasActivationTyped(float* y, const float* bias, int64_t total, int64_t cols,
                                cudaStream_t stream) {
-  const int64_t blocks =
-      std::min<int64_t>((total + kElementwiseThreads - 1) / kElementwiseThreads, kMaxBlocks);
+  const int64_t blocks = GridFor(total);
   BiasActivationKernel<kAct>
       <<<static_cast<unsigned>(blocks), kElementwiseThreads, 0, stream>>>(y, bias, total, cols);
 }
@@ -168,6 +229,57 @@ absl::Status LaunchRowSoftmax(float* y, int64_t rows, int64_t cols, cudaStream_t
   const int64_t blocks = std::min<int64_t>(rows, kMaxBlocks);
   RowSoftmaxKernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(y, rows, cols);
   return LaunchStatus("LaunchRowSoftmax");
+}
+
+absl::Status LaunchFloatToHalf(const float* in, void* out, int64_t n, HalfType type,
+                               cudaStream_t stream) {
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("LaunchFloatToHalf: n = ", n));
+  if (n == 0) return absl::OkStatus();
+  if (in == nullptr || out == nullptr) {
+    return absl::InvalidArgumentError("LaunchFloatToHalf: null pointer");
+  }
+  const unsigned blocks = static_cast<unsigned>(GridFor(n));
+  if (type == HalfType::kBf16) {
+    FloatToHalfKernel<<<blocks, kElementwiseThreads, 0, stream>>>(
+        in, static_cast<__nv_bfloat16*>(out), n);
+  } else {
+    FloatToHalfKernel<<<blocks, kElementwiseThreads, 0, stream>>>(in, static_cast<__half*>(out), n);
+  }
+  return LaunchStatus("LaunchFloatToHalf");
+}
+
+absl::Status LaunchHalfToFloat(const void* in, float* out, int64_t n, HalfType type,
+                               cudaStream_t stream) {
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("LaunchHalfToFloat: n = ", n));
+  if (n == 0) return absl::OkStatus();
+  if (in == nullptr || out == nullptr) {
+    return absl::InvalidArgumentError("LaunchHalfToFloat: null pointer");
+  }
+  const unsigned blocks = static_cast<unsigned>(GridFor(n));
+  if (type == HalfType::kBf16) {
+    HalfToFloatKernel<<<blocks, kElementwiseThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(in), out, n);
+  } else {
+    HalfToFloatKernel<<<blocks, kElementwiseThreads, 0, stream>>>(static_cast<const __half*>(in),
+                                                                  out, n);
+  }
+  return LaunchStatus("LaunchHalfToFloat");
+}
+
+absl::Status ProbeKernelImage(cudaStream_t stream) {
+  NoopKernel<<<1, 1, 0, stream>>>();
+  if (absl::Status s = LaunchStatus("warm-up kernel"); !s.ok()) return s;
+  const cudaError_t err = cudaStreamSynchronize(stream);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return absl::InternalError(absl::StrCat("warm-up kernel: ", cudaGetErrorString(err)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LaunchTrapForTest(cudaStream_t stream) {
+  TrapKernel<<<1, 1, 0, stream>>>();
+  return LaunchStatus("LaunchTrapForTest");
 }
 
 }  // namespace ferry::cuda

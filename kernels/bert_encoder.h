@@ -3,8 +3,9 @@
 // GELU), masked mean pooling over the tokens, then optional L2 normalisation.
 //
 // A batch is packed, not padded: the token rows of every sequence are stacked into one matrix, so
-// the dense layers (QKV, attention output, FFN; OpenBLAS sgemm, FP32) do no work on padding, and
-// attention runs per sequence over its own rows (which is what BERT's attention mask computes).
+// the dense layers (QKV, attention output, FFN; FP32 with weights packed once at load,
+// kernels/cpu_gemm.h) do no work on padding, and attention runs per sequence over its own rows
+// (which is what BERT's attention mask computes).
 // Bias+GELU and residual+bias+LayerNorm are fused loops.
 #ifndef FERRY_KERNELS_BERT_ENCODER_H_
 #define FERRY_KERNELS_BERT_ENCODER_H_
@@ -17,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "kernels/cpu_gemm.h"
 #include "nlohmann/json.hpp"
 
 namespace ferry::kernels {
@@ -81,6 +83,8 @@ class BertEncoder {
                      float* out) const;
 
   const BertConfig& config() const { return config_; }
+  // The FP32 weights (for uploading them to a GPU: cuda/gpu_bert.h); immutable, owned here.
+  const BertWeights& weights() const { return weights_; }
   // Floating-point operations (2 per multiply-add) per token of a `length`-token sequence, for
   // throughput reports.
   double FlopsPerToken(int length) const;
@@ -93,6 +97,12 @@ class BertEncoder {
 
   BertConfig config_;
   BertWeights weights_;
+  // Each layer's dense weights packed once at Create for the CPU kernels (kernels/cpu_gemm.h),
+  // next to weights_ (which the GPU path uploads): about the layers' size again in memory.
+  struct PackedLayer {
+    PackedLinear qkv, attn_out, ffn_in, ffn_out;
+  };
+  std::vector<PackedLayer> packed_;
 };
 
 // The JSON object in the file at `path`: NotFound when it cannot be read, InvalidArgument when it

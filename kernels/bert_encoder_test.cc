@@ -8,13 +8,19 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "cuda/device.h"
+#include "cuda/gpu_test_util.h"
 #include "ferry/runtime_registry.h"
+#include "ferry/staged_runtime.h"
+#include "ferry/weight_cache.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/embedding_runtime.h"
@@ -40,9 +46,9 @@ BertConfig SmallConfig() {
 
 // Named tensors of a random BERT in HF's layout (separate q/k/v), as a safetensors file holds.
 std::vector<testing::TestTensor> RandomTensors(const BertConfig& c, uint32_t seed,
-                                               const std::string& skip = "") {
+                                               const std::string& skip = "", float stddev = 0.5f) {
   std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.f, 0.5f);
+  std::normal_distribution<float> normal(0.f, stddev);
   std::vector<testing::TestTensor> out;
   auto add = [&](const std::string& name, std::vector<int64_t> shape, float offset = 0.f) {
     if (name == skip) return;
@@ -377,6 +383,51 @@ TEST(EmbeddingRuntimeTest, ServesAFolderThroughTheRegistry) {
   for (int i = 0; i < c.hidden_size; ++i) EXPECT_NEAR(a[i], b[i], 1e-5);
 }
 
+TEST(EmbeddingRuntimeTest, ReloadFromTheWeightCacheSkipsLoadingAndAChangedFileDoesNot) {
+  const BertConfig c = SmallConfig();
+  TempDir dir;
+  WriteModelFolder(dir, c);
+  FunctionSpec spec;
+  spec.name = "emb";
+  spec.runtime = "sentence-embedding";
+  spec.model_path = dir.path();
+  WeightCache cache(/*idle_budget_bytes=*/int64_t{1} << 30);
+  RuntimeContext context;
+  context.weight_cache = &cache;
+  const void* first_encoder = nullptr;
+  {
+    absl::StatusOr<std::unique_ptr<Runtime>> rt = RuntimeRegistry::Global().Create(spec, context);
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    first_encoder = &static_cast<EmbeddingRuntime&>(**rt).encoder();
+  }  // unloaded: the cache keeps the encoder within its budget
+  cache.Trim();
+  EXPECT_EQ(cache.stats().entries, 1);
+  EXPECT_GT(cache.stats().idle_bytes, 0);
+  absl::StatusOr<std::unique_ptr<Runtime>> again = RuntimeRegistry::Global().Create(spec, context);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(cache.stats().hits, 1);
+  EXPECT_EQ(&static_cast<EmbeddingRuntime&>(**again).encoder(), first_encoder);
+  // It still serves.
+  InferenceRequest req = TextRequest({"hello world"});
+  InferenceResponse resp;
+  std::vector<RuntimeCall> batch = {{&req, &resp, {}}};
+  ASSERT_TRUE((*again)->Execute(absl::MakeSpan(batch)).ok());
+  ASSERT_TRUE(batch[0].status.ok()) << batch[0].status;
+
+  // A replaced vocabulary (new size) is a different key: loaded afresh, not served stale.
+  {
+    std::ofstream vocab(dir.File("vocab.txt"), std::ios::app);
+    vocab << "extra\n";
+  }
+  FunctionSpec bigger = spec;
+  absl::StatusOr<std::unique_ptr<Runtime>> fresh =
+      RuntimeRegistry::Global().Create(bigger, context);
+  // The folder's vocab may now exceed the config's vocab_size; either way it was not a hit.
+  (void)fresh;
+  EXPECT_EQ(cache.stats().hits, 1);
+  EXPECT_EQ(cache.stats().misses, 2);
+}
+
 TEST(EmbeddingRuntimeTest, FolderErrorsNameTheFile) {
   const BertConfig c = SmallConfig();
   TempDir dir;
@@ -401,6 +452,212 @@ TEST(EmbeddingRuntimeTest, FolderErrorsNameTheFile) {
   spec.model_path.clear();
   EXPECT_THAT(RuntimeRegistry::Global().Create(spec, {}).status().message(),
               HasSubstr("spec.model.uri: the sentence-embedding runtime needs a model"));
+}
+
+TEST(EmbeddingRuntimeTest, PrecisionIsCheckedOnEveryPlacement) {
+  const BertConfig c = SmallConfig();
+  TempDir dir;
+  WriteModelFolder(dir, c);
+  FunctionSpec spec;
+  spec.name = "emb";
+  spec.source = "emb.yaml";
+  spec.runtime = "sentence-embedding";
+  spec.model_path = dir.path();
+  spec.hardware.accelerator = Accelerator::kGpu;
+  absl::StatusOr<EmbeddingRuntime::Options> o = EmbeddingRuntime::ParseOptions(spec);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->precision, cuda::Precision::kFp16);  // the GPU default
+  for (const char* name : {"fp32", "tf32", "bf16", "fp16"}) {
+    spec.config["precision"] = name;
+    o = EmbeddingRuntime::ParseOptions(spec);
+    ASSERT_TRUE(o.ok()) << o.status();
+    EXPECT_EQ(cuda::PrecisionName(o->precision), name);
+  }
+  spec.config["precision"] = "fp8";
+  absl::Status s = RuntimeRegistry::Global().Create(spec, {}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("emb.yaml: spec.config.precision: unknown precision 'fp8'"));
+  spec.config["precision"] = 16;
+  EXPECT_THAT(RuntimeRegistry::Global().Create(spec, {}).status().message(),
+              HasSubstr("spec.config.precision"));
+  // A function pinned to the CPU may not ask for a half precision (it would be ignored)...
+  spec.config["precision"] = "bf16";
+  spec.hardware.accelerator = Accelerator::kCpu;
+  EXPECT_THAT(RuntimeRegistry::Global().Create(spec, {}).status().message(),
+              HasSubstr("spec.config.precision: 'bf16' needs a GPU"));
+  // ... but one that may land anywhere may; on a CPU replica the path stays FP32.
+  spec.hardware.accelerator = Accelerator::kAny;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = RuntimeRegistry::Global().Create(spec, {});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  EXPECT_EQ(static_cast<EmbeddingRuntime&>(**rt).gpu(), nullptr);
+  spec.hardware.accelerator = Accelerator::kCpu;
+  spec.config["precision"] = "fp32";
+  EXPECT_TRUE(RuntimeRegistry::Global().Create(spec, {}).ok());
+}
+
+TEST(EmbeddingRuntimeTest, GpuPlacementWithoutAGpuNamesTheAccelerator) {
+  if (cuda::ListGpus().ok()) GTEST_SKIP() << "a GPU is present: GpuEncoderTest covers it";
+  const BertConfig c = SmallConfig();
+  TempDir dir;
+  WriteModelFolder(dir, c);
+  FunctionSpec spec;
+  spec.name = "emb";
+  spec.source = "emb.yaml";
+  spec.runtime = "sentence-embedding";
+  spec.model_path = dir.path();
+  RuntimeContext context;
+  context.use_gpu = true;
+  absl::Status s = RuntimeRegistry::Global().Create(spec, context).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_THAT(s.message(), HasSubstr("emb.yaml: spec.hardware.accelerator: sentence-embedding: "
+                                     "GPU path not available on GPU 0 (precision fp16)"));
+}
+
+// The GPU encoder against the CPU one (itself checked against the naive double reference above)
+// on fresh random sequences: the tiny model (head dim 4) and a MiniLM-shaped one (hidden 384, 12
+// heads of 32, FFN 1536; 2 layers), at every precision, through the runtime as the agent makes it.
+TEST(GpuEncoderTest, MatchesTheCpuEncoderAtEveryPrecision) {
+  FERRY_SKIP_WITHOUT_GPU();
+  const uint32_t seed = std::random_device{}();
+  std::cout << "[   SEED   ] " << seed << std::endl;
+  std::mt19937 rng(seed);
+  BertConfig minilm;
+  minilm.vocab_size = 120;
+  minilm.hidden_size = 384;
+  minilm.num_layers = 2;
+  minilm.num_heads = 12;
+  minilm.intermediate_size = 1536;
+  minilm.max_position_embeddings = 512;
+  minilm.type_vocab_size = 2;
+  struct Case {
+    BertConfig config;
+    float stddev;  // of the random weights: about 1/sqrt(hidden) keeps activations BERT-like
+    int max_len;
+  };
+  for (const Case& k : {Case{SmallConfig(), 0.5f, 32}, Case{minilm, 0.05f, 512}}) {
+    const BertConfig& c = k.config;
+    TempDir dir;
+    testing::WriteFile(dir.File("config.json"), ConfigJson(c));
+    testing::WriteFile(dir.File("model.safetensors"),
+                       testing::SafetensorsBytes(RandomTensors(c, seed, "", k.stddev)));
+    std::string vocab = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\nworld\n";
+    for (int i = 7; i < c.vocab_size; ++i) absl::StrAppend(&vocab, "w", i, "\n");
+    testing::WriteFile(dir.File("vocab.txt"), vocab);
+    testing::WriteFile(dir.File("sentence_bert_config.json"),
+                       absl::StrCat(R"({"max_seq_length": )", k.max_len, "}"));
+    FunctionSpec spec;
+    spec.name = "emb";
+    spec.runtime = "sentence-embedding";
+    spec.model_path = dir.path();
+    spec.hardware.accelerator = Accelerator::kGpu;
+    absl::StatusOr<std::unique_ptr<Runtime>> cpu = RuntimeRegistry::Global().Create(spec, {});
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    std::vector<std::vector<int32_t>> seqs(24);
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      // Lengths from 1 to the longest the model takes, on and off the attention tile (32).
+      const int len = i == 0   ? 1
+                      : i == 1 ? k.max_len
+                               : std::uniform_int_distribution<int>(1, k.max_len)(rng);
+      seqs[i].resize(len);
+      for (int32_t& id : seqs[i]) id = std::uniform_int_distribution<int>(0, c.vocab_size - 1)(rng);
+    }
+    const size_t h = c.hidden_size;
+    std::vector<float> want(seqs.size() * h);
+    ASSERT_TRUE(static_cast<EmbeddingRuntime&>(**cpu).encoder().Embed(seqs, want.data()).ok());
+    for (const char* precision : {"fp32", "tf32", "fp16", "bf16"}) {
+      spec.config["precision"] = precision;
+      RuntimeContext context;
+      context.use_gpu = true;
+      absl::StatusOr<std::unique_ptr<Runtime>> gpu =
+          RuntimeRegistry::Global().Create(spec, context);
+      ASSERT_TRUE(gpu.ok()) << gpu.status();
+      cuda::GpuBert* bert = static_cast<EmbeddingRuntime&>(**gpu).gpu();
+      ASSERT_NE(bert, nullptr);
+      std::vector<float> got(seqs.size() * h);
+      ASSERT_TRUE(bert->Embed(seqs, true, got.data()).ok());
+      const double floor = std::string(precision) == "fp32" ? 0.99999 : 0.999;
+      double worst = 1;
+      for (size_t s = 0; s < seqs.size(); ++s) {
+        double dot = 0, na = 0, nb = 0;
+        for (size_t i = 0; i < h; ++i) {
+          dot += double{got[s * h + i]} * want[s * h + i];
+          na += double{got[s * h + i]} * got[s * h + i];
+          nb += double{want[s * h + i]} * want[s * h + i];
+        }
+        const double cosine = dot / std::sqrt(na * nb);
+        worst = std::min(worst, cosine);
+        EXPECT_GE(cosine, floor) << precision << " hidden " << h << " sequence " << s
+                                 << " of length " << seqs[s].size();
+      }
+      std::cout << "hidden " << h << " " << precision << ": worst cosine " << worst << std::endl;
+      // And through Execute, with text.
+      InferenceRequest req = TextRequest({"hello world", "world"});
+      InferenceResponse resp;
+      std::vector<RuntimeCall> batch = {{&req, &resp, {}}};
+      ASSERT_TRUE((*gpu)->Execute(absl::MakeSpan(batch)).ok());
+      ASSERT_TRUE(batch[0].status.ok()) << batch[0].status;
+      EXPECT_EQ(resp.outputs[0].shape, (std::vector<int64_t>{2, c.hidden_size}));
+    }
+  }
+}
+
+// The staged (pipeline) path on the GPU gives what Execute gives, for a batch of one pass (packed
+// into pinned memory, launched asynchronously) and one larger than a pass (run pass by pass),
+// with a request that fails alone in each.
+TEST(GpuEncoderTest, StagedPathMatchesExecute) {
+  FERRY_SKIP_WITHOUT_GPU();
+  const BertConfig c = SmallConfig();
+  TempDir dir;
+  WriteModelFolder(dir, c);
+  EmbeddingRuntime::Options options;
+  options.model_dir = dir.path();
+  options.use_gpu = true;
+  options.precision = cuda::Precision::kFp32;
+  options.gpu_max_tokens = 512;
+  options.gpu_slots = 2;
+  absl::StatusOr<std::unique_ptr<EmbeddingRuntime>> rt = EmbeddingRuntime::Create(options);
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  StagedRuntime* staged = (*rt)->staged();
+  ASSERT_NE(staged, nullptr);
+  EXPECT_EQ(staged->num_slots(), 2);
+  std::vector<std::string> many;  // 60 texts of 14 tokens: 840 > 512, two passes
+  for (int i = 0; i < 60; ++i)
+    many.push_back(
+        absl::StrCat("hello world w", 10 + i % 30, " , ! hello world hello world w12 w13 w14"));
+  for (bool large : {false, true}) {
+    InferenceRequest good = large ? TextRequest(many) : TextRequest({"hello world", "w11 w12"});
+    InferenceRequest bad = TextRequest({"fine", "not \xFF utf-8"});
+    InferenceResponse r0, r1, e0, e1;
+    std::vector<RuntimeCall> batch = {{&good, &r0, {}}, {&bad, &r1, {}}};
+    std::vector<RuntimeCall> reference = {{&good, &e0, {}}, {&bad, &e1, {}}};
+    ASSERT_TRUE((*rt)->Execute(absl::MakeSpan(reference)).ok());
+    ASSERT_TRUE(staged->Pack(1, absl::MakeSpan(batch)).ok());
+    absl::Notification finished;
+    absl::Status device_status = absl::UnknownError("done not called");
+    ASSERT_TRUE(staged
+                    ->Launch(1,
+                             [&](absl::Status s) {
+                               device_status = s;
+                               finished.Notify();
+                             })
+                    .ok());
+    finished.WaitForNotification();
+    ASSERT_TRUE(device_status.ok()) << device_status;
+    ASSERT_TRUE(staged->Unpack(1, absl::MakeSpan(batch)).ok());
+    const DeviceStageTimes times = staged->StageTimes(1);
+    staged->Release(1);
+    EXPECT_EQ(times.compute_us >= 0, !large) << "device times exist for the asynchronous pass";
+    ASSERT_TRUE(batch[0].status.ok()) << batch[0].status;
+    EXPECT_EQ(batch[1].status.code(), absl::StatusCode::kInvalidArgument);
+    ASSERT_EQ(r0.outputs.size(), 1u);
+    ASSERT_EQ(r0.outputs[0].data.size(), e0.outputs[0].data.size());
+    const float* a = r0.outputs[0].as<float>();
+    const float* b = e0.outputs[0].as<float>();
+    for (size_t i = 0; i < r0.outputs[0].data.size() / sizeof(float); ++i) {
+      ASSERT_NEAR(a[i], b[i], 1e-5) << (large ? "two passes" : "one pass") << " element " << i;
+    }
+    EXPECT_EQ(r0.parameters["tokens"], e0.parameters["tokens"]);
+  }
 }
 
 }  // namespace

@@ -107,7 +107,8 @@ bool ActivationFromName(std::string_view name, Activation* out) {
 }
 
 absl::StatusOr<MlpRuntime::Options> MlpRuntime::ParseOptions(const FunctionSpec& spec) {
-  if (absl::Status s = config::CheckKeys(spec, {"activations", "inputName", "outputName"});
+  if (absl::Status s =
+          config::CheckKeys(spec, {"activations", "inputName", "outputName", "precision"});
       !s.ok()) {
     return s;
   }
@@ -148,6 +149,22 @@ absl::StatusOr<MlpRuntime::Options> MlpRuntime::ParseOptions(const FunctionSpec&
   if (!output.ok()) return output.status();
   options.input_name = *std::move(input);
   options.output_name = *std::move(output);
+  absl::StatusOr<std::string> precision = config::GetString(spec, "precision", "fp32");
+  if (!precision.ok()) return precision.status();
+  if (!cuda::PrecisionFromName(*precision, &options.precision)) {
+    return config::Error(spec, config::Field("precision"),
+                         absl::StrCat("unknown precision '", *precision, "'; expected ",
+                                      std::string(cuda::kPrecisionChoices)));
+  }
+  // Not parsed and ignored: a function pinned to the CPU cannot run at a reduced precision (with
+  // `accelerator: any` the setting applies wherever the replica lands on a GPU).
+  if (spec.hardware.accelerator == Accelerator::kCpu &&
+      options.precision != cuda::Precision::kFp32) {
+    return config::Error(spec, config::Field("precision"),
+                         absl::StrCat("'", *precision,
+                                      "' needs a GPU, and spec.hardware.accelerator is cpu (the "
+                                      "CPU path computes in fp32; use fp32 or drop the key)"));
+  }
   return options;
 }
 
@@ -245,10 +262,14 @@ absl::StatusOr<std::unique_ptr<MlpRuntime>> MlpRuntime::Create(const Options& op
       return absl::InvalidArgumentError("mlp: gpu_max_rows must be >= 1");
     }
     std::vector<cuda::GpuMlp::Layer> gpu_layers;
-    for (const Layer& layer : rt->layers_) {
+    // The GPU keeps the only copy of the weights: the host vectors move into gpu_layers and are
+    // freed once uploaded (RunCpu never runs on an instance with a GPU).
+    for (Layer& layer : rt->layers_) {
       cuda::GpuMlp::Layer g;
-      g.weight = layer.weight;
-      g.bias = layer.bias;
+      g.weight = std::move(layer.weight);
+      g.bias = std::move(layer.bias);
+      layer.weight = {};
+      layer.bias = {};
       g.in = layer.in;
       g.out = layer.out;
       switch (layer.activation) {
@@ -274,14 +295,30 @@ absl::StatusOr<std::unique_ptr<MlpRuntime>> MlpRuntime::Create(const Options& op
       }
       gpu_layers.push_back(std::move(g));
     }
+    if (options.gpu_slots < 1) return absl::InvalidArgumentError("mlp: gpu_slots must be >= 1");
+    cuda::GpuMlp::Options gpu_options;
+    gpu_options.device = options.gpu_index;
+    gpu_options.max_rows = options.gpu_max_rows;
+    gpu_options.slots = options.gpu_slots;
+    gpu_options.precision = options.precision;
     absl::StatusOr<std::unique_ptr<cuda::GpuMlp>> gpu =
-        cuda::GpuMlp::Create(options.gpu_index, std::move(gpu_layers), options.gpu_max_rows);
+        cuda::GpuMlp::Create(gpu_options, std::move(gpu_layers));
     if (!gpu.ok()) {
       return absl::Status(gpu.status().code(),
                           absl::StrCat("mlp: GPU path not available on GPU ", options.gpu_index,
                                        ": ", gpu.status().message()));
     }
     rt->gpu_ = *std::move(gpu);
+    rt->slots_.resize(static_cast<size_t>(rt->gpu_->num_slots()));
+    // One warm-up batch at load: pays CUDA's lazy kernel loading and cuBLAS's first-call setup
+    // before the first request, and a GPU this build has no kernel image for fails the load
+    // (FailedPrecondition naming its compute capability) instead of every request.
+    std::vector<float> warm_in(static_cast<size_t>(rt->gpu_->input_dim()), 0.0f);
+    std::vector<float> warm_out(static_cast<size_t>(rt->gpu_->output_dim()));
+    if (absl::Status s = rt->gpu_->Forward(warm_in.data(), 1, warm_out.data()); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("mlp: warm-up batch on GPU ", options.gpu_index,
+                                                 " failed: ", s.message()));
+    }
   }
 
   rt->signature_.platform = "ferry_mlp";
@@ -358,6 +395,102 @@ absl::Status MlpRuntime::Execute(absl::Span<RuntimeCall> batch) {
   return absl::OkStatus();
 }
 
+int MlpRuntime::num_slots() const { return gpu_ != nullptr ? gpu_->num_slots() : 0; }
+
+absl::Status MlpRuntime::Pack(int slot, absl::Span<RuntimeCall> batch) {
+  if (gpu_ == nullptr || slot < 0 || slot >= static_cast<int>(slots_.size())) {
+    return absl::FailedPreconditionError(absl::StrCat("mlp: no GPU slot ", slot));
+  }
+  const int64_t in = layers_.front().in;
+  SlotState& st = slots_[slot];
+  st.offsets.assign(batch.size(), -1);
+  st.counts.assign(batch.size(), 0);
+  st.rows = 0;
+  std::vector<const Tensor*> inputs(batch.size(), nullptr);
+  for (size_t c = 0; c < batch.size(); ++c) {
+    const Tensor* x = nullptr;
+    for (const Tensor& t : batch[c].request->inputs) {
+      if (t.name == options_.input_name) x = &t;
+    }
+    if (x == nullptr || x->dtype != DataType::kFp32 || x->shape.size() != 2 || x->shape[1] != in ||
+        x->shape[0] < 0 || static_cast<int64_t>(x->data.size()) != x->shape[0] * in * 4) {
+      batch[c].status = absl::InvalidArgumentError(
+          absl::StrCat("input '", options_.input_name, "' must be FP32 [-1, ", in, "]"));
+      continue;
+    }
+    inputs[c] = x;
+    st.offsets[c] = st.rows;
+    st.counts[c] = x->shape[0];
+    st.rows += x->shape[0];
+  }
+  if (st.rows > gpu_->max_rows()) {
+    return absl::InvalidArgumentError(absl::StrCat("mlp: a batch of ", st.rows,
+                                                   " rows exceeds the GPU slot's ",
+                                                   gpu_->max_rows(), " rows (maxBatchSize)"));
+  }
+  // The GpuMlp slot is held until Release; with the pipeline's depth <= its slots this never
+  // waits (only a concurrent synchronous Execute could hold one).
+  st.gpu_slot = gpu_->AcquireSlot();
+  // The one host-side copy: each request's bytes straight into pinned memory.
+  float* pinned = gpu_->slot_input(st.gpu_slot);
+  for (size_t c = 0; c < batch.size(); ++c) {
+    if (inputs[c] == nullptr) continue;
+    std::memcpy(pinned + st.offsets[c] * in, inputs[c]->data.data(), inputs[c]->data.size());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MlpRuntime::Launch(int slot, StageDone done) {
+  SlotState& st = slots_[slot];
+  if (st.rows == 0) {  // only empty or failed requests: nothing for the device
+    done(absl::OkStatus());
+    return absl::OkStatus();
+  }
+  return gpu_->Launch(st.gpu_slot, st.rows, std::move(done));
+}
+
+absl::Status MlpRuntime::Unpack(int slot, absl::Span<RuntimeCall> batch) {
+  const SlotState& st = slots_[slot];
+  const int64_t out = layers_.back().out;
+  const float* pinned = st.rows > 0 ? gpu_->slot_output(st.gpu_slot) : nullptr;
+  for (size_t c = 0; c < batch.size(); ++c) {
+    if (st.offsets[c] < 0 || !batch[c].status.ok()) continue;
+    const int64_t begin = st.offsets[c];
+    const int64_t rows = st.counts[c];
+    Tensor y;
+    y.name = options_.output_name;
+    y.dtype = DataType::kFp32;
+    y.shape = {rows, out};
+    if (rows > 0) {
+      y.data.assign(reinterpret_cast<const char*>(pinned + begin * out),
+                    static_cast<size_t>(rows * out) * sizeof(float));
+    }
+    batch[c].response->outputs.push_back(std::move(y));
+  }
+  return absl::OkStatus();
+}
+
+void MlpRuntime::Release(int slot) {
+  SlotState& st = slots_[slot];
+  if (st.gpu_slot >= 0) gpu_->ReleaseSlot(st.gpu_slot);
+  st.gpu_slot = -1;
+  st.rows = 0;
+  st.offsets.clear();
+  st.counts.clear();
+}
+
+DeviceStageTimes MlpRuntime::StageTimes(int slot) {
+  const SlotState& st = slots_[slot];
+  DeviceStageTimes t;
+  if (st.gpu_slot < 0 || st.rows == 0) return t;
+  absl::StatusOr<cuda::GpuMlp::SlotTimes> gt = gpu_->LastTimes(st.gpu_slot);
+  if (!gt.ok()) return t;
+  t.h2d_us = gt->h2d_us;
+  t.compute_us = gt->compute_us;
+  t.d2h_us = gt->d2h_us;
+  return t;
+}
+
 void MlpRuntime::RunCpu(int64_t total_rows) const {
   std::vector<float>& current = tls_current;
   std::vector<float>& next = tls_next;
@@ -383,6 +516,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> CreateMlpRuntime(const FunctionSpec& sp
   options->use_gpu = context.use_gpu;
   options->gpu_index = context.gpu_index;
   options->gpu_max_rows = std::max<int64_t>(1, spec.batching.max_batch_size);
+  options->gpu_slots = static_cast<int>(std::max<int64_t>(1, spec.batching.pipeline_depth));
   absl::StatusOr<std::unique_ptr<MlpRuntime>> runtime = MlpRuntime::Create(*options);
   if (!runtime.ok()) {
     // Model problems are never FailedPrecondition; that code means the GPU is unusable.

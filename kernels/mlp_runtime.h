@@ -13,8 +13,10 @@
 
 #include "absl/status/statusor.h"
 #include "cuda/gpu_mlp.h"
+#include "cuda/linear.h"
 #include "ferry/manifest.h"
 #include "ferry/runtime.h"
+#include "ferry/staged_runtime.h"
 
 namespace ferry::kernels {
 
@@ -25,7 +27,11 @@ std::string_view ActivationName(Activation a);
 // Inverse of ActivationName; false for unknown names.
 bool ActivationFromName(std::string_view name, Activation* out);
 
-class MlpRuntime : public Runtime {
+// On a GPU the runtime is also a ferry::StagedRuntime (staged() returns it): the agent packs
+// requests straight into a GpuMlp slot's pinned memory, launches the slot asynchronously and
+// scatters the results, overlapping batches (batching/pipeline.h). On the CPU it has only
+// Execute.
+class MlpRuntime : public Runtime, public StagedRuntime {
  public:
   struct Layer {
     int64_t in = 0;
@@ -48,9 +54,16 @@ class MlpRuntime : public Runtime {
     // GPU only: rows staged per transfer (spec.batching.maxBatchSize); larger batches run in
     // chunks.
     int64_t gpu_max_rows = 256;
+    // GPU only (config.precision: fp32 | tf32 | bf16 | fp16, default fp32): the GEMMs' precision
+    // (cuda/linear.h). The CPU path is always FP32.
+    cuda::Precision precision = cuda::Precision::kFp32;
+    // GPU only: independent GpuMlp slots (stream, pinned and device buffers), i.e. how many
+    // batches the pipeline may have in flight (spec.batching.pipelineDepth), >= 1.
+    int gpu_slots = 2;
   };
 
-  // Reads spec.config (`activations`, `inputName`, `outputName`) and spec.model_path. Errors
+  // Reads spec.config (`activations`, `inputName`, `outputName`, `precision`) and
+  // spec.model_path. Errors
   // name the manifest file and field.
   static absl::StatusOr<Options> ParseOptions(const FunctionSpec& spec);
   // Loads and checks the model: every tensor is a layer weight or bias, layers contiguous from
@@ -60,10 +73,26 @@ class MlpRuntime : public Runtime {
 
   const ModelSignature& signature() const override { return signature_; }
   // Stacks every request's rows into one [rows, in] matrix, runs the layers with one sgemm each
-  // (OpenBLAS, or cuBLAS on the GPU), and splits the result back per request. Thread-safe: the
-  // weights are immutable and scratch buffers are per thread; GPU batches of one runtime are
-  // serialised on its stream.
+  // (OpenBLAS, or cuBLASLt on the GPU), and splits the result back per request. Thread-safe: the
+  // weights are immutable and scratch buffers are per thread; a GPU batch takes a free GpuMlp
+  // slot (waiting for one), so up to gpu_slots batches run at once.
   absl::Status Execute(absl::Span<RuntimeCall> batch) override;
+
+  // The staged path: `this` on a GPU, nullptr on the CPU.
+  StagedRuntime* staged() override { return gpu_ != nullptr ? this : nullptr; }
+  // StagedRuntime (GPU only; ferry/staged_runtime.h). Slots are options.gpu_slots; each stage
+  // call touches only its slot's state, so different slots run on different threads at once.
+  int num_slots() const override;
+  // Validates each request (a bad one fails alone), takes a GpuMlp slot and copies every
+  // request's rows straight into its pinned input. InvalidArgument if the batch has more rows
+  // than the slot (gpu_max_rows).
+  absl::Status Pack(int slot, absl::Span<RuntimeCall> batch) override;
+  // Enqueues H2D, the layers and D2H on the slot's stream (a batch of zero rows completes at once).
+  absl::Status Launch(int slot, StageDone done) override;
+  // Copies each request's rows from the slot's pinned output into its response.
+  absl::Status Unpack(int slot, absl::Span<RuntimeCall> batch) override;
+  void Release(int slot) override;
+  DeviceStageTimes StageTimes(int slot) override;
 
   const std::vector<Layer>& layers() const { return layers_; }
   bool on_gpu() const { return gpu_ != nullptr; }
@@ -77,6 +106,16 @@ class MlpRuntime : public Runtime {
   std::vector<Layer> layers_;
   ModelSignature signature_;
   std::unique_ptr<cuda::GpuMlp> gpu_;  // set when running on a GPU
+  // Per pipeline slot: the GpuMlp slot it holds between Pack and Release, and where each
+  // request's rows are in it (-1: the request failed its own check). Only the holder of a
+  // pipeline slot touches its entry.
+  struct SlotState {
+    int gpu_slot = -1;
+    int64_t rows = 0;
+    std::vector<int64_t> offsets;  // first row of each request in the slot
+    std::vector<int64_t> counts;   // rows of each request
+  };
+  std::vector<SlotState> slots_;
 };
 
 // The registry's factory for spec.runtime == "mlp". With context.use_gpu the model runs on that

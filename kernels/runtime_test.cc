@@ -16,8 +16,11 @@
 #include <vector>
 
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/notification.h"
 #include "cuda/device.h"
+#include "cuda/gpu_test_util.h"
 #include "ferry/runtime_registry.h"
+#include "ferry/staged_runtime.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/echo_runtime.h"
@@ -732,6 +735,12 @@ TEST(MlpTest, ModelAndConfigErrors) {
               HasSubstr("the model has 2 layers but 1 activations"));
   EXPECT_THAT(ErrorOf(MlpSpec(good_path, {{"activations", nlohmann::json::array()}})),
               HasSubstr("empty list"));
+  EXPECT_THAT(ErrorOf(MlpSpec(good_path, {{"precision", "fp8"}})),
+              HasSubstr("spec.config.precision: unknown precision 'fp8'"));
+  // A reduced precision on a function pinned to the CPU is refused, not ignored.
+  FunctionSpec cpu_bf16 = MlpSpec(good_path, {{"precision", "bf16"}});
+  cpu_bf16.hardware.accelerator = Accelerator::kCpu;
+  EXPECT_THAT(ErrorOf(cpu_bf16), HasSubstr("spec.config.precision: 'bf16' needs a GPU"));
 
   // Layer 1 takes 5 inputs but layer 0 produces 3.
   std::vector<RefLayer> mismatch = good;
@@ -792,6 +801,102 @@ TEST(MlpTest, GpuPathRunsOrRefusesClearly) {
     ASSERT_TRUE(r2.ok()) << r2.status();
     CheckAgainstReference(**r2, layers, {a, "softmax"}, {4, 2}, 33, 1e-3f);
   }
+}
+
+// The staged path (ferry/staged_runtime.h) the agent's pipeline drives: only on a GPU.
+TEST(MlpTest, CpuRuntimeHasNoStages) {
+  std::vector<RefLayer> layers = RandomLayers({4, 3}, 7);
+  const std::string path = WriteModel("cpu_stages.safetensors", layers);
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = CreateRuntime(MlpSpec(path), RuntimeContext{});
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  EXPECT_EQ((*rt)->staged(), nullptr);
+}
+
+// Three batches packed into three slots and all in flight on the GPU at once, completed by the
+// stream callbacks, then unpacked: each matches the reference; a bad request fails alone; a
+// batch above the slot's rows is refused at Pack.
+TEST(MlpTest, GpuStagedSlotsOverlapAndMatchTheReference) {
+  std::vector<RefLayer> layers = RandomLayers({16, 64, 8}, 8);
+  const std::string path = WriteModel("gpu_staged.safetensors", layers);
+  FunctionSpec spec = MlpSpec(path);
+  spec.batching.max_batch_size = 64;
+  spec.batching.pipeline_depth = 3;
+  RuntimeContext gpu;
+  gpu.use_gpu = true;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = CreateRuntime(spec, gpu);
+  FERRY_SKIP_WITHOUT_GPU();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  StagedRuntime* staged = (*rt)->staged();
+  ASSERT_NE(staged, nullptr);
+  ASSERT_EQ(staged->num_slots(), 3);
+
+  std::mt19937 rng(41);
+  const std::vector<std::vector<int64_t>> row_counts = {{1, 7}, {64}, {5, 2, 9}};
+  std::vector<std::vector<InferenceRequest>> requests(3);
+  std::vector<std::vector<std::vector<float>>> inputs(3);
+  std::vector<std::vector<InferenceResponse>> responses(3);
+  std::vector<std::vector<RuntimeCall>> calls(3);
+  for (int b = 0; b < 3; ++b) {
+    for (int64_t rows : row_counts[b]) {
+      inputs[b].push_back(RandomInput(rows * 16, rng));
+      requests[b].push_back(Request({FloatTensor("input", {rows, 16}, inputs[b].back())}));
+    }
+    // One malformed request in the last batch: it fails alone.
+    if (b == 2) requests[b].push_back(Request({FloatTensor("input", {1, 3}, {1, 2, 3})}));
+    responses[b].resize(requests[b].size());
+    calls[b].resize(requests[b].size());
+    for (size_t i = 0; i < requests[b].size(); ++i) {
+      calls[b][i].request = &requests[b][i];
+      calls[b][i].response = &responses[b][i];
+    }
+  }
+  absl::Notification done[3];
+  absl::Status device_status[3];
+  for (int b = 0; b < 3; ++b) {
+    ASSERT_TRUE(staged->Pack(b, absl::MakeSpan(calls[b])).ok());
+    ASSERT_TRUE(staged
+                    ->Launch(b,
+                             [&done, &device_status, b](absl::Status s) {
+                               device_status[b] = std::move(s);
+                               done[b].Notify();
+                             })
+                    .ok());
+  }
+  for (int b = 0; b < 3; ++b) {
+    done[b].WaitForNotification();
+    ASSERT_TRUE(device_status[b].ok()) << device_status[b];
+    const DeviceStageTimes t = staged->StageTimes(b);
+    EXPECT_GE(t.h2d_us, 0);
+    EXPECT_GE(t.compute_us, 0);
+    EXPECT_GE(t.d2h_us, 0);
+    ASSERT_TRUE(staged->Unpack(b, absl::MakeSpan(calls[b])).ok());
+    for (size_t i = 0; i < row_counts[b].size(); ++i) {
+      ASSERT_TRUE(calls[b][i].status.ok()) << calls[b][i].status;
+      const Tensor* y = Output(responses[b][i], "output");
+      ASSERT_NE(y, nullptr);
+      EXPECT_EQ(y->shape, (std::vector<int64_t>{row_counts[b][i], 8}));
+      const std::vector<float> got = Floats(*y);
+      const std::vector<float> want =
+          Reference(layers, {"relu", "none"}, inputs[b][i], row_counts[b][i]);
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t k = 0; k < got.size(); ++k) ASSERT_NEAR(got[k], want[k], 1e-3f) << b << "/" << k;
+    }
+    staged->Release(b);
+  }
+  EXPECT_EQ(calls[2].back().status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(responses[2].back().outputs.empty());
+
+  // More rows than the slot holds (maxBatchSize): refused at Pack; the slot is still released.
+  std::vector<InferenceRequest> big = {
+      Request({FloatTensor("input", {65, 16}, RandomInput(65 * 16, rng))})};
+  std::vector<InferenceResponse> big_out(1);
+  std::vector<RuntimeCall> big_calls(1);
+  big_calls[0].request = &big[0];
+  big_calls[0].response = &big_out[0];
+  EXPECT_EQ(staged->Pack(0, absl::MakeSpan(big_calls)).code(), absl::StatusCode::kInvalidArgument);
+  staged->Release(0);
+  // The synchronous path still works next to it.
+  CheckAgainstReference(**rt, layers, {"relu", "none"}, {3, 4}, 42, 1e-3f);
 }
 
 }  // namespace

@@ -151,9 +151,8 @@ TEST(ControlClientTest, PlacedLoadedProfiledUnloadedAndSurvivesControlPlaneResta
   EXPECT_EQ(profile.points_size(), 4);  // 1, 2, 4, 8
   const std::string replica = plane->controller().GetRoutes("echo").routes(0).replica_id();
   // Heartbeats carry the agent's load.
-  ASSERT_TRUE(Eventually([&] {
-    return plane->controller().ListNodes().nodes(0).load().memory_used_bytes() > 0;
-  }));
+  ASSERT_TRUE(Eventually(
+      [&] { return plane->controller().ListNodes().nodes(0).load().memory_used_bytes() > 0; }));
 
   // The control plane goes away: the agent keeps serving.
   plane.reset();
@@ -169,10 +168,11 @@ TEST(ControlClientTest, PlacedLoadedProfiledUnloadedAndSurvivesControlPlaneResta
   }));
   EXPECT_EQ(plane->controller().GetRoutes("echo").routes(0).replica_id(), replica);
 
-  // Delete: the agent unloads it.
+  // Delete: the agent unloads it; a client that still calls this node directly is told the
+  // function is no longer served here (503), not that it never existed (404).
   ASSERT_TRUE(plane->controller().DeleteFunction("echo").ok());
   ASSERT_TRUE(Eventually([&] { return (*core)->LoadedFunctions().empty(); }));
-  EXPECT_EQ(Echo(**core).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Echo(**core).status().code(), absl::StatusCode::kUnavailable);
   (*client)->Stop();
 }
 

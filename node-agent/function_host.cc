@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "cuda/health.h"
+#include "ferry/staged_runtime.h"
 
 namespace ferry::agent {
 namespace {
@@ -102,6 +104,8 @@ class FunctionHost::Task final : public batching::Task {
         response_.outputs = std::move(kept);
       }
       metrics->RecordSuccess(request_us, timing.queue_us, timing.compute_us);
+      // A pipelined function's per-stage series start with the queue (a no-op otherwise).
+      metrics->RecordStage(PipelineStage::kQueue, timing.queue_us);
       done_(std::move(response_));
       return;
     }
@@ -169,6 +173,12 @@ class FunctionHost::Executor final : public batching::Executor {
     // TaskTiming::compute_us also covers its bookkeeping around the call).
     const int64_t start_us = meter != nullptr ? host_->clock_->NowMicros() : 0;
     absl::Status status = host_->runtime_->Execute(absl::MakeSpan(calls));
+    if (!status.ok() && host_->on_gpu_ && !absl::IsInvalidArgument(status)) {
+      // A sticky CUDA error poisons the GPU's context for the whole process: find out now, so
+      // readiness and liveness say so (cuda/health.h). On this error path it also waits for the
+      // device, so nothing still runs on buffers the runtime may release.
+      (void)cuda::CheckGpuAfterError(host_->gpu_index_);
+    }
     if (meter != nullptr) {
       meter->RecordBatch(host_->clock_->NowMicros() - start_us, costs,
                          absl::MakeConstSpan(metered.get(), batch.size()), host_->on_gpu_);
@@ -180,6 +190,61 @@ class FunctionHost::Executor final : public batching::Executor {
 
  private:
   FunctionHost* const host_;
+};
+
+// Adapts a staged runtime (ferry/staged_runtime.h) to the pipeline's device stage: the batcher's
+// tasks become RuntimeCalls, kept per slot from Pack to Release (only the slot's holder touches
+// its entry), and the calls' statuses are copied back to the tasks.
+class FunctionHost::StagedExecutor final : public batching::DeviceStage {
+ public:
+  explicit StagedExecutor(StagedRuntime* staged)
+      : staged_(staged), calls_(static_cast<size_t>(staged->num_slots())) {}
+
+  int num_slots() const override { return staged_->num_slots(); }
+
+  absl::Status Pack(int slot, absl::Span<batching::Task* const> batch,
+                    absl::Span<absl::Status> task_status) override {
+    std::vector<RuntimeCall>& calls = calls_[slot];
+    calls.assign(batch.size(), RuntimeCall{});
+    for (size_t i = 0; i < batch.size(); ++i) {
+      auto* task = static_cast<FunctionHost::Task*>(batch[i]);
+      calls[i].request = &task->request();
+      calls[i].response = task->response();
+    }
+    absl::Status status = staged_->Pack(slot, absl::MakeSpan(calls));
+    CopyStatuses(calls, task_status);
+    return status;
+  }
+
+  absl::Status Launch(int slot, StageDone done) override {
+    return staged_->Launch(slot, std::move(done));
+  }
+
+  absl::Status Unpack(int slot, absl::Span<batching::Task* const>,
+                      absl::Span<absl::Status> task_status) override {
+    std::vector<RuntimeCall>& calls = calls_[slot];
+    absl::Status status = staged_->Unpack(slot, absl::MakeSpan(calls));
+    CopyStatuses(calls, task_status);
+    return status;
+  }
+
+  void Release(int slot) override {
+    staged_->Release(slot);
+    calls_[slot].clear();
+  }
+
+  DeviceStageTimes device_times(int slot) override { return staged_->StageTimes(slot); }
+
+ private:
+  static void CopyStatuses(const std::vector<RuntimeCall>& calls,
+                           absl::Span<absl::Status> task_status) {
+    for (size_t i = 0; i < calls.size(); ++i) {
+      if (!calls[i].status.ok()) task_status[i] = calls[i].status;
+    }
+  }
+
+  StagedRuntime* const staged_;
+  std::vector<std::vector<RuntimeCall>> calls_;  // per slot
 };
 
 FunctionHost::FunctionHost(FunctionSpec spec, std::unique_ptr<Runtime> runtime,
@@ -201,6 +266,7 @@ absl::StatusOr<std::unique_ptr<FunctionHost>> FunctionHost::Create(
   Clock* clock = options.clock != nullptr ? options.clock : RealClock::Get();
   std::unique_ptr<FunctionHost> host(new FunctionHost(options.spec, std::move(runtime), metrics,
                                                       clock, options.meter, options.on_gpu));
+  host->gpu_index_ = options.on_gpu ? std::max(0, options.gpu_index) : -1;
 
   const ModelSignature& sig = host->runtime_->signature();
   ModelMetadata& md = host->metadata_;
@@ -231,8 +297,38 @@ absl::StatusOr<std::unique_ptr<FunctionHost>> FunctionHost::Create(
   bo.clock = clock;
   bo.start_threads = options.start_threads;
 
-  host->executor_ = std::make_unique<Executor>(host.get());
-  auto batcher = batching::Batcher::Create(bo, host->executor_.get());
+  absl::StatusOr<std::unique_ptr<batching::Batcher>> batcher;
+  if (StagedRuntime* staged = host->runtime_->staged(); staged != nullptr) {
+    // The pipeline: Pack on the batcher's threads (`instances` of them), the device's work in
+    // flight for up to pipelineDepth batches, Unpack on the pipeline's thread; a batch departs
+    // when a slot is free.
+    host->stage_ = std::make_unique<StagedExecutor>(staged);
+    batching::PipelineOptions po;
+    po.name = host->spec_.name;
+    po.depth = static_cast<int>(
+        std::clamp<int64_t>(host->spec_.batching.pipeline_depth, 1, staged->num_slots()));
+    po.clock = clock;
+    // Always threaded: a device reports completion on its driver's thread, where no CPU stage
+    // may run.
+    po.start_threads = true;
+    FunctionHost* raw = host.get();
+    po.on_batch = [raw](const batching::PipelineBatchTimes& t,
+                        absl::Span<batching::Task* const> batch) {
+      raw->OnPipelineBatch(t, batch);
+    };
+    auto pipeline = batching::Pipeline::Create(po, host->stage_.get());
+    if (!pipeline.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(host->spec_.source, ": function '",
+                                                     host->spec_.name,
+                                                     "': ", pipeline.status().message()));
+    }
+    host->pipeline_ = *std::move(pipeline);
+    metrics->EnablePipeline();
+    batcher = batching::Batcher::CreateAsync(bo, host->pipeline_.get());
+  } else {
+    host->executor_ = std::make_unique<Executor>(host.get());
+    batcher = batching::Batcher::Create(bo, host->executor_.get());
+  }
   if (!batcher.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         host->spec_.source, ": function '", host->spec_.name, "': ", batcher.status().message()));
@@ -242,7 +338,49 @@ absl::StatusOr<std::unique_ptr<FunctionHost>> FunctionHost::Create(
   return host;
 }
 
-void FunctionHost::RefreshGauges() { metrics_->SetTargetBatchSize(batcher_->target_batch_size()); }
+void FunctionHost::RefreshGauges() {
+  metrics_->SetTargetBatchSize(batcher_->target_batch_size());
+  if (pipeline_ == nullptr) return;
+  const batching::PipelineStats s = pipeline_->stats();
+  absl::MutexLock lock(&gauge_mu_);
+  const int64_t wall = s.elapsed_us - gauge_elapsed_us_;
+  if (wall <= 0) return;
+  const double busy = static_cast<double>(s.device_busy_us - gauge_busy_us_);
+  metrics_->SetDeviceBusyFraction(std::clamp(busy / static_cast<double>(wall), 0.0, 1.0));
+  gauge_busy_us_ = s.device_busy_us;
+  gauge_elapsed_us_ = s.elapsed_us;
+}
+
+void FunctionHost::OnPipelineBatch(const batching::PipelineBatchTimes& t,
+                                   absl::Span<batching::Task* const> batch) {
+  int64_t rows = 0;
+  std::vector<int64_t> costs(batch.size());
+  // vector<bool> has no contiguous storage for a Span; an array of bool does.
+  std::unique_ptr<bool[]> metered(new bool[batch.size()]);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    auto* task = static_cast<Task*>(batch[i]);
+    costs[i] = task->cost();
+    metered[i] = task->metered();
+    rows += costs[i];
+  }
+  metrics_->RecordBatch(rows);
+  metrics_->RecordStage(PipelineStage::kPack, t.pack_us);
+  metrics_->RecordStage(PipelineStage::kH2d, t.h2d_us);
+  metrics_->RecordStage(PipelineStage::kCompute, t.compute_us);
+  metrics_->RecordStage(PipelineStage::kD2h, t.d2h_us);
+  metrics_->RecordStage(PipelineStage::kScatter, t.scatter_us);
+  metrics_->AddDeviceBusy(t.busy_us);
+  // GPU-seconds: each batch is charged its share of the device's busy time (overlapping batches
+  // split the time they share), so a function's charges add up to the time its device was busy.
+  if (meter_ != nullptr) {
+    meter_->RecordBatch(t.busy_us, costs, absl::MakeConstSpan(metered.get(), batch.size()),
+                        on_gpu_);
+  }
+  if (!t.status.ok() && on_gpu_ && !absl::IsInvalidArgument(t.status)) {
+    // As in Executor::Execute: a sticky CUDA error marks the GPU (and its functions) unusable.
+    (void)cuda::CheckGpuAfterError(gpu_index_);
+  }
+}
 
 FunctionHost::~FunctionHost() { Drain(); }
 

@@ -8,8 +8,11 @@
 #include <memory>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "batching/batcher.h"
+#include "batching/pipeline.h"
 #include "ferry/clock.h"
 #include "ferry/manifest.h"
 #include "ferry/runtime.h"
@@ -32,6 +35,9 @@ struct FunctionHostOptions {
   FunctionMeter* meter = nullptr;
   // The runtime executes on a GPU: its busy time is metered as GPU-seconds, else CPU-seconds.
   bool on_gpu = false;
+  // The CUDA device it runs on when on_gpu: a failed batch checks that GPU's context
+  // (cuda::CheckGpuAfterError), and readiness follows its health.
+  int gpu_index = -1;
 };
 
 // Thread-safe. The destructor drains (every accepted request is answered) and joins.
@@ -45,6 +51,8 @@ class FunctionHost {
 
   const ModelMetadata& metadata() const { return metadata_; }
   const FunctionSpec& spec() const { return spec_; }
+  bool on_gpu() const { return on_gpu_; }
+  int gpu_index() const { return gpu_index_; }
 
   // Validates, then queues. `done` runs exactly once: inline for rejections, else on a batcher
   // thread. Overload is ResourceExhausted, or OK with is_default when the SLO says
@@ -73,16 +81,24 @@ class FunctionHost {
 
   // Manual-mode hook for tests (options.start_threads == false).
   batching::Batcher* batcher_for_test() { return batcher_.get(); }
+  // The pipeline when the runtime is staged (Runtime::staged()), else nullptr. A staged runtime's
+  // batches complete on the pipeline's own thread even in manual mode (a device signals
+  // completion from its driver's thread, where no CPU stage may run).
+  const batching::Pipeline* pipeline() const { return pipeline_.get(); }
 
  private:
   class Task;
   class Executor;
+  class StagedExecutor;
 
   FunctionHost(FunctionSpec spec, std::unique_ptr<Runtime> runtime, FunctionMetrics* metrics,
                Clock* clock, FunctionMeter* meter, bool on_gpu);
   void Submit(std::unique_ptr<InferenceRequest> request, InferDone done, bool metered);
   // Answers `request` with the SLO's default output (onOverload: default-output).
   void AnswerDefault(const InferenceRequest& request, const InferDone& done);
+  // Metrics, metering and GPU health after one pipelined batch (the pipeline's scatter thread).
+  void OnPipelineBatch(const batching::PipelineBatchTimes& times,
+                       absl::Span<batching::Task* const> batch);
 
   const FunctionSpec spec_;
   std::unique_ptr<Runtime> runtime_;
@@ -90,9 +106,17 @@ class FunctionHost {
   Clock* const clock_;
   FunctionMeter* const meter_;  // may be null
   const bool on_gpu_;
+  int gpu_index_ = -1;
   ModelMetadata metadata_;
   std::string default_output_json_;
   std::unique_ptr<Executor> executor_;
+  // A staged runtime's batches: stage_ adapts it to the pipeline; both outlive the batcher.
+  std::unique_ptr<StagedExecutor> stage_;
+  std::unique_ptr<batching::Pipeline> pipeline_;
+  // The device-busy fraction gauge is the busy time over wall time between two reads.
+  absl::Mutex gauge_mu_;
+  int64_t gauge_busy_us_ ABSL_GUARDED_BY(gauge_mu_) = 0;
+  int64_t gauge_elapsed_us_ ABSL_GUARDED_BY(gauge_mu_) = 0;
   std::atomic<int64_t> arrived_{0};
   std::atomic<int64_t> in_flight_{0};
   std::unique_ptr<batching::Batcher> batcher_;  // destroyed first (declared last)

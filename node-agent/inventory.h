@@ -1,6 +1,7 @@
 // What a node agent tells the control plane about its machine: usable CPU cores (the process's
 // CPU affinity), memory (/proc/meminfo MemTotal) and each CUDA device (name, memory, compute
-// capability) when a driver and device are present.
+// capability) when a driver and device are present. Discovery creates no CUDA context on any GPU
+// (cuda::ListGpus), so advertising GPUs costs them no memory.
 #ifndef FERRY_NODE_AGENT_INVENTORY_H_
 #define FERRY_NODE_AGENT_INVENTORY_H_
 

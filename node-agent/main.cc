@@ -80,7 +80,13 @@ ABSL_FLAG(std::string, advertise_host, "",
 ABSL_FLAG(bool, exit_on_load_error, false,
           "standalone: exit when any function fails to load (default: serve the others and "
           "report that one not ready, with its error)");
-ABSL_FLAG(int, gpu_index, 0, "standalone: CUDA device ordinal that GPU functions run on");
+ABSL_FLAG(int, gpu_index, -1,
+          "standalone: CUDA device ordinal that every GPU function runs on; -1 (default) spreads "
+          "them over the GPUs that fit their gpuMemoryMiB and minComputeCapability");
+ABSL_FLAG(int64_t, weight_cache_mib, 1024,
+          "host memory (MiB) kept for the prepared weights of unloaded functions, so that a "
+          "function scaled to zero and back starts without reading its weights again; 0 keeps "
+          "none");
 ABSL_FLAG(bool, profile, true, "profile each replica when it becomes ready (control-plane mode)");
 ABSL_FLAG(std::string, testonly_fake_gpu, "",
           "TESTS ONLY (needs FERRY_TESTONLY=1): advertise fake GPUs NAME:MEMORY:CC[,...], e.g. "
@@ -212,9 +218,25 @@ int Run() {
   core_options.functions = *specs;
   core_options.exit_on_load_error = absl::GetFlag(FLAGS_exit_on_load_error);
   core_options.gpu_index = absl::GetFlag(FLAGS_gpu_index);
+  core_options.log = Log;
+  const int64_t weight_cache_mib = absl::GetFlag(FLAGS_weight_cache_mib);
+  if (weight_cache_mib < 0 || weight_cache_mib > (int64_t{1} << 30)) {
+    Log(absl::StrCat("error: --weight-cache-mib: ", weight_cache_mib,
+                     " is out of range [0, 1073741824]"));
+    return 1;
+  }
+  core_options.weight_cache_bytes = weight_cache_mib << 20;
   auto gpus = ferry::cuda::ListGpus();
   if (gpus.ok()) {
     core_options.num_gpus = static_cast<int>(gpus->size());
+    for (const auto& g : *gpus) {
+      core_options.gpus.push_back({.index = g.index,
+                                   .name = g.name,
+                                   .cc_major = g.compute_capability_major,
+                                   .cc_minor = g.compute_capability_minor,
+                                   .memory_bytes = g.total_memory_bytes,
+                                   .free_bytes = g.free_memory_bytes});
+    }
     for (const auto& g : *gpus) {
       Log(absl::StrCat("GPU ", g.index, ": ", g.name, " (compute capability ",
                        g.compute_capability_major, ".", g.compute_capability_minor, ", ",

@@ -2,7 +2,8 @@
 // time of the executors split across them.
 //
 // Each executed batch's execution time (measured by the caller on its injected clock around
-// Runtime::Execute) is divided among the batch's requests in proportion to their cost (rows, or
+// Runtime::Execute; for a pipelined runtime, the batch's share of its device's busy time, see
+// batching/pipeline.h) is divided among the batch's requests in proportion to their cost (rows, or
 // tokens for text) with largest-remainder rounding to whole microseconds, so that the charges of a
 // batch add up to its execution time exactly, and over time a function's charges add up to the
 // executors' busy time exactly. The time goes to GPU-seconds when the replica runs on a GPU and to

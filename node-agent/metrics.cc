@@ -9,6 +9,9 @@ namespace {
 
 constexpr const char* kReasonNames[] = {"invalid", "overload", "timeout", "unavailable",
                                         "internal"};
+// Indexed by PipelineStage.
+constexpr const char* kStageNames[kPipelineStages] = {"queue",   "pack", "h2d",
+                                                      "compute", "d2h",  "scatter"};
 
 prometheus::Histogram::BucketBoundaries BatchBuckets() {
   return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
@@ -47,6 +50,35 @@ void FunctionMetrics::SetTargetBatchSize(int64_t size) {
 void FunctionMetrics::AddPending(int64_t delta) { pending_->Increment(static_cast<double>(delta)); }
 
 void FunctionMetrics::RecordDefaultOutput() { default_output_->Increment(); }
+
+void FunctionMetrics::EnablePipeline() {
+  std::call_once(pipeline_once_, [this] {
+    const prometheus::Labels labels = {{"model", model_}, {"version", version_}};
+    for (int i = 0; i < kPipelineStages; ++i) {
+      prometheus::Labels l = labels;
+      l["stage"] = kStageNames[i];
+      stage_us_[i] = &agent_->stage_family_->Add(l, LatencyBuckets());
+    }
+    device_busy_us_ = &agent_->device_busy_family_->Add(labels);
+    device_busy_fraction_ = &agent_->busy_fraction_family_->Add(labels);
+    pipeline_.store(true, std::memory_order_release);
+  });
+}
+
+void FunctionMetrics::RecordStage(PipelineStage stage, int64_t us) {
+  if (!pipeline_.load(std::memory_order_acquire) || us < 0) return;
+  stage_us_[static_cast<int>(stage)]->Observe(static_cast<double>(us));
+}
+
+void FunctionMetrics::AddDeviceBusy(int64_t us) {
+  if (!pipeline_.load(std::memory_order_acquire) || us <= 0) return;
+  device_busy_us_->Increment(static_cast<double>(us));
+}
+
+void FunctionMetrics::SetDeviceBusyFraction(double fraction) {
+  if (!pipeline_.load(std::memory_order_acquire)) return;
+  device_busy_fraction_->Set(fraction);
+}
 
 AgentMetrics::AgentMetrics() : registry_(std::make_shared<prometheus::Registry>()) {
   auto& r = *registry_;
@@ -98,6 +130,24 @@ AgentMetrics::AgentMetrics() : registry_(std::make_shared<prometheus::Registry>(
                          .Name("ferry_inference_pending_request_count")
                          .Help("Requests accepted and not yet answered")
                          .Register(r);
+  stage_family_ = &prometheus::BuildHistogram()
+                       .Name("ferry_pipeline_stage_duration_us")
+                       .Help(
+                           "Pipelined functions: time in each stage, us (queue per request; "
+                           "pack, h2d, compute, d2h, scatter per batch)")
+                       .Register(r);
+  device_busy_family_ = &prometheus::BuildCounter()
+                             .Name("ferry_device_busy_duration_us")
+                             .Help(
+                                 "Pipelined functions: cumulative time the device had at least "
+                                 "one of the function's batches, us")
+                             .Register(r);
+  busy_fraction_family_ = &prometheus::BuildGauge()
+                               .Name("ferry_device_busy_fraction")
+                               .Help(
+                                   "Pipelined functions: fraction of wall time the device was "
+                                   "busy since the previous metrics read")
+                               .Register(r);
 }
 
 FunctionMetrics* AgentMetrics::ForFunction(const std::string& model, const std::string& version) {
@@ -123,6 +173,9 @@ FunctionMetrics* AgentMetrics::ForFunction(const std::string& model, const std::
   m->request_latency_us_ = &latency_family_->Add(labels, LatencyBuckets());
   m->target_batch_size_ = &target_family_->Add(labels);
   m->pending_ = &pending_family_->Add(labels);
+  m->agent_ = this;
+  m->model_ = model;
+  m->version_ = version;
   FunctionMetrics* raw = m.get();
   functions_.emplace(key, std::move(m));
   return raw;

@@ -3,9 +3,11 @@
 #ifndef FERRY_NODE_AGENT_METRICS_H_
 #define FERRY_NODE_AGENT_METRICS_H_
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
@@ -26,6 +28,15 @@ enum class FailureReason {
   kInternal,     // the runtime failed
 };
 
+class AgentMetrics;
+
+// Stages of a batch through a pipelined (staged, GPU) runtime; the `stage` label of
+// ferry_pipeline_stage_duration_us. kQueue is per request (Submit -> batch departure); the others
+// are per batch: kPack (CPU, into pinned memory), kH2d, kCompute, kD2h (device-measured),
+// kScatter (results into the responses).
+enum class PipelineStage { kQueue, kPack, kH2d, kCompute, kD2h, kScatter };
+inline constexpr int kPipelineStages = 6;
+
 // One function's metrics. Pointers are owned by the registry and live as long as AgentMetrics.
 // All methods are thread-safe (prometheus-cpp metrics are atomic).
 class FunctionMetrics {
@@ -40,9 +51,29 @@ class FunctionMetrics {
   // Requests answered with the SLO's default output under overload.
   void RecordDefaultOutput();
 
+  // Pipelined functions only: adds this function's per-stage, device-busy and busy-fraction
+  // series (other functions do not carry them). Idempotent; until called, the three methods below
+  // do nothing.
+  void EnablePipeline();
+  void RecordStage(PipelineStage stage, int64_t us);
+  // Time the function's device spent on its batches (at least one batch between launch and
+  // completion), us.
+  void AddDeviceBusy(int64_t us);
+  // Fraction of wall time the device was busy over the last refresh interval, in [0, 1].
+  void SetDeviceBusyFraction(double fraction);
+
  private:
   friend class AgentMetrics;
   FunctionMetrics() = default;
+
+  // Set by AgentMetrics::ForFunction, for EnablePipeline.
+  AgentMetrics* agent_ = nullptr;
+  std::string model_, version_;
+  std::once_flag pipeline_once_;
+  std::atomic<bool> pipeline_{false};  // the pointers below are set (release/acquire)
+  prometheus::Histogram* stage_us_[kPipelineStages] = {};
+  prometheus::Counter* device_busy_us_ = nullptr;
+  prometheus::Gauge* device_busy_fraction_ = nullptr;
 
   prometheus::Counter* success_ = nullptr;
   prometheus::Counter* failure_[5] = {};
@@ -61,6 +92,7 @@ class FunctionMetrics {
 // Owns the registry. Thread-safe.
 class AgentMetrics {
  public:
+  friend class FunctionMetrics;  // EnablePipeline adds its series to the families
   AgentMetrics();
   // Returns the metrics of one function, creating them on first use; never null; stable address.
   FunctionMetrics* ForFunction(const std::string& model, const std::string& version);
@@ -81,6 +113,9 @@ class AgentMetrics {
   prometheus::Family<prometheus::Histogram>* latency_family_;
   prometheus::Family<prometheus::Gauge>* target_family_;
   prometheus::Family<prometheus::Gauge>* pending_family_;
+  prometheus::Family<prometheus::Histogram>* stage_family_;
+  prometheus::Family<prometheus::Counter>* device_busy_family_;
+  prometheus::Family<prometheus::Gauge>* busy_fraction_family_;
 
   absl::Mutex mu_;
   std::map<std::string, std::unique_ptr<FunctionMetrics>> functions_ ABSL_GUARDED_BY(mu_);

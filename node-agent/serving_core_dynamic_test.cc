@@ -83,15 +83,47 @@ TEST(AgentCoreDynamicTest, LoadUnloadReloadWhileServing) {
   const int before_unload = ok.load();
   while (ok.load() < before_unload + 200) std::this_thread::yield();
   ASSERT_TRUE(c.UnloadFunction("echo").ok());  // returns once its accepted requests are answered
-  while (not_found.load() < 50) std::this_thread::yield();
+  const int unavailable_at_unload = unavailable.load();
+  while (unavailable.load() < unavailable_at_unload + 50) std::this_thread::yield();
   stop = true;
   for (auto& t : clients) t.join();
-  // Every request got exactly one answer: none lost, none failed for another reason.
+  // Every request got exactly one answer: none lost, none failed for another reason. After the
+  // unload the function is "not here any more" (503), never "unknown" (404).
   EXPECT_EQ(answered.load(), sent.load());
   EXPECT_EQ(other.load(), 0);
-  EXPECT_GT(not_found.load(), 0);
+  EXPECT_EQ(not_found.load(), 0);
   EXPECT_TRUE(c.LoadedFunctions().empty());
-  EXPECT_EQ(c.ModelReady("echo", "").code(), absl::StatusCode::kNotFound);
+  absl::Status ready = c.ModelReady("echo", "");
+  EXPECT_EQ(ready.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(ready.message().find("no longer served on this node"), std::string::npos) << ready;
+}
+
+TEST(AgentCoreDynamicTest, UnloadedNamesAreRememberedBoundedAndForgottenOnReload) {
+  AgentCoreOptions options;
+  options.unloaded_names_kept = 2;
+  auto core = AgentCore::Create(options);
+  ASSERT_TRUE(core.ok());
+  AgentCore& c = **core;
+  EXPECT_EQ(c.ModelReady("never", "").code(), absl::StatusCode::kNotFound);
+  for (const char* name : {"a", "b", "c"}) {
+    FunctionSpec spec = EchoSpec();
+    spec.name = name;
+    ASSERT_TRUE(c.LoadFunction(spec, false).ok());
+    ASSERT_TRUE(c.UnloadFunction(name).ok());
+  }
+  EXPECT_EQ(c.ModelReady("a", "").code(), absl::StatusCode::kNotFound) << "oldest forgotten";
+  EXPECT_EQ(c.ModelReady("b", "").code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(c.ModelReady("c", "").code(), absl::StatusCode::kUnavailable);
+  // A second unload of an unloaded name is still NotFound: nothing is loaded under it.
+  EXPECT_EQ(c.UnloadFunction("c").code(), absl::StatusCode::kNotFound);
+  FunctionSpec b = EchoSpec();
+  b.name = "b";
+  ASSERT_TRUE(c.LoadFunction(b, false).ok());
+  EXPECT_TRUE(c.ModelReady("b", "").ok());
+  // Reloading b freed its slot: unloading two more keeps c and the newest.
+  ASSERT_TRUE(c.UnloadFunction("b").ok());
+  EXPECT_EQ(c.ModelReady("b", "").code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(c.ModelReady("c", "").code(), absl::StatusCode::kUnavailable);
 }
 
 }  // namespace

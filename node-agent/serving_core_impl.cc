@@ -1,9 +1,11 @@
 #include "node-agent/serving_core_impl.h"
 
+#include <algorithm>
 #include <set>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "cuda/health.h"
 #include "ferry/runtime.h"
 #include "ferry/runtime_registry.h"
 
@@ -14,18 +16,41 @@ namespace {
 // Creates `spec`'s runtime, on GPU `gpu_index` when `use_gpu` (falling back to the CPU for
 // `any`).
 absl::StatusOr<std::unique_ptr<Runtime>> MakeRuntime(const FunctionSpec& spec, bool use_gpu,
-                                                     int gpu_index, bool* on_gpu) {
+                                                     int gpu_index, WeightCache* weight_cache,
+                                                     bool* on_gpu, std::string* gpu_error) {
   RuntimeContext context;
   context.use_gpu = use_gpu;
   context.gpu_index = gpu_index;
+  context.weight_cache = weight_cache;
   auto runtime = RuntimeRegistry::Global().Create(spec, context);
   if (!runtime.ok() && context.use_gpu && spec.hardware.accelerator == Accelerator::kAny) {
     // "any" means the function also runs on a CPU: fall back when the GPU path is missing.
+    *gpu_error = std::string(runtime.status().message());
     context.use_gpu = false;
     runtime = RuntimeRegistry::Global().Create(spec, context);
   }
   *on_gpu = context.use_gpu;
   return runtime;
+}
+
+// The weight cache in the Prometheus text format (a handful of node-wide series, so written here
+// rather than registered per function like the families in metrics.h).
+std::string WeightCacheText(const WeightCache::Stats& s, const WeightCache& cache) {
+  return absl::StrCat(
+      "# HELP ferry_weight_cache_bytes Prepared weights held in host memory, by whether a loaded "
+      "function uses them.\n# TYPE ferry_weight_cache_bytes gauge\n",
+      "ferry_weight_cache_bytes{state=\"in_use\"} ", s.bytes - s.idle_bytes, "\n",
+      "ferry_weight_cache_bytes{state=\"idle\"} ", s.idle_bytes, "\n",
+      "# HELP ferry_weight_cache_budget_bytes Most bytes kept for weights no function uses "
+      "(--weight-cache-mib).\n# TYPE ferry_weight_cache_budget_bytes gauge\n",
+      "ferry_weight_cache_budget_bytes ", cache.idle_budget_bytes(), "\n",
+      "# HELP ferry_weight_cache_lookups_total Weight loads, by whether the cache had them.\n",
+      "# TYPE ferry_weight_cache_lookups_total counter\n",
+      "ferry_weight_cache_lookups_total{result=\"hit\"} ", s.hits, "\n",
+      "ferry_weight_cache_lookups_total{result=\"miss\"} ", s.misses, "\n",
+      "# HELP ferry_weight_cache_evictions_total Idle weights dropped to stay within the "
+      "budget.\n# TYPE ferry_weight_cache_evictions_total counter\n",
+      "ferry_weight_cache_evictions_total ", s.evictions, "\n");
 }
 
 }  // namespace
@@ -42,34 +67,30 @@ absl::StatusOr<std::unique_ptr<AgentCore>> AgentCore::Create(const AgentCoreOpti
   std::unique_ptr<AgentCore> core(new AgentCore());
   core->clock_ = options.clock;
   core->start_threads_ = options.start_threads;
+  core->log_ = options.log;
+  core->gpu_absent_reason_ = options.gpu_absent_reason;
+  {
+    absl::MutexLock lock(&core->mu_);
+    core->gpus_ = options.gpus;
+    // Callers that know only how many GPUs there are: properties unknown, so unchecked.
+    for (int i = static_cast<int>(core->gpus_.size()); i < options.num_gpus; ++i) {
+      core->gpus_.push_back(NodeGpu{.index = i});
+    }
+  }
+  core->unloaded_names_kept_ = options.unloaded_names_kept;
+  core->weight_cache_ = std::make_unique<WeightCache>(options.weight_cache_bytes);
   for (const FunctionSpec& spec : options.functions) {
-    absl::Status placement;  // why this node cannot run it, if so
-    bool use_gpu = false;
-    switch (spec.hardware.accelerator) {
-      case Accelerator::kGpu:
-        use_gpu = true;
-        if (options.num_gpus == 0) {
-          placement = absl::FailedPreconditionError(
-              absl::StrCat(spec.source, ": function '", spec.name,
-                           "': spec.hardware.accelerator is gpu but this node has no GPU (",
-                           options.gpu_absent_reason, ")"));
-        } else if (options.gpu_index < 0 || options.gpu_index >= options.num_gpus) {
-          placement = absl::FailedPreconditionError(
-              absl::StrCat(spec.source, ": function '", spec.name, "' needs GPU ",
-                           options.gpu_index, " but this node has ", options.num_gpus));
-        }
-        break;
-      case Accelerator::kAny:
-        use_gpu = options.gpu_index >= 0 && options.gpu_index < options.num_gpus;
-        break;
-      case Accelerator::kCpu:
-        break;
+    // Where it runs: a GPU that fits it (spread over the node's GPUs), or the CPU.
+    absl::StatusOr<GpuPlacement> placement = core->Place(spec, options.gpu_index);
+    if (placement.ok() && spec.hardware.accelerator != Accelerator::kCpu) {
+      core->Log(absl::StrCat("function '", spec.name, "': ", placement->reason));
     }
     absl::StatusOr<std::unique_ptr<FunctionHost>> host =
-        placement.ok() ? core->BuildHost(spec, use_gpu, options.gpu_index)
-                       : absl::StatusOr<std::unique_ptr<FunctionHost>>(placement);
+        placement.ok() ? core->BuildHost(spec, placement->use_gpu, placement->gpu_index)
+                       : absl::StatusOr<std::unique_ptr<FunctionHost>>(placement.status());
     absl::MutexLock lock(&core->mu_);
     if (host.ok()) {
+      core->BookGpu(spec.name, **host);
       core->hosts_.emplace(spec.name, std::shared_ptr<FunctionHost>(*std::move(host)));
     } else if (options.exit_on_load_error) {
       return host.status();
@@ -88,14 +109,20 @@ absl::StatusOr<std::unique_ptr<FunctionHost>> AgentCore::BuildHost(const Functio
   Clock* const clock = clock_ != nullptr ? clock_ : RealClock::Get();
   const int64_t load_start_us = clock->NowMicros();
   bool on_gpu = false;
-  auto runtime = MakeRuntime(spec, use_gpu, gpu_index, &on_gpu);
+  std::string gpu_error;
+  auto runtime = MakeRuntime(spec, use_gpu, gpu_index, weight_cache_.get(), &on_gpu, &gpu_error);
   if (!runtime.ok()) return runtime.status();
+  if (use_gpu && !on_gpu) {
+    Log(absl::StrCat("function '", spec.name, "': accelerator: any runs on the CPU: its GPU ",
+                     "path failed on GPU ", gpu_index, ": ", gpu_error));
+  }
   FunctionHostOptions host_options;
   host_options.spec = spec;
   host_options.clock = clock_;
   host_options.start_threads = start_threads_;
   host_options.meter = meter_.ForFunction(spec.name);
   host_options.on_gpu = on_gpu;
+  host_options.gpu_index = on_gpu ? gpu_index : -1;
   auto host = FunctionHost::Create(host_options, *std::move(runtime),
                                    metrics_.ForFunction(spec.name, kDefaultVersion));
   if (!host.ok()) return host.status();
@@ -104,6 +131,14 @@ absl::StatusOr<std::unique_ptr<FunctionHost>> AgentCore::BuildHost(const Functio
 }
 
 absl::Status AgentCore::LoadFunction(const FunctionSpec& spec, bool use_gpu, int gpu_index) {
+  if (use_gpu) {
+    // The control plane chose the GPU; the node still enforces gpuMemoryMiB and
+    // minComputeCapability against what it knows is on it.
+    absl::StatusOr<GpuPlacement> placement = Place(spec, gpu_index);
+    if (!placement.ok()) return placement.status();
+    Log(absl::StrCat("function '", spec.name, "': ", placement->reason));
+    use_gpu = placement->use_gpu;
+  }
   // Load outside the lock: a model load may take seconds while requests keep flowing.
   auto host = BuildHost(spec, use_gpu, gpu_index);
   if (!host.ok()) return host.status();
@@ -112,10 +147,18 @@ absl::Status AgentCore::LoadFunction(const FunctionSpec& spec, bool use_gpu, int
     absl::MutexLock lock(&mu_);
     std::shared_ptr<FunctionHost>& slot = hosts_[spec.name];
     old = std::move(slot);
+    BookGpu(spec.name, **host);
     slot = std::shared_ptr<FunctionHost>(*std::move(host));
     failed_.erase(spec.name);
+    if (unloaded_.erase(spec.name) > 0) {
+      unloaded_order_.erase(std::find(unloaded_order_.begin(), unloaded_order_.end(), spec.name));
+    }
   }
-  if (old != nullptr) old->Drain();  // its accepted requests finish; new ones go to the new host
+  if (old != nullptr) {
+    old->Drain();  // its accepted requests finish; new ones go to the new host
+    old.reset();
+    weight_cache_->Trim();
+  }
   return absl::OkStatus();
 }
 
@@ -130,10 +173,22 @@ absl::Status AgentCore::UnloadFunction(const std::string& name) {
     }
     old = std::move(it->second);
     hosts_.erase(it);
+    ReleaseGpu(name);
+    if (unloaded_names_kept_ > 0 && unloaded_.insert(name).second) {
+      unloaded_order_.push_back(name);
+      while (unloaded_order_.size() > static_cast<size_t>(unloaded_names_kept_)) {
+        unloaded_.erase(unloaded_order_.front());
+        unloaded_order_.pop_front();
+      }
+    }
   }
   // A request that found the host just before it was removed may still reach it and gets
   // Unavailable; everything it accepted is answered before Drain returns.
   old->Drain();
+  // The runtime goes with the last reference (a request still holding the host keeps it a
+  // moment longer; the next trim sees it idle). Its weights stay cached within the budget.
+  old.reset();
+  weight_cache_->Trim();
   return absl::OkStatus();
 }
 
@@ -174,10 +229,59 @@ std::string AgentCore::MetricsText() const {
     for (const auto& [name, host] : hosts_) hosts.push_back(host);
   }
   for (const auto& host : hosts) host->RefreshGauges();
-  return metrics_.Serialize() + meter_.PrometheusText();
+  return metrics_.Serialize() + meter_.PrometheusText() +
+         WeightCacheText(weight_cache_->stats(), *weight_cache_) + cuda::GpuHealthPrometheusText();
 }
 
 FunctionHost* AgentCore::host_for_test(const std::string& name) { return Host(name).get(); }
+
+bool AgentCore::IsLive() const { return cuda::AllGpusHealthy(); }
+
+absl::StatusOr<GpuPlacement> AgentCore::Place(const FunctionSpec& spec, int pinned_gpu) const {
+  std::vector<NodeGpu> gpus;
+  {
+    absl::MutexLock lock(&mu_);
+    gpus = gpus_;
+    // A function replacing one of its name frees that one's booking when it takes its place.
+    if (auto it = gpu_bookings_.find(spec.name); it != gpu_bookings_.end()) {
+      for (NodeGpu& g : gpus) {
+        if (g.index != it->second.gpu) continue;
+        g.functions -= 1;
+        g.reserved_bytes -= it->second.bytes;
+      }
+    }
+  }
+  for (NodeGpu& g : gpus) g.healthy = cuda::GpuHealth(g.index).ok();
+  GpuPlacementRequest request;
+  request.where = absl::StrCat(spec.source, ": function '", spec.name, "'");
+  request.hardware = spec.hardware;
+  request.pinned_gpu = pinned_gpu;
+  return PlaceOnNode(request, gpus, gpu_absent_reason_);
+}
+
+void AgentCore::BookGpu(const std::string& name, const FunctionHost& host) {
+  ReleaseGpu(name);
+  if (!host.on_gpu()) return;
+  const GpuBooking booking{.gpu = host.gpu_index(),
+                           .bytes = host.spec().hardware.gpu_memory_mib * (int64_t{1} << 20)};
+  for (NodeGpu& g : gpus_) {
+    if (g.index != booking.gpu) continue;
+    g.functions += 1;
+    g.reserved_bytes += booking.bytes;
+  }
+  gpu_bookings_[name] = booking;
+}
+
+void AgentCore::ReleaseGpu(const std::string& name) {
+  auto it = gpu_bookings_.find(name);
+  if (it == gpu_bookings_.end()) return;
+  for (NodeGpu& g : gpus_) {
+    if (g.index != it->second.gpu) continue;
+    g.functions -= 1;
+    g.reserved_bytes -= it->second.bytes;
+  }
+  gpu_bookings_.erase(it);
+}
 
 ServerMetadata AgentCore::GetServerMetadata() const {
   ServerMetadata md;
@@ -196,6 +300,13 @@ absl::StatusOr<std::shared_ptr<FunctionHost>> AgentCore::Find(const std::string&
       host = it->second;
     } else if (auto failed = failed_.find(name); failed != failed_.end()) {
       return failed->second;  // known, but not ready: ready, metadata and infer all say why
+    } else if (unloaded_.contains(name)) {
+      // Unavailable (503), not NotFound (404): the function exists in the cluster, this node
+      // just no longer serves it (scaled to zero or moved). A retry through the gateway works.
+      return absl::UnavailableError(absl::StrCat(
+          "function '", name,
+          "' is no longer served on this node (scaled down or moved); send requests through "
+          "the gateway, which routes them to a replica or starts one"));
     }
   }
   if (host == nullptr) {
@@ -227,6 +338,12 @@ absl::Status AgentCore::ModelReady(const std::string& name, const std::string& v
   auto host = Find(name, version);
   if (!host.ok()) return host.status();
   if (!IsReady()) return absl::UnavailableError("the agent is stopping");
+  if ((*host)->on_gpu()) {
+    // A poisoned CUDA context never recovers in this process: not ready (503) until restarted.
+    if (absl::Status gpu = cuda::GpuHealth((*host)->gpu_index()); !gpu.ok()) {
+      return absl::UnavailableError(absl::StrCat("function '", name, "': ", gpu.message()));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -235,6 +352,13 @@ void AgentCore::Infer(std::unique_ptr<InferenceRequest> request, InferDone done)
   if (!host.ok()) {
     done(host.status());
     return;
+  }
+  if ((*host)->on_gpu()) {
+    if (absl::Status gpu = cuda::GpuHealth((*host)->gpu_index()); !gpu.ok()) {
+      done(absl::UnavailableError(
+          absl::StrCat("function '", request->model_name, "': ", gpu.message())));
+      return;
+    }
   }
   // While draining, the batcher itself answers Unavailable, so accepted work still completes.
   (*host)->Infer(std::move(request), std::move(done));

@@ -3,7 +3,7 @@
 sentence-transformers (PyTorch) and onnxruntime on the same cores, at batch 1, 8 and 32 and 16,
 64 and 128 tokens per text.
 
-ferry runs through `ferry-embed-tool bench` (tokenize + packed FP32 forward + pooling, OpenBLAS);
+ferry runs through `ferry-embed-tool bench` (tokenize + packed FP32 forward + pooling);
 sentence-transformers runs `SentenceTransformer(folder).encode(texts, batch_size=B,
 normalize_embeddings=True)` in a separate virtualenv (torch is never part of `make test`);
 onnxruntime runs the same weights exported to ONNX once by torch.onnx (into BUILD/minilm.onnx),
@@ -13,11 +13,14 @@ the stated number of tokens ([CLS] and [SEP] included). Both are pinned to the s
 (taskset) with the same number of threads.
 
 Each engine reports wall-clock tokens/s and tokens per CPU-second; on a machine shared with other
-work the second is the steadier measure of efficiency.
+work the second is the steadier measure of efficiency. With --rounds N the three engines take
+turns N times (ferry, onnxruntime, sentence-transformers, then again), so that drift in the
+machine's load hits all of them alike, and each shape reports the median round (by tokens per
+CPU-second). The load average is recorded before and after.
 
 Usage:
   python3 perf/bench_embed.py --build-dir build --st-python build/st-venv/bin/python \
-      [--cpus 0,1] [--seconds 3] [--out perf/results/bench_embed.json]
+      [--cpus 0,1] [--seconds 3] [--rounds 3] [--out perf/results/bench_embed.json]
   (make the st-venv with: python3 -m venv build/st-venv &&
    build/st-venv/bin/pip install sentence-transformers onnxruntime onnx)
 """
@@ -169,6 +172,11 @@ def main():
     parser.add_argument("--no-onnx", action="store_true",
                         help="skip onnxruntime (its model is exported once with torch into "
                              "BUILD/minilm.onnx)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="engines take turns this many times; the median round is reported")
+    parser.add_argument("--no-st", action="store_true",
+                        help="skip sentence-transformers (onnxruntime still needs torch once, "
+                             "to export its model)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     threads = len(args.cpus.split(","))
@@ -176,27 +184,48 @@ def main():
     subprocess.run([sys.executable, str(REPO / "scripts" / "fetch_minilm.py")], check=True)
     runs = [(b, n) for n in LENGTHS for b in BATCHES]
 
-    results = {"cpus": args.cpus, "threads": threads, "ferry": [], "sentence_transformers": [],
-               "onnxruntime": []}
-    for b, n in runs:
-        results["ferry"].append(run_ferry(tool, args.cpus, threads, args.seconds, b, n))
-        print("ferry", json.dumps(results["ferry"][-1]), flush=True)
-    if args.st_python:
-        results["sentence_transformers"] = run_python(
-            ST_SCRIPT, "sentence-transformers", args.st_python, args.cpus, threads, args.seconds,
-            runs)
-        for r in results["sentence_transformers"]:
-            print("sentence-transformers", json.dumps(r), flush=True)
-        if not args.no_onnx:
-            onnx = pathlib.Path(args.build_dir) / "minilm.onnx"
+    onnx = pathlib.Path(args.build_dir) / "minilm.onnx"
+    rounds = {"ferry": [], "sentence_transformers": [], "onnxruntime": []}
+    load_before = os.getloadavg()
+    for rnd in range(args.rounds):
+        rows = []
+        for b, n in runs:
+            rows.append(run_ferry(tool, args.cpus, threads, args.seconds, b, n))
+            print(f"round {rnd} ferry", json.dumps(rows[-1]), flush=True)
+        rounds["ferry"].append(rows)
+        if args.st_python and not args.no_onnx:
             try:
-                results["onnxruntime"] = run_python(ORT_SCRIPT, "onnxruntime", args.st_python,
-                                                    args.cpus, threads, args.seconds, runs,
-                                                    onnx=str(onnx.resolve()))
+                rows = run_python(ORT_SCRIPT, "onnxruntime", args.st_python, args.cpus, threads,
+                                  args.seconds, runs, onnx=str(onnx.resolve()))
             except RuntimeError as e:
                 print(e, file=sys.stderr)
-            for r in results["onnxruntime"]:
-                print("onnxruntime", json.dumps(r), flush=True)
+                rows = []
+            for r in rows:
+                print(f"round {rnd} onnxruntime", json.dumps(r), flush=True)
+            rounds["onnxruntime"].append(rows)
+        if args.st_python and not args.no_st:
+            rows = run_python(ST_SCRIPT, "sentence-transformers", args.st_python, args.cpus,
+                              threads, args.seconds, runs)
+            for r in rows:
+                print(f"round {rnd} sentence-transformers", json.dumps(r), flush=True)
+            rounds["sentence_transformers"].append(rows)
+
+    def median_round(per_round):
+        # Per shape, the round with the median tokens per CPU-second.
+        by_shape = {}
+        for rows in per_round:
+            for r in rows:
+                by_shape.setdefault((r["batch"], round(r["tokens_per_text"])), []).append(r)
+        out = []
+        for key in sorted(by_shape, key=lambda k: (k[1], k[0])):
+            rs = sorted(by_shape[key], key=lambda r: r["tokens_per_cpu_s"])
+            out.append(dict(rs[len(rs) // 2], rounds=len(rs)))
+        return out
+
+    results = {"cpus": args.cpus, "threads": threads, "rounds": args.rounds,
+               "load_average_before": load_before, "load_average_after": os.getloadavg(),
+               **{k: median_round(v) for k, v in rounds.items()}, "all_rounds": rounds}
+    print(f"load average before {load_before}, after {results['load_average_after']}")
 
     def keyed(rows):
         return {(r["batch"], round(r["tokens_per_text"])): r for r in rows}

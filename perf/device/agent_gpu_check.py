@@ -6,6 +6,10 @@ answer the same as a numpy reference over the KServe v2 binary tensor extension,
 
 Needs only Python's standard library and numpy (no ferry client packages), so it runs on a bare
 GPU machine. Prints a table and writes OUT_DIR/agent_gpu.csv.
+
+First it starts an agent that serves only a CPU function and checks with nvidia-smi that the
+agent holds no CUDA context (GPU discovery must not create one: each costs ~500 MiB of HBM);
+after the GPU run it checks that the agent is live and counted no poisoned-context error.
 """
 import csv
 import http.client
@@ -71,6 +75,75 @@ def infer(conn, model, x):
     return np.frombuffer(data[hl:], dtype="<f4").reshape(shape)
 
 
+def compute_apps():
+    """{pid: used MiB} of processes holding a CUDA context, or None without nvidia-smi."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    apps = {}
+    for line in out.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit():
+            apps[int(parts[0])] = int(parts[1]) if parts[1].isdigit() else -1
+    return apps
+
+
+def start_agent(agent, folder, log_path):
+    """Starts an agent on `folder`; returns (process, http port) or (process, None)."""
+    log = open(log_path, "w+")
+    proc = subprocess.Popen([agent, "--manifests", folder, "--http-port", "0", "--grpc-port",
+                             "-1"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        log.seek(0)
+        text = log.read()
+        m = re.search(r"listening http=[\d.]+:(\d+)", text)
+        if m and "ready" in text:
+            return proc, int(m.group(1))
+        if proc.poll() is not None:
+            break
+    return proc, None
+
+
+def check_cpu_agent_has_no_context(agent, work, out_dir):
+    """True when an agent serving only a CPU function holds no CUDA context (or no nvidia-smi)."""
+    folder = os.path.join(work, "cpu-only")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "mlp.yaml"), "w") as f:
+        f.write(f"""apiVersion: ferry.dev/v1
+kind: Function
+metadata: {{name: mlp-cpu-only}}
+spec:
+  runtime: mlp
+  model: {{uri: "file://{os.path.join(work, 'big.safetensors')}"}}
+  hardware: {{accelerator: cpu}}
+""")
+    proc, port = start_agent(agent, folder, os.path.join(out_dir, "agent_cpu_only.log"))
+    try:
+        if port is None:
+            print("cpu-only agent did not start (see agent_cpu_only.log)")
+            return False
+        time.sleep(1.0)
+        apps = compute_apps()
+        if apps is None:
+            print("no-context check: skipped (nvidia-smi unavailable)")
+            return True
+        holds = proc.pid in apps
+        verdict = (f"HOLDS a CUDA context ({apps[proc.pid]} MiB)" if holds
+                   else "holds no CUDA context")
+        print(f"no-context check: the CPU-only agent (pid {proc.pid}) {verdict}")
+        return not holds
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def main():
     agent, out_dir = sys.argv[1], sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
@@ -100,6 +173,7 @@ spec:
 """)
     with open(os.path.join(work, "mlp.yaml"), "w") as f:
         f.write("---\n".join(docs))
+    no_context = check_cpu_agent_has_no_context(agent, work, out_dir)
     log = open(os.path.join(out_dir, "agent_gpu.log"), "w+")
     proc = subprocess.Popen([agent, "--manifests", work, "--http-port", "0", "--grpc-port", "-1"],
                             stdout=log, stderr=subprocess.STDOUT)
@@ -175,8 +249,19 @@ spec:
         results.append({"model": model, "rows": "16 x 16 clients", "requests": count[0],
                         "p50_us": "", "rows_per_s": round(count[0] * 16 / el, 1),
                         "max_abs_err": ""})
+    apps = compute_apps()
+    if apps is not None:
+        print(f"GPU memory held by the agent (context + weights + buffers): "
+              f"{apps.get(proc.pid, 0)} MiB")
+    conn.request("GET", "/v2/health/live")
+    live = conn.getresponse()
+    live.read()
     conn.request("GET", "/metrics")
     metrics = conn.getresponse().read().decode()
+    healthy = live.status == 200 and "ferry_gpu_context_errors_total 0" in metrics
+    print(f"health after the run: live HTTP {live.status}, "
+          f"{'no' if healthy else 'SOME'} poisoned-context errors counted")
+    ok = ok and healthy and no_context
     for line in metrics.splitlines():
         if line.startswith(("ferry_inference_exec_count", "ferry_inference_count",
                             "ferry_inference_target_batch_size")):

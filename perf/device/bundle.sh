@@ -6,8 +6,14 @@
 #   perf/device/bundle.sh [BUILD_DIR]        (default: build; run from the repository root)
 #
 # Output, all under BUILD_DIR/device-libs/ (carry that one folder to the GPU machine):
-#   bundle.tar.xz   lib/ (shared libraries) and bin/ (stripped binaries); run.sh unpacks it
+#   bundle.tar.xz   lib/ (shared libraries), bin/ (stripped binaries), plugins/ and, when
+#                   models/all-MiniLM-L6-v2 exists (make models), model/all-MiniLM-L6-v2 for the
+#                   sentence-embedding checks; run.sh unpacks it
 #   MANIFEST.txt    what is inside, with sizes
+#
+# FERRY_BUNDLE_MODEL: fp16 (default: the model's F32 weights packed as F16, half the size; ferry
+# and sentence-transformers both load that same folder, so their comparison is like for like),
+# fp32 (the weights as they are) or none (no model: the sentence-embedding device checks skip).
 #
 # Left out on purpose:
 #   - glibc, libstdc++, libgcc_s and the NVIDIA driver (libcuda, libnvidia-*): they must match
@@ -30,8 +36,9 @@ mkdir -p "$stage/lib" "$stage/bin"
 
 # Binaries run on the GPU machine (copied, stripped) and binaries whose libraries are bundled.
 run_bins=(cuda/cuda_kernels_test perf/ferry_gpu_mlp_bench kernels/kernels_runtime_test
+  cuda/cuda_bert_kernels_test kernels/kernels_bert_encoder_test perf/ferry_gpu_bert_bench
   node-agent/ferry-agent control-plane/ferry-control perf/control_gpu_check
-  kernels/kernels_plugin_runtime_test)
+  kernels/kernels_plugin_runtime_test perf/loadgen/ferry-loadgen)
 lib_bins=("${run_bins[@]}" node-agent/ferry-agent)
 while IFS= read -r f; do
   lib_bins+=("${f#"$build_dir"/}")
@@ -88,11 +95,36 @@ mkdir -p "$stage/plugins/test" "$stage/plugins/examples"
 cp "$build_dir"/kernels/test_plugins/*.so "$stage/plugins/test/" 2>/dev/null || true
 cp "$build_dir"/plugins/*.so "$stage/plugins/examples/" 2>/dev/null || true
 
+# The sentence-embedding model for the GPU encoder's checks and the sentence-transformers
+# comparison (perf/device/bert_st_check.py): nothing is downloaded on the GPU machine.
+packed_dirs=(lib bin plugins)
+model_src="models/all-MiniLM-L6-v2"
+case "${FERRY_BUNDLE_MODEL:-fp16}" in
+  none) echo "bundle.sh: FERRY_BUNDLE_MODEL=none: no model packed" ;;
+  fp16 | fp32)
+    if [[ -f "$model_src/model.safetensors" ]]; then
+      python="python3"
+      [[ -x "$build_dir/venv/bin/python" ]] && python="$build_dir/venv/bin/python"
+      "$python" perf/device/pack_model.py "$model_src" "$stage/model/all-MiniLM-L6-v2" \
+        --dtype "${FERRY_BUNDLE_MODEL:-fp16}" || exit 1
+      packed_dirs+=(model)
+    else
+      echo "bundle.sh: note: no $model_src (make models): the sentence-embedding device checks" \
+        "will skip"
+    fi
+    ;;
+  *)
+    echo "bundle.sh: FERRY_BUNDLE_MODEL must be fp16, fp32 or none" >&2
+    exit 1
+    ;;
+esac
+
 rm -rf "$out"
 mkdir -p "$out"
-(cd "$stage" && find lib bin plugins -type f -printf '%10s  %p\n' | sort -k2) >"$out/MANIFEST.txt"
+(cd "$stage" && find "${packed_dirs[@]}" -type f -printf '%10s  %p\n' | sort -k2) \
+  >"$out/MANIFEST.txt"
 # xz shrinks OpenBLAS (its kernels for every x86 generation) about 8x; the carried tree is small.
-XZ_OPT="-6 -T2" tar -C "$stage" -cJf "$out/bundle.tar.xz" lib bin plugins
+XZ_OPT="-6 -T2" tar -C "$stage" -cJf "$out/bundle.tar.xz" "${packed_dirs[@]}"
 
 raw=$(du -sb "$stage" | cut -f1)
 packed=$(stat -c %s "$out/bundle.tar.xz")

@@ -1,11 +1,20 @@
 // GpuMlp latency and throughput against an OpenBLAS CPU reference of the same network.
 //
-//   ferry_gpu_mlp_bench [--csv PATH] [--runs N]
+//   ferry_gpu_mlp_bench [--csv PATH] [--precision-csv PATH] [--runs N]
 //
 // For each model and batch size: median and p90 latency of one Forward (host input to host
 // output, copies included) over N timed runs after a warm-up, and rows/s = batch / median. The
 // CPU rows time the same network with cblas_sgemm plus a bias/activation loop, on all the cores
 // OpenBLAS uses. Without a GPU it prints the reason and exits 0 (nothing to measure).
+//
+// Then the precision sweep (--precision-csv, default gpu_precision.csv beside --csv): the same
+// models as a LinearStack (cuda/linear.h) at fp32, tf32, bf16 and fp16, device-resident (no
+// host copies), each batch size launched eagerly (one cuBLASLt call + kernels per layer) and as a
+// CUDA graph per batch bucket (cuda/graph_cache.h). Time per forward = wall time of a loop of
+// back-to-back launches / iterations (the GPU never idles waiting for the host unless launching
+// is the bottleneck, which is what graphs fix); achieved TFLOP/s = 2·Σ in·out · batch / time, and
+// its fraction of the card's dense peak for that precision (datasheet numbers, by GPU name;
+// blank for a card not in the table). max_abs_diff compares the batch's outputs with OpenBLAS.
 #include <cblas.h>
 
 #include <algorithm>
@@ -23,7 +32,10 @@
 
 #include "absl/status/status.h"
 #include "cuda/device.h"
+#include "cuda/device_stream.h"
 #include "cuda/gpu_mlp.h"
+#include "cuda/graph_cache.h"
+#include "cuda/linear.h"
 
 namespace {
 
@@ -128,18 +140,232 @@ bool Measure(const std::function<bool()>& run, int max_runs, Result* r) {
   return true;
 }
 
+// ---- Precision sweep ---------------------------------------------------------------------------
+
+using ferry::cuda::Precision;
+
+constexpr int64_t kSweepBatchSizes[] = {1, 8, 64, 256, 1024, 4096};
+constexpr double kSweepSecondsPerConfig = 0.15;
+
+// Dense (no sparsity) peak TFLOP/s by precision: fp32 (CUDA cores), tf32, bf16, fp16 (tensor
+// cores, FP32 accumulate), from NVIDIA's datasheets. Matched by substring of the device name,
+// most specific first. {0,...}: unknown card.
+struct Peak {
+  const char* name_part;
+  double fp32, tf32, bf16, fp16;
+};
+constexpr Peak kPeaks[] = {
+    {"H200", 67, 494.7, 989.4, 989.4}, {"H100 PCIe", 51, 378, 756, 756},
+    {"H100 NVL", 60, 417.5, 835, 835}, {"H100", 67, 494.7, 989.4, 989.4},
+    {"A100", 19.5, 156, 312, 312},     {"L40S", 91.6, 183, 362, 362},
+    {"L4", 30.3, 60, 121, 121},        {"A10", 31.2, 62.5, 125, 125},
+};
+
+double PeakTflops(const std::string& gpu_name, Precision p) {
+  for (const Peak& k : kPeaks) {
+    if (gpu_name.find(k.name_part) == std::string::npos) continue;
+    switch (p) {
+      case Precision::kFp32:
+        return k.fp32;
+      case Precision::kTf32:
+        return k.tf32;
+      case Precision::kBf16:
+        return k.bf16;
+      case Precision::kFp16:
+        return k.fp16;
+    }
+  }
+  return 0;
+}
+
+struct SweepRow {
+  std::string model;
+  std::string precision;
+  std::string mode;  // eager | graph
+  int64_t batch = 0;
+  int iterations = 0;
+  double us_per_forward = 0;
+  double rows_per_s = 0;
+  double tflops = 0;
+  double peak_tflops = 0;
+  double max_abs_diff = NAN;
+};
+
+std::vector<ferry::cuda::LinearSpec> ToSpecs(const std::vector<GpuMlp::Layer>& layers) {
+  std::vector<ferry::cuda::LinearSpec> specs;
+  for (const GpuMlp::Layer& l : layers) {
+    specs.push_back({l.weight, l.bias, l.in, l.out, l.act, l.softmax});
+  }
+  return specs;
+}
+
+// Times `launch` in a loop of back-to-back launches, synchronising once at the end.
+absl::StatusOr<std::pair<int, double>> TimeLoop(const std::function<absl::Status()>& launch,
+                                                ferry::cuda::DeviceStream& stream) {
+  for (int i = 0; i < 3; ++i) {  // warm-up: plans, graph capture, clocks
+    if (absl::Status s = launch(); !s.ok()) return s;
+  }
+  if (absl::Status s = stream.Synchronize(); !s.ok()) return s;
+  int iterations = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  double seconds = 0;
+  // Doubling batches of launches between synchronisations keep the queue full.
+  for (int chunk = 1; seconds < kSweepSecondsPerConfig && iterations < 20000; chunk *= 2) {
+    for (int i = 0; i < chunk; ++i) {
+      if (absl::Status s = launch(); !s.ok()) return s;
+    }
+    iterations += chunk;
+    if (absl::Status s = stream.Synchronize(); !s.ok()) return s;
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return std::make_pair(iterations, seconds * 1e6 / iterations);
+}
+
+// Returns false on a failure (printed).
+bool RunPrecisionSweep(const ferry::cuda::GpuInfo& gpu, const std::vector<Model>& models,
+                       const std::string& csv_path) {
+  const int64_t max_batch =
+      *std::max_element(std::begin(kSweepBatchSizes), std::end(kSweepBatchSizes));
+  std::printf(
+      "\nprecision sweep on %s (device-resident, %.2f s per config; peak = dense "
+      "datasheet TFLOP/s)\n",
+      gpu.name.c_str(), kSweepSecondsPerConfig);
+  std::printf("%-26s %-5s %-5s %6s %7s %12s %14s %9s %7s %10s\n", "model", "prec", "mode", "batch",
+              "iters", "us/forward", "rows_per_s", "TFLOP/s", "%peak", "max_diff");
+  auto stream = ferry::cuda::DeviceStream::Create(0);
+  if (!stream.ok()) {
+    std::fprintf(stderr, "DeviceStream: %s\n", stream.status().ToString().c_str());
+    return false;
+  }
+  std::vector<SweepRow> rows;
+  std::mt19937 rng(777);
+  for (const Model& m : models) {
+    const std::vector<GpuMlp::Layer> layers = MakeLayers(m, rng);
+    CpuMlp cpu(layers, max_batch);
+    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+    std::vector<float> in(static_cast<size_t>(max_batch * m.widths.front()));
+    for (float& x : in) x = dist(rng);
+    const size_t out_floats = static_cast<size_t>(max_batch * m.widths.back());
+    auto d_in = (*stream)->Allocate(in.size() * sizeof(float));
+    auto d_out = (*stream)->Allocate(out_floats * sizeof(float));
+    if (!d_in.ok() || !d_out.ok()) {
+      std::fprintf(stderr, "Allocate failed\n");
+      return false;
+    }
+    float* in_ptr = static_cast<float*>(*d_in);
+    float* out_ptr = static_cast<float*>(*d_out);
+    bool ok = (*stream)->CopyToDevice(in_ptr, in.data(), in.size() * sizeof(float)).ok();
+    for (const Precision p :
+         {Precision::kFp32, Precision::kTf32, Precision::kBf16, Precision::kFp16}) {
+      auto stack = ferry::cuda::LinearStack::Create({.device = 0, .precision = p}, ToSpecs(layers));
+      if (!stack.ok()) {
+        std::fprintf(stderr, "LinearStack::Create: %s\n", stack.status().ToString().c_str());
+        return false;
+      }
+      auto scratch = (*stack)->CreateScratch(max_batch);
+      if (!scratch.ok()) {
+        std::fprintf(stderr, "CreateScratch: %s\n", scratch.status().ToString().c_str());
+        return false;
+      }
+      ferry::cuda::LinearStack* s = stack->get();
+      ferry::cuda::LinearScratch* sc = scratch->get();
+      auto graphs = ferry::cuda::GraphCache::Create(
+          {.device = 0,
+           .buckets = {std::begin(kSweepBatchSizes), std::end(kSweepBatchSizes)},
+           .enqueue = [s, sc, in_ptr, out_ptr](int64_t rows, cudaStream_t st) {
+             return s->Enqueue(in_ptr, rows, out_ptr, *sc, st);
+           }});
+      if (!graphs.ok()) return false;
+      cudaStream_t st = static_cast<cudaStream_t>((*stream)->stream());
+      for (const int64_t batch : kSweepBatchSizes) {
+        double diff = NAN;
+        for (const char* mode : {"eager", "graph"}) {
+          const bool graph = mode[0] == 'g';
+          auto timed = TimeLoop(
+              [&]() -> absl::Status {
+                if (!graph) return s->Enqueue(in_ptr, batch, out_ptr, *sc, st);
+                return (*graphs)->Launch(batch, st).status();
+              },
+              **stream);
+          if (!timed.ok()) {
+            std::fprintf(stderr, "%s %s batch %lld: %s\n", m.name.c_str(),
+                         std::string(PrecisionName(p)).c_str(), static_cast<long long>(batch),
+                         timed.status().ToString().c_str());
+            return false;
+          }
+          if (std::isnan(diff)) {  // once per batch: the outputs against OpenBLAS
+            std::vector<float> got(static_cast<size_t>(batch * m.widths.back()));
+            std::vector<float> want(got.size());
+            ok &= (*stream)->CopyToHost(got.data(), out_ptr, got.size() * sizeof(float)).ok();
+            ok &= (*stream)->Synchronize().ok();
+            cpu.Forward(in.data(), batch, want.data());
+            diff = 0;
+            for (size_t i = 0; i < got.size(); ++i) {
+              diff = std::max(diff, static_cast<double>(std::abs(got[i] - want[i])));
+            }
+          }
+          SweepRow r;
+          r.model = m.name;
+          r.precision = std::string(PrecisionName(p));
+          r.mode = mode;
+          r.batch = batch;
+          r.iterations = timed->first;
+          r.us_per_forward = timed->second;
+          r.rows_per_s = static_cast<double>(batch) / (r.us_per_forward * 1e-6);
+          r.tflops = static_cast<double>(s->flops_per_row()) * static_cast<double>(batch) /
+                     (r.us_per_forward * 1e-6) / 1e12;
+          r.peak_tflops = PeakTflops(gpu.name, p);
+          r.max_abs_diff = diff;
+          std::printf("%-26s %-5s %-5s %6lld %7d %12.2f %14.0f %9.2f %6.1f%% %10.2g\n",
+                      r.model.c_str(), r.precision.c_str(), r.mode.c_str(),
+                      static_cast<long long>(r.batch), r.iterations, r.us_per_forward, r.rows_per_s,
+                      r.tflops, r.peak_tflops > 0 ? 100 * r.tflops / r.peak_tflops : NAN,
+                      r.max_abs_diff);
+          std::fflush(stdout);
+          rows.push_back(r);
+        }
+      }
+    }
+    (*stream)->Free(in_ptr);
+    (*stream)->Free(out_ptr);
+    if (!ok) {
+      std::fprintf(stderr, "copy failed\n");
+      return false;
+    }
+  }
+  std::ofstream csv(csv_path);
+  if (!csv) {
+    std::fprintf(stderr, "cannot write %s\n", csv_path.c_str());
+    return false;
+  }
+  csv << "model,precision,mode,gpu_name,batch,iterations,us_per_forward,rows_per_s,tflops,"
+         "peak_tflops,fraction_of_peak,max_abs_diff\n";
+  for (const SweepRow& r : rows) {
+    csv << r.model << ',' << r.precision << ',' << r.mode << ',' << gpu.name << ',' << r.batch
+        << ',' << r.iterations << ',' << r.us_per_forward << ',' << r.rows_per_s << ',' << r.tflops
+        << ',' << (r.peak_tflops > 0 ? std::to_string(r.peak_tflops) : "") << ','
+        << (r.peak_tflops > 0 ? std::to_string(r.tflops / r.peak_tflops) : "") << ','
+        << r.max_abs_diff << '\n';
+  }
+  std::printf("\nwrote %s\n", csv_path.c_str());
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string csv_path = "perf/results/gpu_mlp.csv";
+  std::string precision_csv_path;
   int max_runs = 200;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--csv") == 0 && i + 1 < argc) {
       csv_path = argv[++i];
+    } else if (std::strcmp(argv[i], "--precision-csv") == 0 && i + 1 < argc) {
+      precision_csv_path = argv[++i];
     } else if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc) {
       max_runs = std::max(1, std::atoi(argv[++i]));
     } else {
-      std::fprintf(stderr, "usage: %s [--csv PATH] [--runs N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--csv PATH] [--precision-csv PATH] [--runs N]\n", argv[0]);
       return 2;
     }
   }
@@ -156,8 +382,8 @@ int main(int argc, char** argv) {
               static_cast<long long>(gpu.total_memory_bytes >> 20), openblas_get_num_threads(),
               max_runs);
 
-  const Model models[] = {{"mlp-64-256-256-16", {64, 256, 256, 16}},
-                          {"mlp-1024-4096-4096-1024", {1024, 4096, 4096, 1024}}};
+  const std::vector<Model> models = {{"mlp-64-256-256-16", {64, 256, 256, 16}},
+                                     {"mlp-1024-4096-4096-1024", {1024, 4096, 4096, 1024}}};
   const int64_t max_batch = *std::max_element(std::begin(kBatchSizes), std::end(kBatchSizes));
   std::mt19937 rng(12345);  // fixed: the numbers, not the values, are what is measured
   std::vector<Result> results;
@@ -227,5 +453,14 @@ int main(int argc, char** argv) {
         << (std::isnan(r.max_abs_diff) ? std::string() : std::to_string(r.max_abs_diff)) << '\n';
   }
   std::printf("\nwrote %s\n", csv_path.c_str());
+  csv.close();
+
+  if (precision_csv_path.empty()) {
+    const size_t slash = csv_path.rfind('/');
+    precision_csv_path =
+        (slash == std::string::npos ? std::string() : csv_path.substr(0, slash + 1)) +
+        "gpu_precision.csv";
+  }
+  ok &= RunPrecisionSweep(gpu, models, precision_csv_path);
   return ok ? 0 : 1;
 }

@@ -175,6 +175,19 @@ TEST(RequestsTest, JsonRequestIsACompleteHttpMessage) {
   EXPECT_EQ(input["data"], nlohmann::json::array({std::string(16, 'x')}));
 }
 
+TEST(RequestsTest, BatchDimPrependsOneToTheBytesShape) {
+  Options o = EchoOptions(Protocol::kJson);
+  auto with = ParseOptions({"--rates", "1", "--batch-dim"});
+  ASSERT_TRUE(with.ok()) << with.status();
+  EXPECT_FALSE(o.batch_dim);
+  EXPECT_TRUE(with->batch_dim);
+  o.batch_dim = true;
+  std::string r = *EncodeHttpRequest(o);
+  nlohmann::json doc = nlohmann::json::parse(r.substr(r.find("\r\n\r\n") + 4));
+  EXPECT_EQ(doc["inputs"][0]["shape"], nlohmann::json::array({1, 1}));
+  EXPECT_EQ(doc["inputs"][0]["data"], nlohmann::json::array({std::string(16, 'x')}));
+}
+
 TEST(RequestsTest, BinaryRequestCarriesLengthPrefixedBytes) {
   absl::StatusOr<std::string> encoded = EncodeHttpRequest(EchoOptions(Protocol::kBinary));
   ASSERT_TRUE(encoded.ok()) << encoded.status();
@@ -221,6 +234,66 @@ TEST(RequestsTest, CheckAnswer) {
   o.workload = WorkloadKind::kWordfilter;
   EXPECT_TRUE(CheckAnswer(o, "that **** printer").ok());
   EXPECT_FALSE(CheckAnswer(o, "that darn printer").ok());
+}
+
+TEST(RequestsTest, MlpWorkloadSendsAnFp32MatrixInJsonBinaryAndGrpc) {
+  auto parsed = ParseOptions(
+      {"--rates", "1", "--workload", "mlp", "--rows", "2", "--features", "3", "--port", "8123"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  Options o = *parsed;
+  EXPECT_EQ(o.model, "mlp");
+  EXPECT_EQ(o.input, "input");
+  const std::vector<float> values = MlpValues(o);
+  ASSERT_EQ(values.size(), 6u);
+  for (float v : values) {
+    EXPECT_GE(v, -1.0f);
+    EXPECT_LT(v, 1.0f);
+  }
+  EXPECT_NE(values[0], values[1]);
+
+  // JSON: the numbers themselves, row-major, under an FP32 [2, 3] tensor.
+  std::string json_request = *EncodeHttpRequest(o);
+  EXPECT_THAT(json_request, HasSubstr("POST /v2/models/mlp/infer HTTP/1.1\r\n"));
+  nlohmann::json doc =
+      nlohmann::json::parse(json_request.substr(json_request.find("\r\n\r\n") + 4));
+  const nlohmann::json& input = doc["inputs"][0];
+  EXPECT_EQ(input["name"], "input");
+  EXPECT_EQ(input["datatype"], "FP32");
+  EXPECT_EQ(input["shape"], nlohmann::json::array({2, 3}));
+  ASSERT_EQ(input["data"].size(), 6u);
+  for (size_t i = 0; i < values.size(); ++i) EXPECT_EQ(input["data"][i].get<float>(), values[i]);
+
+  // Binary: the 24 raw little-endian bytes after the JSON header.
+  o.protocol = Protocol::kBinary;
+  std::string binary_request = *EncodeHttpRequest(o);
+  std::string body = binary_request.substr(binary_request.find("\r\n\r\n") + 4);
+  ASSERT_GE(body.size(), 24u);
+  EXPECT_EQ(body.substr(body.size() - 24),
+            std::string(reinterpret_cast<const char*>(values.data()), 24));
+  EXPECT_THAT(body, HasSubstr(R"("binary_data_size":24)"));
+
+  // gRPC: raw_input_contents holds the same bytes.
+  o.protocol = Protocol::kGrpc;
+  inference::ModelInferRequest req;
+  ASSERT_TRUE(req.ParseFromString(*EncodeGrpcRequest(o)));
+  ASSERT_EQ(req.inputs_size(), 1);
+  EXPECT_EQ(req.inputs(0).datatype(), "FP32");
+  ASSERT_EQ(req.raw_input_contents_size(), 1);
+  EXPECT_EQ(req.raw_input_contents(0),
+            std::string(reinterpret_cast<const char*>(values.data()), 24));
+
+  // Clipper has no tensor form: refused at parse time and by the encoder.
+  EXPECT_THAT(
+      std::string(ParseOptions({"--rates", "1", "--workload", "mlp", "--protocol", "clipper"})
+                      .status()
+                      .message()),
+      HasSubstr("not clipper"));
+  o.protocol = Protocol::kClipper;
+  EXPECT_FALSE(EncodeHttpRequest(o).ok());
+
+  o.protocol = Protocol::kJson;
+  EXPECT_TRUE(CheckAnswer(o, R"({"outputs":[{"name":"output","datatype":"FP32"}]})").ok());
+  EXPECT_FALSE(CheckAnswer(o, R"({"error":"bad input"})").ok());
 }
 
 TEST(LoadgenTest, MergeAndCsvRow) {

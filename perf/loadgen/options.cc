@@ -47,7 +47,15 @@ const char* ProtocolName(Protocol p) {
 }
 
 const char* WorkloadName(WorkloadKind w) {
-  return w == WorkloadKind::kEcho ? "echo" : "wordfilter";
+  switch (w) {
+    case WorkloadKind::kEcho:
+      return "echo";
+    case WorkloadKind::kWordfilter:
+      return "wordfilter";
+    case WorkloadKind::kMlp:
+      return "mlp";
+  }
+  return "?";
 }
 
 std::string Usage() {
@@ -59,11 +67,15 @@ std::string Usage() {
   --host H              server address (127.0.0.1)
   --port P              HTTP or gRPC port (8000)
   --protocol X          json | binary (KServe v2 binary tensor extension) | clipper | grpc
-  --workload W          echo (one BYTES element) | wordfilter (--docs text messages)
+  --workload W          echo (one BYTES element) | wordfilter (--docs text messages) |
+                        mlp (FP32 [--rows, --features], e.g. the examples' mlp function)
   --model NAME          function name (default: the workload's name)
-  --input NAME          input tensor name (default INPUT0 for echo, text for wordfilter)
+  --input NAME          input tensor name (INPUT0 for echo, text for wordfilter, input for mlp)
   --payload-bytes N     echo element size (1024)
   --docs N              wordfilter messages per request (10)
+  --rows N              mlp rows per request (1)
+  --features N          mlp values per row (64)
+  --batch-dim           echo, wordfilter: shape [1, n] instead of [n] (Triton with batching)
   --mode open|closed    open: requests at scheduled times; closed: --connections clients
   --arrivals poisson|constant   open-loop inter-arrival times (poisson)
   --rates R1,R2,...     open loop: requests/s, one run per rate (--rate R for one)
@@ -119,8 +131,10 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args) {
            o.workload = WorkloadKind::kEcho;
          else if (v == "wordfilter")
            o.workload = WorkloadKind::kWordfilter;
+         else if (v == "mlp")
+           o.workload = WorkloadKind::kMlp;
          else
-           return Bad("workload", absl::StrCat("unknown '", v, "' (echo|wordfilter)"));
+           return Bad("workload", absl::StrCat("unknown '", v, "' (echo|wordfilter|mlp)"));
          return absl::OkStatus();
        }},
       {"model",
@@ -136,6 +150,8 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args) {
       {"payload-bytes",
        [&](const std::string& v) { return ParseInt("payload-bytes", v, 0, &o.payload_bytes); }},
       {"docs", [&](const std::string& v) { return ParseInt("docs", v, 1, &o.docs); }},
+      {"rows", [&](const std::string& v) { return ParseInt("rows", v, 1, &o.rows); }},
+      {"features", [&](const std::string& v) { return ParseInt("features", v, 1, &o.features); }},
       {"mode",
        [&](const std::string& v) {
          if (v == "open")
@@ -213,6 +229,10 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args) {
       o.check = false;
       continue;
     }
+    if (arg == "--batch-dim") {
+      o.batch_dim = true;
+      continue;
+    }
     if (!arg.starts_with("--")) {
       return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
     }
@@ -238,7 +258,14 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args) {
     if (absl::Status s = it->second(value); !s.ok()) return s;
   }
   if (o.model.empty()) o.model = WorkloadName(o.workload);
-  if (o.input.empty()) o.input = o.workload == WorkloadKind::kEcho ? "INPUT0" : "text";
+  if (o.input.empty()) {
+    o.input = o.workload == WorkloadKind::kEcho         ? "INPUT0"
+              : o.workload == WorkloadKind::kWordfilter ? "text"
+                                                        : "input";
+  }
+  if (o.workload == WorkloadKind::kMlp && o.protocol == Protocol::kClipper) {
+    return Bad("workload", "mlp sends an FP32 tensor: use json, binary or grpc, not clipper");
+  }
   if (o.mode == Mode::kOpen && !rates_given) {
     return Bad("rates", "open loop needs at least one rate (or --mode closed)");
   }

@@ -14,8 +14,9 @@ namespace ferry::loadgen {
 // KServe v2 JSON, KServe v2 with the binary tensor extension, Clipper's /{name}/predict, and
 // KServe v2 over gRPC.
 enum class Protocol { kJson, kBinary, kClipper, kGrpc };
-// echo: one BYTES element of payload_bytes; wordfilter: `docs` short text messages.
-enum class WorkloadKind { kEcho, kWordfilter };
+// echo: one BYTES element of payload_bytes; wordfilter: `docs` short text messages; mlp: an FP32
+// tensor [rows, features] (the examples' `mlp` function takes [-1, 64]).
+enum class WorkloadKind { kEcho, kWordfilter, kMlp };
 // open: requests at scheduled times (rates); closed: `connections` clients, each sending its
 // next request when the previous one is answered.
 enum class Mode { kOpen, kClosed };
@@ -26,9 +27,14 @@ struct Options {
   Protocol protocol = Protocol::kJson;
   WorkloadKind workload = WorkloadKind::kEcho;
   std::string model;  // default: the workload's name
-  std::string input;  // default: INPUT0 (echo) or text (wordfilter)
+  std::string input;  // default: INPUT0 (echo), text (wordfilter) or input (mlp)
   int payload_bytes = 1024;
   int docs = 10;
+  int rows = 1;       // mlp: rows per request
+  int features = 64;  // mlp: values per row
+  // echo, wordfilter: send the BYTES tensor as [1, n] instead of [n] (a batch dimension of 1),
+  // as servers that model the batch dimension require (Triton with max_batch_size > 0).
+  bool batch_dim = false;
   Mode mode = Mode::kOpen;
   Arrivals arrivals = Arrivals::kPoisson;
   std::vector<double> rates;  // requests/s, one run each (open loop only)

@@ -28,6 +28,7 @@ const std::vector<std::string>& WordfilterMessages() {
 }
 
 std::vector<std::string> RequestElements(const Options& o) {
+  if (o.workload == WorkloadKind::kMlp) return {};
   if (o.workload == WorkloadKind::kEcho) return {std::string(o.payload_bytes, 'x')};
   std::vector<std::string> out;
   const auto& messages = WordfilterMessages();
@@ -35,13 +36,29 @@ std::vector<std::string> RequestElements(const Options& o) {
   return out;
 }
 
+std::vector<float> MlpValues(const Options& o) {
+  const int64_t n = static_cast<int64_t>(o.rows) * o.features;
+  std::vector<float> values(static_cast<size_t>(n));
+  // Multiples of 1/128 (exact in binary and in JSON's shortest decimal form).
+  for (int64_t i = 0; i < n; ++i) values[i] = static_cast<float>((i * 37) % 256 - 128) / 128.0f;
+  return values;
+}
+
 namespace {
 
 // The KServe v2 request of these options, for ferry::Client's encoders.
 InferenceRequest MakeInferenceRequest(const Options& o) {
+  if (o.workload == WorkloadKind::kMlp) {
+    std::vector<float> values = MlpValues(o);
+    Tensor input{.name = o.input, .dtype = DataType::kFp32, .shape = {o.rows, o.features}};
+    input.data.assign(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+    return InferenceRequest{.model_name = o.model, .inputs = {std::move(input)}};
+  }
   std::vector<std::string> elements = RequestElements(o);
-  Tensor input{
-      .name = o.input, .dtype = DataType::kBytes, .shape = {static_cast<int64_t>(elements.size())}};
+  const int64_t n = static_cast<int64_t>(elements.size());
+  Tensor input{.name = o.input,
+               .dtype = DataType::kBytes,
+               .shape = o.batch_dim ? std::vector<int64_t>{1, n} : std::vector<int64_t>{n}};
   input.bytes = BytesList(elements);
   return InferenceRequest{.model_name = o.model, .inputs = {std::move(input)}};
 }
@@ -71,6 +88,9 @@ absl::StatusOr<std::string> EncodeHttpRequest(const Options& o) {
       return Frame(o, *r);
     }
     case Protocol::kClipper: {
+      if (o.workload == WorkloadKind::kMlp) {
+        return absl::InvalidArgumentError("the mlp workload has no Clipper form");
+      }
       std::vector<std::string> elements = RequestElements(o);
       nlohmann::json doc;
       if (elements.size() == 1) {
@@ -94,18 +114,27 @@ absl::StatusOr<std::string> EncodeGrpcRequest(const Options& o) {
 
 absl::Status CheckAnswer(const Options& o, absl::string_view body) {
   absl::string_view want;
+  absl::string_view what;
   std::string payload;
-  if (o.workload == WorkloadKind::kEcho) {
-    payload = std::string(o.payload_bytes, 'x');
-    want = payload;
-  } else {
-    want = "****";
+  switch (o.workload) {
+    case WorkloadKind::kEcho:
+      payload = std::string(o.payload_bytes, 'x');
+      want = payload;
+      what = "echoed payload";
+      break;
+    case WorkloadKind::kWordfilter:
+      want = "****";
+      what = "masked word";
+      break;
+    case WorkloadKind::kMlp:
+      // JSON and the binary extension's header name the datatype; so does the gRPC answer.
+      want = "FP32";
+      what = "FP32 output";
+      break;
   }
   if (body.find(want) == absl::string_view::npos) {
-    return absl::DataLossError(
-        absl::StrCat("the answer does not hold the expected ",
-                     o.workload == WorkloadKind::kEcho ? "echoed payload" : "masked word",
-                     "; its first bytes: ", body.substr(0, 300)));
+    return absl::DataLossError(absl::StrCat("the answer does not hold the expected ", what,
+                                            "; its first bytes: ", body.substr(0, 300)));
   }
   return absl::OkStatus();
 }

@@ -17,8 +17,12 @@ namespace ferry::loadgen {
 // request i carries messages 0..docs-1, cycling.
 const std::vector<std::string>& WordfilterMessages();
 
-// The BYTES elements one request carries for these options.
+// The BYTES elements one request carries for these options (none for the mlp workload).
 std::vector<std::string> RequestElements(const Options& o);
+
+// The FP32 values of the mlp workload's input, row-major [rows, features]: a fixed pattern in
+// [-1, 1), so every run (and every server compared) gets the same numbers.
+std::vector<float> MlpValues(const Options& o);
 
 // The whole HTTP/1.1 request (request line, headers, body) for json, binary or clipper, the
 // body encoded by ferry::Client's EncodeHttpInfer / EncodePredict. Keep-alive; `Host:` is
@@ -30,7 +34,8 @@ absl::StatusOr<std::string> EncodeHttpRequest(const Options& o);
 absl::StatusOr<std::string> EncodeGrpcRequest(const Options& o);
 
 // A cheap check of one answer's body (HTTP body, or the serialized gRPC response): the echo
-// must return its payload, the word filter must have masked a word. Not a full decode.
+// must return its payload, the word filter must have masked a word, the mlp must answer an FP32
+// tensor. Not a full decode.
 absl::Status CheckAnswer(const Options& o, absl::string_view body);
 
 }  // namespace ferry::loadgen

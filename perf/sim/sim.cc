@@ -107,7 +107,7 @@ class Arrivals {
 
 // --- The simulation ------------------------------------------------------------------------------
 
-enum EventType : uint8_t { kArrival, kBatchDone, kHeartbeat, kReady, kFail, kDetect };
+enum EventType : uint8_t { kArrival, kBatchDone, kHeartbeat, kReady, kFail, kDetect, kDepart };
 
 struct Event {
   int64_t t_us;
@@ -120,6 +120,19 @@ struct Event {
 
 enum class RState { kStarting, kReady, kDraining, kGone };
 
+// A request in flight, with what happened to it on the way (for MissCause).
+enum ReqFlag : uint8_t {
+  kFlagHeld = 1,        // waited at the gateway for a ready replica
+  kFlagRetried = 2,     // re-routed after a node failure
+  kFlagPassedIdle = 4,  // routed to a busy replica while another ready one was idle
+  kFlagStarting = 8,    // the function had replicas starting when it was routed
+};
+struct Req {
+  int64_t arrival_us;
+  uint8_t flags;
+  int64_t enqueue_us = 0;  // reached its replica's queue
+};
+
 struct Replica {
   int fn;
   int node;
@@ -129,10 +142,22 @@ struct Replica {
   RState state = RState::kStarting;
   bool dead = false;  // its node failed (the gateway knows at once)
   int epoch = 0;
-  std::deque<int64_t> queue;  // arrival times
-  std::vector<int64_t> executing;
+  std::deque<Req> queue;
+  std::vector<Req> executing;
+  int64_t batch_start_us = 0;
+  // The agent batcher's adaptive delay (batching/batcher.cc, policy aimd): the geometric moving
+  // average of inter-arrival gaps, the last arrival and batch end, batches seen, and the pending
+  // departure timer (its token; a newer decision invalidates it).
+  double log_gap = 0;
+  double gap_us = -1;
+  int64_t last_arrival_us = -1;
+  int64_t last_finish_us = -1;
+  int64_t batches = 0;
+  int32_t depart_token = 0;
   int64_t placed_us = 0;
+  int64_t ready_since_us = -1;  // -1 while starting or gone
   double share_per_hour = 0;
+  double throughput_rps = 0;  // within the SLO on its hardware (CapacityOf)
   int64_t outstanding() const { return static_cast<int64_t>(queue.size() + executing.size()); }
 };
 
@@ -143,7 +168,7 @@ struct Fn {
   std::unique_ptr<Arrivals> arrivals;
   std::vector<int> replicas;  // live (not gone) replica ids, incl. starting and draining
   std::vector<int> ready;     // routable
-  std::deque<int64_t> held;
+  std::deque<Req> held;
   int64_t arrived_since = 0;
   uint64_t rr = 0;
   int desired = 0;
@@ -165,8 +190,9 @@ class Simulator {
     events_.push(Event{t, seq_++, type, a, b});
   }
   void BuildCluster();
-  void Route(int f, int64_t arrival_us, bool retry);
+  void Route(int f, Req req);
   void Dispatch(int r);
+  void TryDispatch(int r);
   void Heartbeat();
   void Reconcile(int f);
   bool PlaceReplica(int f, bool ready_now);
@@ -174,7 +200,8 @@ class Simulator {
   void Remove(int r);
   void FailNode(int node);
   void DetectNode(int node);
-  void Answer(Fn& fn, int64_t arrival_us);
+  void Answer(Fn& fn, const Req& req, const Replica& r, int64_t exec_us, int64_t batch);
+  void EndReady(Replica& r);
   void Reject(Fn& fn, const std::string& reason);
   void CheckAssignment(int node, int device, const control::Requirements& req, int f);
   void NoteReplicaCount(int f);
@@ -202,23 +229,7 @@ class Simulator {
 };
 
 void Simulator::BuildCluster() {
-  for (const NodeType& t : cfg_.node_types) {
-    const int kind = t.gpu_kind.empty() ? control::kCpuKind : cluster_.kinds().Intern(t.gpu_kind);
-    for (int i = 0; i < t.count; ++i) {
-      control::NodeSpec n;
-      n.id = absl::StrCat(t.name, "-", i);
-      n.cpu_cores = t.cpu_cores;
-      n.memory_bytes = t.memory_bytes;
-      n.price_per_hour = t.price_per_hour;
-      for (int g = 0; g < t.gpu_count; ++g) {
-        n.gpus.push_back({.index = g,
-                          .kind = kind,
-                          .memory_bytes = t.gpu_memory_bytes,
-                          .compute_capability_x10 = t.compute_capability_x10});
-      }
-      cluster_.AddNode(std::move(n));
-    }
-  }
+  cluster_ = sim::BuildCluster(cfg_);
   node_failed_.assign(cluster_.nodes().size(), false);
 }
 
@@ -288,7 +299,7 @@ absl::StatusOr<RunResult> Simulator::Run() {
         ++fn.result.arrivals;
         ++fn.arrived_since;
         ++arrivals_total_;
-        Route(e.a, e.t_us, false);
+        Route(e.a, Req{e.t_us, 0});
         const int64_t t = fn.arrivals->Next();
         if (t >= 0) {
           Push(t, kArrival, e.a);
@@ -301,10 +312,16 @@ absl::StatusOr<RunResult> Simulator::Run() {
         Replica& r = replicas_[e.a];
         if (r.epoch != e.b || r.dead) break;
         Fn& fn = fns_[r.fn];
-        for (int64_t a : r.executing) Answer(fn, a);
+        const int64_t exec_us = e.t_us - r.batch_start_us;
+        fn.result.busy_replica_s += static_cast<double>(exec_us) / 1e6;
+        for (const Req& q : r.executing) {
+          Answer(fn, q, r, exec_us, static_cast<int64_t>(r.executing.size()));
+        }
         r.executing.clear();
+        r.last_finish_us = e.t_us;
+        ++r.batches;
         if (!r.queue.empty()) {
-          Dispatch(e.a);
+          TryDispatch(e.a);
         } else if (r.state == RState::kDraining) {
           Remove(e.a);
         }
@@ -314,6 +331,7 @@ absl::StatusOr<RunResult> Simulator::Run() {
         Replica& r = replicas_[e.a];
         if (r.state != RState::kStarting || r.dead) break;
         r.state = RState::kReady;
+        r.ready_since_us = e.t_us;
         Fn& fn = fns_[r.fn];
         fn.ready.push_back(e.a);
         if (fn.cfg->trace.kind == TraceKind::kStep && fn.step_seen && fn.result.step_ready_s < 0 &&
@@ -322,9 +340,9 @@ absl::StatusOr<RunResult> Simulator::Run() {
         }
         // Held requests go out as soon as a replica is ready.
         while (!fn.held.empty()) {
-          const int64_t a = fn.held.front();
+          const Req q = fn.held.front();
           fn.held.pop_front();
-          Route(r.fn, a, false);
+          Route(r.fn, q);
         }
         break;
       }
@@ -345,6 +363,12 @@ absl::StatusOr<RunResult> Simulator::Run() {
       case kFail:
         FailNode(e.a);
         break;
+      case kDepart: {
+        Replica& r = replicas_[e.a];
+        if (r.dead || r.state == RState::kGone || r.depart_token != e.b) break;
+        if (r.executing.empty() && !r.queue.empty()) Dispatch(e.a);
+        break;
+      }
       case kDetect:
         DetectNode(e.a);
         break;
@@ -353,6 +377,7 @@ absl::StatusOr<RunResult> Simulator::Run() {
   out_.end_s = static_cast<double>(clock_.NowMicros()) / 1e6;
   // Cost of what is still allocated at the end.
   for (Replica& r : replicas_) {
+    EndReady(r);
     if (r.state != RState::kGone && !r.dead) {
       out_.cost += r.share_per_hour * static_cast<double>(clock_.NowMicros() - r.placed_us) / 3.6e9;
     }
@@ -364,6 +389,12 @@ absl::StatusOr<RunResult> Simulator::Run() {
     out_.within_slo += fr.within_slo;
     out_.rejected += fr.rejected;
     out_.retried += fr.retried;
+    for (int c = 0; c < kMissCauses; ++c) out_.misses[c] += fr.misses[c];
+    out_.steady_arrivals += fr.steady_arrivals;
+    out_.steady_within_slo += fr.steady_within_slo;
+    out_.ready_replica_s += fr.ready_replica_s;
+    out_.busy_replica_s += fr.busy_replica_s;
+    out_.capacity_requests += fr.capacity_requests;
     out_.functions.push_back(fr);
   }
   out_.lost = out_.arrivals - out_.answered - out_.rejected;
@@ -372,12 +403,48 @@ absl::StatusOr<RunResult> Simulator::Run() {
   return std::move(out_);
 }
 
-void Simulator::Answer(Fn& fn, int64_t arrival_us) {
+void Simulator::Answer(Fn& fn, const Req& req, const Replica& r, int64_t exec_us, int64_t batch) {
   ++fn.result.answered;
   const double target = fn.cfg->req.latency_target_us;
-  if (target <= 0 || static_cast<double>(clock_.NowMicros() - arrival_us) <= target) {
+  const bool steady = cfg_.warmup_s > 0 && req.arrival_us >= Us(cfg_.warmup_s);
+  if (steady) ++fn.result.steady_arrivals;
+  if (target <= 0 || static_cast<double>(clock_.NowMicros() - req.arrival_us) <= target) {
     ++fn.result.within_slo;
+    if (steady) ++fn.result.steady_within_slo;
+    return;
   }
+  MissCause cause;
+  if (req.flags & kFlagHeld) {
+    cause = MissCause::kHeld;
+  } else if (req.flags & kFlagRetried) {
+    cause = MissCause::kRetried;
+  } else if (static_cast<double>(exec_us) > target) {
+    if (r.model.a_us + r.model.b_us > target) {
+      cause = MissCause::kSlowHardware;
+    } else if (r.model.a_us * static_cast<double>(batch) + r.model.b_us > target) {
+      cause = MissCause::kBatchTooLarge;
+    } else {
+      cause = MissCause::kExecNoise;
+    }
+  } else if (req.flags & kFlagPassedIdle) {
+    cause = MissCause::kRouter;
+  } else if (req.flags & kFlagStarting) {
+    cause = MissCause::kScalingUp;
+  } else {
+    cause = MissCause::kBurst;
+  }
+  ++fn.result.misses[static_cast<int>(cause)];
+}
+
+// The replica stops being ready (gone, failed, or the run ended): its ready time and the
+// requests it could have served within the SLO in it.
+void Simulator::EndReady(Replica& r) {
+  if (r.ready_since_us < 0) return;
+  const double s = static_cast<double>(clock_.NowMicros() - r.ready_since_us) / 1e6;
+  FunctionResult& fr = fns_[r.fn].result;
+  fr.ready_replica_s += s;
+  fr.capacity_requests += s * r.throughput_rps;
+  r.ready_since_us = -1;
 }
 
 void Simulator::Reject(Fn& fn, const std::string& reason) {
@@ -385,32 +452,92 @@ void Simulator::Reject(Fn& fn, const std::string& reason) {
   ++out_.rejected_by_reason[reason];
 }
 
-void Simulator::Route(int f, int64_t arrival_us, bool retry) {
+void Simulator::Route(int f, Req req) {
   Fn& fn = fns_[f];
-  if (retry) ++fn.result.retried;
+  if (req.flags & kFlagRetried) ++fn.result.retried;
   if (fn.ready.empty()) {
     if (static_cast<int64_t>(fn.held.size()) >= cfg_.hold_queue) {
       return Reject(fn, "hold queue full (no ready replica)");
     }
-    fn.held.push_back(arrival_us);
+    req.flags |= kFlagHeld;
+    fn.held.push_back(req);
     fn.scaler->Demand();
     return;
   }
   int pick = 0;
+  fn.load_scratch.clear();
+  for (int r : fn.ready) fn.load_scratch.push_back(replicas_[r].outstanding());
   if (policy_.routing == Routing::kRoundRobin) {
     pick = static_cast<int>(fn.rr++ % fn.ready.size());
+  } else if (policy_.routing == Routing::kLeastOutstanding) {
+    pick = control::PickLeastOutstanding(fn.load_scratch, rng_);
   } else {
-    fn.load_scratch.clear();
-    for (int r : fn.ready) fn.load_scratch.push_back(replicas_[r].outstanding());
     pick = control::PickReplica(fn.load_scratch, rng_);
   }
   const int r = fn.ready[pick];
+  if (fn.load_scratch[pick] > 0 &&
+      *std::min_element(fn.load_scratch.begin(), fn.load_scratch.end()) == 0) {
+    req.flags |= kFlagPassedIdle;
+  }
+  if (fn.replicas.size() > fn.ready.size()) {
+    for (int x : fn.replicas) {
+      if (replicas_[x].state == RState::kStarting && !replicas_[x].dead) {
+        req.flags |= kFlagStarting;
+        break;
+      }
+    }
+  }
   if (cfg_.replica_queue_limit > 0 &&
       static_cast<int64_t>(replicas_[r].queue.size()) >= cfg_.replica_queue_limit) {
     return Reject(fn, "replica queue full (429)");
   }
-  replicas_[r].queue.push_back(arrival_us);
-  if (replicas_[r].executing.empty()) Dispatch(r);
+  Replica& rep = replicas_[r];
+  const int64_t now = clock_.NowMicros();
+  if (rep.last_arrival_us >= 0) {
+    // As ObserveArrivalLocked: weight 1/8, a gap counted as at most twice the delay budget.
+    const double cap = 2.0 * static_cast<double>(std::max<int64_t>(cfg_.batch_delay_us, 1));
+    const double sample =
+        std::log(std::clamp(static_cast<double>(now - rep.last_arrival_us), 1.0, cap));
+    rep.log_gap = rep.gap_us < 0 ? sample : rep.log_gap + (sample - rep.log_gap) / 8;
+    rep.gap_us = std::exp(rep.log_gap);
+  }
+  rep.last_arrival_us = now;
+  req.enqueue_us = now;
+  rep.queue.push_back(req);
+  if (rep.executing.empty()) TryDispatch(r);
+}
+
+// The agent batcher's departure rule with a free executor: by size (the queue holds a full
+// batch; AIMD's target is taken as maxBatchSize, where it settles for these profiles), else by
+// the oldest task's delay budget, shortened by the adaptive rule of policy aimd ("wait only while
+// it pays", docs/batching.md): depart once budget_end - now < g, or once waiting for one more
+// arrival no longer pays, g >= (b - n·a)/(n + 1). Nothing waits before a gap is measured and 3
+// batches were seen, or with a zero delay budget.
+void Simulator::TryDispatch(int ri) {
+  Replica& r = replicas_[ri];
+  if (!r.executing.empty() || r.queue.empty()) return;
+  ++r.depart_token;
+  const int64_t now = clock_.NowMicros();
+  const int64_t n = static_cast<int64_t>(r.queue.size());
+  const int64_t oldest = r.queue.front().enqueue_us;
+  if (n >= fns_[r.fn].cfg->req.max_batch_size || cfg_.batch_delay_us <= 0 || r.gap_us < 0 ||
+      r.batches < 3) {
+    return Dispatch(ri);
+  }
+  const double budget_end = static_cast<double>(oldest + cfg_.batch_delay_us);
+  const double nd = static_cast<double>(n);
+  const double pays_below_gap = (r.model.b_us - nd * r.model.a_us) / (nd + 1);
+  double departure = static_cast<double>(oldest);
+  if (r.gap_us < pays_below_gap) {
+    const double quiet_since =
+        static_cast<double>(std::max({r.last_arrival_us, r.last_finish_us, oldest}));
+    const double by_rate = std::min(budget_end - r.gap_us, (budget_end + quiet_since) / 2);
+    const double by_gain = quiet_since + pays_below_gap;
+    departure = std::max(departure, std::min({by_rate, by_gain, budget_end}));
+  }
+  const int64_t t = static_cast<int64_t>(std::floor(departure));
+  if (t <= now) return Dispatch(ri);
+  Push(t, kDepart, ri, r.depart_token);
 }
 
 void Simulator::Dispatch(int ri) {
@@ -418,10 +545,12 @@ void Simulator::Dispatch(int ri) {
   const int64_t n =
       std::min<int64_t>(static_cast<int64_t>(r.queue.size()), fns_[r.fn].cfg->req.max_batch_size);
   if (n <= 0) return;
+  ++r.depart_token;
   for (int64_t i = 0; i < n; ++i) {
     r.executing.push_back(r.queue.front());
     r.queue.pop_front();
   }
+  r.batch_start_us = clock_.NowMicros();
   const double base = r.model.a_us * static_cast<double>(n) + r.model.b_us;
   const double lat = base * std::exp(cfg_.noise_sigma * noise_(rng_));
   Push(clock_.NowMicros() + std::max<int64_t>(1, static_cast<int64_t>(lat)), kBatchDone, ri,
@@ -512,6 +641,7 @@ bool Simulator::PlaceReplica(int f, bool ready_now) {
   r.model = fn.profiles.Get(d.kind);
   r.placed_us = clock_.NowMicros();
   r.share_per_hour = control::PriceShare(cluster_.nodes()[d.node], d.device_index, fn.cfg->req);
+  r.throughput_rps = control::CapacityOf(r.model, fn.cfg->req).throughput_rps;
   // Until its lease expires the controller may still place on a node that has failed: such a
   // replica never comes up and the gateway cannot reach it.
   r.dead = node_failed_[d.node];
@@ -521,6 +651,7 @@ bool Simulator::PlaceReplica(int f, bool ready_now) {
   fn.replicas.push_back(id);
   if (ready_now && !replicas_[id].dead) {
     replicas_[id].state = RState::kReady;
+    replicas_[id].ready_since_us = clock_.NowMicros();
     fn.ready.push_back(id);
   } else {
     const double cold = d.device_index >= 0 ? cfg_.cold_start_gpu_s : cfg_.cold_start_cpu_s;
@@ -546,6 +677,7 @@ void Simulator::NoteReplicaCount(int f) {
 void Simulator::Remove(int ri) {
   Replica& r = replicas_[ri];
   Fn& fn = fns_[r.fn];
+  EndReady(r);
   if (!r.dead) {
     cluster_.Release(r.node, r.device, fn.cfg->req);
     out_.cost += r.share_per_hour * static_cast<double>(clock_.NowMicros() - r.placed_us) / 3.6e9;
@@ -571,6 +703,11 @@ void Simulator::FailNode(int node) {
   for (size_t ri = 0; ri < replicas_.size(); ++ri) {
     Replica& r = replicas_[ri];
     if (r.node != node || r.state == RState::kGone || r.dead) continue;
+    EndReady(r);
+    if (!r.executing.empty()) {
+      fns_[r.fn].result.busy_replica_s +=
+          static_cast<double>(clock_.NowMicros() - r.batch_start_us) / 1e6;
+    }
     r.dead = true;
     ++r.epoch;
     ++out_.failure_killed_replicas;
@@ -579,11 +716,14 @@ void Simulator::FailNode(int node) {
     // Its node's price stops at the failure.
     out_.cost += r.share_per_hour * static_cast<double>(clock_.NowMicros() - r.placed_us) / 3.6e9;
     // The gateway sees the connection fail and retries on another replica (or holds).
-    std::vector<int64_t> pending(r.executing.begin(), r.executing.end());
+    std::vector<Req> pending(r.executing.begin(), r.executing.end());
     pending.insert(pending.end(), r.queue.begin(), r.queue.end());
     r.executing.clear();
     r.queue.clear();
-    for (int64_t a : pending) Route(r.fn, a, true);
+    for (Req q : pending) {
+      q.flags |= kFlagRetried;
+      Route(r.fn, q);
+    }
   }
 }
 
@@ -640,7 +780,7 @@ void Simulator::Heartbeat() {
     Fn& fn = fns_[f];
     // Held requests past the gateway's timeout are answered 503 (checked at heartbeat
     // resolution).
-    while (!fn.held.empty() && now - fn.held.front() > Us(cfg_.hold_timeout_s)) {
+    while (!fn.held.empty() && now - fn.held.front().arrival_us > Us(cfg_.hold_timeout_s)) {
       fn.held.pop_front();
       Reject(fn, "hold timeout (no ready replica)");
     }
@@ -716,6 +856,30 @@ const char* TraceName(TraceKind k) {
 
 }  // namespace
 
+const char* MissCauseName(MissCause cause) {
+  switch (cause) {
+    case MissCause::kHeld:
+      return "held at the gateway (no ready replica: cold start)";
+    case MissCause::kRetried:
+      return "retried after a node failure";
+    case MissCause::kSlowHardware:
+      return "hardware too slow (1-item batch over the SLO)";
+    case MissCause::kBatchTooLarge:
+      return "batch too large for the SLO";
+    case MissCause::kExecNoise:
+      return "batch over the SLO by noise";
+    case MissCause::kRouter:
+      return "router: queued while another replica was idle";
+    case MissCause::kScalingUp:
+      return "queued while replicas were starting (scale-up lag)";
+    case MissCause::kBurst:
+      return "queued at the ready replicas, none starting (burst over provisioned capacity)";
+    case MissCause::kCount:
+      break;
+  }
+  return "?";
+}
+
 absl::StatusOr<TraceKind> ParseTraceKind(const std::string& s);
 absl::StatusOr<TraceKind> ParseTraceKind(const std::string& s) {
   for (TraceKind k : {TraceKind::kPoisson, TraceKind::kGamma, TraceKind::kStep, TraceKind::kRamp,
@@ -736,6 +900,8 @@ absl::StatusOr<Policy> PolicyByName(const std::string& name) {
   if (name == "ferry") return p;
   if (name == "round-robin") {
     p.routing = Routing::kRoundRobin;
+  } else if (name == "least-outstanding") {
+    p.routing = Routing::kLeastOutstanding;
   } else if (name == "fastest-gpu") {
     p.placement = PlacementPolicy::kFastest;
   } else if (name == "cheapest") {
@@ -846,9 +1012,11 @@ nlohmann::json ToJson(const SimConfig& c) {
   j["cold_start_gpu_s"] = c.cold_start_gpu_s;
   j["hold_queue"] = c.hold_queue;
   j["replica_queue_limit"] = c.replica_queue_limit;
+  j["batch_delay_us"] = c.batch_delay_us;
   j["hold_timeout_s"] = c.hold_timeout_s;
   j["fail_fraction"] = c.fail_fraction;
   j["fail_at_s"] = c.fail_at_s;
+  j["warmup_s"] = c.warmup_s;
   for (const NodeType& t : c.node_types) {
     j["nodes"].push_back({{"name", t.name},
                           {"count", t.count},
@@ -901,9 +1069,11 @@ absl::StatusOr<SimConfig> ParseConfig(const nlohmann::json& j) {
     c.cold_start_gpu_s = j.value("cold_start_gpu_s", c.cold_start_gpu_s);
     c.hold_queue = j.value("hold_queue", c.hold_queue);
     c.replica_queue_limit = j.value("replica_queue_limit", c.replica_queue_limit);
+    c.batch_delay_us = j.value("batch_delay_us", c.batch_delay_us);
     c.hold_timeout_s = j.value("hold_timeout_s", c.hold_timeout_s);
     c.fail_fraction = j.value("fail_fraction", c.fail_fraction);
     c.fail_at_s = j.value("fail_at_s", c.fail_at_s);
+    c.warmup_s = j.value("warmup_s", c.warmup_s);
     constexpr double kGiB = 1 << 30;
     for (const auto& n : j.at("nodes")) {
       NodeType t;
@@ -981,6 +1151,30 @@ absl::Status LoadArrivalsCsv(const std::string& text, SimConfig& config) {
     it->trace.times_s = std::move(ts);
   }
   return absl::OkStatus();
+}
+
+control::Cluster BuildCluster(const SimConfig& config, std::vector<int>* type_of) {
+  control::Cluster cluster;
+  for (size_t ti = 0; ti < config.node_types.size(); ++ti) {
+    const NodeType& t = config.node_types[ti];
+    const int kind = t.gpu_kind.empty() ? control::kCpuKind : cluster.kinds().Intern(t.gpu_kind);
+    for (int i = 0; i < t.count; ++i) {
+      control::NodeSpec n;
+      n.id = absl::StrCat(t.name, "-", i);
+      n.cpu_cores = t.cpu_cores;
+      n.memory_bytes = t.memory_bytes;
+      n.price_per_hour = t.price_per_hour;
+      for (int g = 0; g < t.gpu_count; ++g) {
+        n.gpus.push_back({.index = g,
+                          .kind = kind,
+                          .memory_bytes = t.gpu_memory_bytes,
+                          .compute_capability_x10 = t.compute_capability_x10});
+      }
+      cluster.AddNode(std::move(n));
+      if (type_of != nullptr) type_of->push_back(static_cast<int>(ti));
+    }
+  }
+  return cluster;
 }
 
 absl::StatusOr<RunResult> Run(const SimConfig& config, const Policy& policy) {

@@ -14,6 +14,7 @@
 #ifndef FERRY_PERF_SIM_SIM_H_
 #define FERRY_PERF_SIM_SIM_H_
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -77,12 +78,18 @@ struct SimConfig {
   // Requests waiting at one replica (the agent batcher's maxQueueSize, default 1024); past it the
   // request is rejected (429). 0 = unbounded.
   int64_t replica_queue_limit = 1024;
+  // The agent batcher's delay budget (manifest batching.maxQueueDelayMicros, default 1000) under
+  // policy aimd's adaptive delay; 0 = a batch leaves as soon as the executor is free.
+  int64_t batch_delay_us = 1000;
   double hold_timeout_s = 30;
   double fail_fraction = 0;  // nodes failing at fail_at_s (chosen at random)
   double fail_at_s = 60;
+  // Arrivals from this time on are also counted apart (steady state: the autoscalers have seen a
+  // stable window of load); 0 = no split.
+  double warmup_s = 0;
 };
 
-enum class Routing { kPowerOfTwo, kRoundRobin };
+enum class Routing { kPowerOfTwo, kRoundRobin, kLeastOutstanding };
 enum class PlacementPolicy { kFerry, kFastest, kCheapest };
 
 struct Policy {
@@ -93,7 +100,8 @@ struct Policy {
 };
 
 // The four baselines of the simulator plus ferry's policy, by name: ferry, round-robin,
-// fastest-gpu, cheapest, fixed-replicas.
+// fastest-gpu, cheapest, fixed-replicas (PolicyNames). Also by name only: least-outstanding
+// (ferry's placement and autoscaler, routing by router.h PickLeastOutstanding).
 absl::StatusOr<Policy> PolicyByName(const std::string& name);
 std::vector<std::string> PolicyNames();
 
@@ -117,12 +125,33 @@ nlohmann::json ToJson(const SimConfig& config);
 // CSV "time_s,function" rows (header optional): sets each named function's trace to kCsv.
 absl::Status LoadArrivalsCsv(const std::string& text, SimConfig& config);
 
+// Why a request missed its SLO, attributed at its answer (first match in this order). Names for
+// printing: MissCauseName.
+enum class MissCause {
+  kHeld,           // waited at the gateway for a ready replica (cold start, scale from zero)
+  kRetried,        // re-routed after its node failed
+  kSlowHardware,   // the batch ran over the SLO, and its hardware's 1-item batch already does
+  kBatchTooLarge,  // the batch ran over the SLO, and its size alone (no noise) does
+  kExecNoise,      // the batch ran over the SLO only by its noise
+  kRouter,         // queued behind others while another ready replica of the function was idle
+  kScalingUp,      // queued while the function had replicas placed but not yet ready
+  kBurst,          // queued at the ready replicas with nothing starting: load above what they hold
+  kCount
+};
+inline constexpr int kMissCauses = static_cast<int>(MissCause::kCount);
+const char* MissCauseName(MissCause cause);
+
 struct FunctionResult {
   std::string name;
   int64_t arrivals = 0, answered = 0, within_slo = 0, rejected = 0, retried = 0;
   int64_t unplaced = 0;  // replicas wanted that placement could not place
   int64_t direction_changes = 0;
   int max_replicas_seen = 0;
+  std::array<int64_t, kMissCauses> misses{};           // by MissCause
+  int64_t steady_arrivals = 0, steady_within_slo = 0;  // arrivals at or after warmup_s
+  double ready_replica_s = 0;    // replica-seconds ready (routable or draining)
+  double busy_replica_s = 0;     // replica-seconds executing a batch
+  double capacity_requests = 0;  // ready replica-seconds × their throughput within the SLO
   // Step traces: from the step to the first decision up, the first replica placed after it, and
   // that replica ready; -1 when none.
   double step_decision_s = -1, step_placed_s = -1, step_ready_s = -1;
@@ -165,6 +194,24 @@ struct RunResult {
   double failure_replaced_s = -1;       // that reconcile, after the failure
   int64_t events = 0;
   double wall_s = 0;
+  std::array<int64_t, kMissCauses> misses{};  // by MissCause, all functions
+  int64_t steady_arrivals = 0, steady_within_slo = 0;
+  double steady_attainment() const {
+    return steady_arrivals
+               ? static_cast<double>(steady_within_slo) / static_cast<double>(steady_arrivals)
+               : 1.0;
+  }
+  // Measured utilisation of the replicas while ready. Busy: the time they executed a batch.
+  // Within the SLO: requests answered / what the ready replicas could serve at their throughput
+  // within the SLO (placement.h CapacityOf on their hardware), the quantity the autoscaler's
+  // targetUtilization aims at.
+  double ready_replica_s = 0, busy_replica_s = 0, capacity_requests = 0;
+  double busy_utilization() const {
+    return ready_replica_s > 0 ? busy_replica_s / ready_replica_s : 0;
+  }
+  double slo_capacity_utilization() const {
+    return capacity_requests > 0 ? static_cast<double>(answered) / capacity_requests : 0;
+  }
   double slo_attainment() const {
     return arrivals ? static_cast<double>(within_slo) / static_cast<double>(arrivals) : 1.0;
   }
@@ -174,6 +221,10 @@ struct RunResult {
 };
 
 absl::StatusOr<RunResult> Run(const SimConfig& config, const Policy& policy);
+
+// The cluster a SimConfig describes (node types expanded in order, GPU kinds interned).
+// type_of[i], when given, gets the node type of node i.
+control::Cluster BuildCluster(const SimConfig& config, std::vector<int>* type_of = nullptr);
 
 // functions.csv, decisions.csv, timeline.csv, replicas.csv under `dir` (created), each file
 // prefixed with the policy name.

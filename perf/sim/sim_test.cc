@@ -4,6 +4,7 @@
 
 #include "control-plane/router.h"
 #include "gtest/gtest.h"
+#include "perf/sim/oracle.h"
 
 namespace ferry::sim {
 namespace {
@@ -122,6 +123,118 @@ TEST(SimTest, ConfigRoundTripsAndCsvArrivalsAreReplayed) {
   EXPECT_FALSE(LoadArrivalsCsv("1.0,nope\n", *back).ok());
 }
 
+TEST(SimTest, EveryMissHasACauseAndUtilisationIsMeasured) {
+  const SimConfig c = SmallStep();
+  auto r = sim::Run(c, *PolicyByName("ferry"));
+  ASSERT_TRUE(r.ok());
+  int64_t misses = 0;
+  for (int64_t m : r->misses) misses += m;
+  EXPECT_EQ(misses, r->answered - r->within_slo);
+  EXPECT_GT(misses, 0);  // the 4x step queues before the new replicas are ready
+  EXPECT_GT(r->misses[static_cast<int>(MissCause::kScalingUp)], 0);
+  EXPECT_GT(r->busy_utilization(), 0.05);
+  EXPECT_LE(r->busy_utilization(), 1.0);
+  EXPECT_GT(r->slo_capacity_utilization(), 0.05);
+  EXPECT_LT(r->slo_capacity_utilization(), 1.5);
+}
+
+// Three nodes: one T4 ($1/h, 16 GiB), one A10G ($1.5/h, 24 GiB), one 8-core CPU node ($0.8/h,
+// $0.1 per core). GPU functions A (12 GiB, 100 rps) and B (10 GiB, 60 rps), batch 8 within half
+// a 200 ms target: a T4 replica serves 80 rps, an A10G 160. CPU function C (2 cores, 200 rps,
+// 160 per replica) needs two replicas. Target utilisation 1, so a function needs its load.
+SimConfig HandInstance() {
+  SimConfig c;
+  c.node_types.push_back({.name = "t4",
+                          .cpu_cores = 8,
+                          .memory_bytes = 32LL << 30,
+                          .gpu_kind = "T4",
+                          .gpu_count = 1,
+                          .gpu_memory_bytes = 16LL << 30,
+                          .compute_capability_x10 = 75,
+                          .price_per_hour = 1.0});
+  c.node_types.push_back({.name = "a10",
+                          .cpu_cores = 8,
+                          .memory_bytes = 32LL << 30,
+                          .gpu_kind = "A10G",
+                          .gpu_count = 1,
+                          .gpu_memory_bytes = 24LL << 30,
+                          .compute_capability_x10 = 86,
+                          .price_per_hour = 1.5});
+  c.node_types.push_back(
+      {.name = "cpu", .cpu_cores = 8, .memory_bytes = 32LL << 30, .price_per_hour = 0.8});
+  auto gpu_fn = [](const std::string& name, int64_t gib, double rps) {
+    FunctionConfig f;
+    f.name = name;
+    f.req.accelerator = Accelerator::kGpu;
+    f.req.gpu_memory_bytes = gib << 30;
+    f.req.max_batch_size = 8;
+    f.req.latency_target_us = 200'000;
+    f.profiles = {{"T4", {10'000, 20'000, true}}, {"A10G", {5'000, 10'000, true}}};
+    f.scaling.target_utilization = 1;
+    f.trace.rate_rps = rps;
+    return f;
+  };
+  c.functions.push_back(gpu_fn("A", 12, 100));
+  c.functions.push_back(gpu_fn("B", 10, 60));
+  FunctionConfig cf;
+  cf.name = "C";
+  cf.req.cpu_cores = 2;
+  cf.req.max_batch_size = 4;
+  cf.req.latency_target_us = 100'000;
+  cf.profiles = {{"cpu", {5'000, 5'000, true}}};
+  cf.scaling.target_utilization = 1;
+  cf.trace.rate_rps = 200;
+  c.functions.push_back(cf);
+  return c;
+}
+
+TEST(OracleTest, FindsTheOptimumOfAHandCheckedInstance) {
+  // By hand: A cannot take two T4 replicas (24 GiB on a 16 GiB GPU), so A is A10G ($1.5) or
+  // T4 + A10G ($2.5); B is T4 ($1) or A10G ($1.5); C is two replicas on the CPU node ($0.2 each)
+  // or on the GPU nodes' CPUs ($0.25, $0.375). Cheapest: A on the A10G, B on the T4, C on the
+  // CPU node: 1.5 + 1 + 0.4 = $2.9/h, which also packs (A10G: 12 of 24 GiB; T4: 10 of 16).
+  const SimConfig c = HandInstance();
+  const AssignmentCost best = CheapestFeasible(c);
+  ASSERT_TRUE(best.feasible);
+  EXPECT_FALSE(best.exhausted);
+  EXPECT_NEAR(best.cost_per_hour, 2.9, 1e-9);
+  EXPECT_EQ(best.replicas_by_type,
+            (std::vector<std::vector<int>>{{0, 1, 0}, {1, 0, 0}, {0, 0, 2}}));
+  // ferry without the need: A and B both take the A10G (cheaper per request at full throughput),
+  // and C's second replica spreads to the T4 node's CPU ($0.25): 1.5 + 1.5 + 0.2 + 0.25.
+  const AssignmentCost plain = FerryPlacement(c, /*pass_need=*/false);
+  ASSERT_TRUE(plain.feasible);
+  EXPECT_NEAR(plain.cost_per_hour, 3.45, 1e-9);
+  // With the need, B's 60 rps fit one T4 ($1): only the spread of C is left, 2.95.
+  const AssignmentCost need = FerryPlacement(c, /*pass_need=*/true);
+  ASSERT_TRUE(need.feasible);
+  EXPECT_NEAR(need.cost_per_hour, 2.95, 1e-9);
+  // A fourth function that fits nowhere makes the instance infeasible.
+  SimConfig worse = c;
+  FunctionConfig huge = c.functions[0];
+  huge.name = "D";
+  huge.req.gpu_memory_bytes = 32LL << 30;
+  worse.functions.push_back(huge);
+  EXPECT_FALSE(CheapestFeasible(worse).feasible);
+  EXPECT_FALSE(FerryPlacement(worse, true).feasible);
+}
+
+TEST(OracleTest, FerryIsNeverCheaperThanTheOracle) {
+  for (uint64_t seed = 1; seed <= 40; ++seed) {
+    OracleOptions o;
+    o.seed = seed;
+    const SimConfig c = RandomOracleInstance(o);
+    const AssignmentCost best = CheapestFeasible(c);
+    for (bool need : {false, true}) {
+      const AssignmentCost f = FerryPlacement(c, need);
+      if (!f.feasible) continue;
+      // ferry's assignment is feasible, so the optimum exists and costs no more.
+      ASSERT_TRUE(best.feasible) << seed;
+      EXPECT_LE(best.cost_per_hour, f.cost_per_hour + 1e-9) << seed;
+    }
+  }
+}
+
 TEST(RouterTest, PowerOfTwoChoicesPrefersTheLessLoaded) {
   std::mt19937_64 rng(1);
   EXPECT_EQ(control::PickReplica({}, rng), -1);
@@ -132,6 +245,18 @@ TEST(RouterTest, PowerOfTwoChoicesPrefersTheLessLoaded) {
   // With many replicas the most loaded one is never chosen (it loses every comparison).
   const std::vector<int64_t> many = {1, 2, 3, 99};
   for (int i = 0; i < 200; ++i) EXPECT_NE(control::PickReplica(many, rng), 3);
+}
+
+TEST(RouterTest, LeastOutstandingTakesTheMinimumAndSplitsTies) {
+  std::mt19937_64 rng(1);
+  EXPECT_EQ(control::PickLeastOutstanding({}, rng), -1);
+  const std::vector<int64_t> loads = {3, 1, 2, 5};
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(control::PickLeastOutstanding(loads, rng), 1);
+  const std::vector<int64_t> ties = {4, 0, 7, 0, 0};
+  int count[5] = {0, 0, 0, 0, 0};
+  for (int i = 0; i < 3000; ++i) ++count[control::PickLeastOutstanding(ties, rng)];
+  EXPECT_EQ(count[0] + count[2], 0);
+  for (int i : {1, 3, 4}) EXPECT_NEAR(count[i], 1000, 150) << i;
 }
 
 }  // namespace

@@ -124,6 +124,13 @@ absl::Status ParseSloFields(const FieldReader& f, SloSpec* slo) {
                                     f.Child("latency", {"percentile", "targetMillis"}));
     FERRY_MANIFEST_RETURN_IF_ERROR(
         lat.Number("percentile", 0, true, 100, false, &slo->latency_percentile));
+    // Nothing acts on another percentile: the batcher holds every batch to targetMillis and
+    // `ferry usage` reports p50/p99. Refused rather than accepted and silently ignored.
+    if (slo->latency_percentile != 99.0) {
+      return lat.Bad("percentile",
+                     "99 (the only percentile ferry supports: the batcher steers every batch to "
+                     "targetMillis, and ferry usage reports p99 against it)");
+    }
     // A latency block without a target is almost certainly a mistake, not "no latency SLO".
     if (!lat.Has("targetMillis")) {
       return lat.Missing("targetMillis", "a number in (0, 3600000]");
@@ -188,6 +195,13 @@ absl::StatusOr<SloSpec> ParseSloDocument(const internal::YamlDocument& doc,
   std::string kind;
   FERRY_MANIFEST_RETURN_IF_ERROR(CheckHeader(top, "SLO", &kind));
   FERRY_MANIFEST_ASSIGN_OR_RETURN(Metadata meta, ParseMetadata(top));
+  if (!meta.labels.empty()) {
+    // An SLO's settings are copied into the Function that references it; its labels would go
+    // nowhere, so they are refused rather than dropped.
+    return ctx.Error("metadata.labels",
+                     "not allowed on a kind: SLO document (nothing reads them; put labels on the "
+                     "Function)");
+  }
   SloSpec slo;
   slo.name = meta.name;
   slo.source = source;
@@ -232,9 +246,10 @@ absl::Status ParseHardware(const FieldReader& spec, HardwareSpec* hw) {
 absl::Status ParseBatching(const FieldReader& spec, BatchingSpec* b) {
   if (!spec.Has("batching")) return absl::OkStatus();
   FERRY_MANIFEST_ASSIGN_OR_RETURN(
-      FieldReader f, spec.Child("batching", {"maxBatchSize", "maxQueueDelayMicros", "policy",
-                                             "maxQueueSize", "maxQueueBytes", "maxBatchTokens",
-                                             "timeoutMicros", "instances", "aimd"}));
+      FieldReader f,
+      spec.Child("batching",
+                 {"maxBatchSize", "maxQueueDelayMicros", "policy", "maxQueueSize", "maxQueueBytes",
+                  "maxBatchTokens", "timeoutMicros", "instances", "pipelineDepth", "aimd"}));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("maxBatchSize", 1, 65536, &b->max_batch_size));
   FERRY_MANIFEST_RETURN_IF_ERROR(
       f.Int("maxQueueDelayMicros", 0, 10'000'000, &b->max_queue_delay_us));
@@ -245,6 +260,7 @@ absl::Status ParseBatching(const FieldReader& spec, BatchingSpec* b) {
       f.Int("maxBatchTokens", 0, int64_t{1} << 30, &b->max_batch_tokens));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("timeoutMicros", 0, 3'600'000'000LL, &b->timeout_us));
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("instances", 1, 64, &b->instances));
+  FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("pipelineDepth", 1, 16, &b->pipeline_depth));
   if (f.Has("aimd")) {
     FERRY_MANIFEST_ASSIGN_OR_RETURN(
         FieldReader a, f.Child("aimd", {"additiveIncrease", "holdBand", "multiplicativeDecrease"}));

@@ -129,7 +129,7 @@ TEST_F(ManifestTest, JsonForm) {
     "hardware": {"accelerator": "any", "gpuMemoryMiB": 256, "cpuCores": 0.5},
     "batching": {"maxBatchSize": 64, "policy": "fixed", "timeoutMicros": 250000,
                  "instances": 2, "maxQueueSize": 100, "maxQueueBytes": 1048576,
-                 "maxBatchTokens": 4096},
+                 "maxBatchTokens": 4096, "pipelineDepth": 3},
     "slo": {"latency": {"targetMillis": 7.5}, "onOverload": "reject"},
     "config": {"layers": [4, 8, 2], "activation": "relu", "seed": null}
   }
@@ -149,6 +149,7 @@ TEST_F(ManifestTest, JsonForm) {
   EXPECT_EQ(fn.batching.max_queue_size, 100);
   EXPECT_EQ(fn.batching.max_queue_bytes, 1048576);
   EXPECT_EQ(fn.batching.max_batch_tokens, 4096);
+  EXPECT_EQ(fn.batching.pipeline_depth, 3);
   EXPECT_EQ(fn.slo.latency_target_us(), 7500);
   EXPECT_DOUBLE_EQ(fn.slo.latency_percentile, 99.0);
   EXPECT_EQ(fn.slo.name, "");
@@ -189,9 +190,9 @@ spec: {runtime: wordfilter, config: {words: [x, y]}}
 TEST_F(ManifestTest, SloFileResolvesRelativeToManifestFolder) {
   Write("fns/slos/tight.yaml", R"(apiVersion: ferry.dev/v1
 kind: SLO
-metadata: {name: tight, labels: {tier: gold}}
+metadata: {name: tight}
 spec:
-  latency: {percentile: 99.9, targetMillis: 2}
+  latency: {percentile: 99, targetMillis: 2}
   onOverload: default-output
   defaultOutput: {outputs: [{name: y, datatype: FP32, shape: [1], data: [0.0]}]}
 )");
@@ -207,7 +208,7 @@ spec:
   const SloSpec& slo = (*fns)[0].slo;
   EXPECT_EQ(slo.name, "tight");
   EXPECT_EQ(slo.source, (fs::path(dir_) / "fns" / "slos/tight.yaml").string());
-  EXPECT_DOUBLE_EQ(slo.latency_percentile, 99.9);
+  EXPECT_DOUBLE_EQ(slo.latency_percentile, 99.0);
   EXPECT_EQ(slo.latency_target_us(), 2000);
   EXPECT_EQ(slo.on_overload, OverloadAction::kDefaultOutput);
   EXPECT_EQ(slo.default_output["outputs"][0]["name"], "y");
@@ -234,7 +235,7 @@ spec:
     aimd: {additiveIncrease: 4, holdBand: 0.2, multiplicativeDecrease: 0.5}
   scaling: {minReplicas: 3, idleSeconds: 0}
   slo:
-    latency: {percentile: 95, targetMillis: 50}
+    latency: {percentile: 99.0, targetMillis: 50}
     throughput: {minRps: 10}
     maxCostPerMillion: 0
     onOverload: default-output
@@ -258,7 +259,7 @@ spec:
   EXPECT_EQ(fn.scaling.min_replicas, 3);
   EXPECT_EQ(fn.scaling.max_replicas, 3);  // follows minReplicas up when not given
   EXPECT_EQ(fn.scaling.idle_seconds, 0);
-  EXPECT_DOUBLE_EQ(fn.slo.latency_percentile, 95.0);
+  EXPECT_DOUBLE_EQ(fn.slo.latency_percentile, 99.0);
   EXPECT_EQ(fn.slo.latency_target_us(), 50000);
   EXPECT_DOUBLE_EQ(fn.slo.min_rps, 10.0);
   ASSERT_TRUE(fn.slo.max_cost_per_million.has_value());
@@ -287,6 +288,7 @@ TEST_F(ManifestTest, Defaults) {
   EXPECT_EQ(fn.batching.max_queue_size, 1024);
   EXPECT_EQ(fn.batching.timeout_us, 0);
   EXPECT_EQ(fn.batching.instances, 1);
+  EXPECT_EQ(fn.batching.pipeline_depth, 2);
   EXPECT_EQ(fn.batching.aimd.additive_increase, defaults.batching.aimd.additive_increase);
   EXPECT_DOUBLE_EQ(fn.batching.aimd.hold_band, defaults.batching.aimd.hold_band);
   EXPECT_EQ(fn.scaling.min_replicas, 1);
@@ -393,6 +395,9 @@ TEST_F(ManifestTest, BadSpecFieldsNameThePathAndWhatWasExpected) {
       {"batch tokens out of range",
        "  runtime: echo\n  batching: {maxBatchTokens: -1}\n",
        {"spec.batching.maxBatchTokens: got -1, expected an integer in [0, 1073741824]"}},
+      {"pipeline depth out of range",
+       "  runtime: echo\n  batching: {pipelineDepth: 0}\n",
+       {"spec.batching.pipelineDepth: got 0, expected an integer in [1, 16]"}},
       {"delay out of range",
        "  runtime: echo\n  batching: {maxQueueDelayMicros: 10000001}\n",
        {"spec.batching.maxQueueDelayMicros: got 10000001, expected an integer in [0, 10000000]"}},
@@ -452,6 +457,13 @@ TEST_F(ManifestTest, BadSpecFieldsNameThePathAndWhatWasExpected) {
       {"percentile zero",
        "  runtime: echo\n  slo: {latency: {percentile: 0, targetMillis: 5}}\n",
        {"spec.slo.latency.percentile: got 0, expected a number in (0, 100]"}},
+      {"percentile other than 99 is refused, not ignored",
+       "  runtime: echo\n  slo: {latency: {percentile: 95, targetMillis: 5}}\n",
+       {"m.yaml: spec.slo.latency.percentile: got 95, expected 99 (the only percentile ferry "
+        "supports"}},
+      {"percentile 99.9 is refused too",
+       "  runtime: echo\n  slo: {latency: {percentile: 99.9, targetMillis: 5}}\n",
+       {"spec.slo.latency.percentile: got 99.9, expected 99"}},
       {"latency without target",
        "  runtime: echo\n  slo: {latency: {percentile: 99}}\n",
        {"spec.slo.latency.targetMillis: missing, expected a number in (0, 3600000]"}},
@@ -627,6 +639,46 @@ spec: {runtime: echo, slo: {file: bad.slo.yaml}}
               HasSubstr(slo + ": spec.latency.targetMillis: got -5, expected a number in (0, "));
   EXPECT_THAT(std::string(fns.status().message()),
               HasSubstr("referenced from " + manifest + ": spec.slo.file"));
+}
+
+TEST_F(ManifestTest, FieldsNothingReadsAreRefused) {
+  // Labels on an SLO document would be dropped when its settings are copied into the Function.
+  const std::string slo = Write("labelled.slo.yaml", R"(apiVersion: ferry.dev/v1
+kind: SLO
+metadata: {name: s, labels: {tier: gold}}
+spec:
+  latency: {targetMillis: 5}
+)");
+  absl::StatusOr<SloSpec> loaded = LoadSloFile(slo);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(std::string(loaded.status().message()),
+            slo +
+                ": metadata.labels: not allowed on a kind: SLO document (nothing reads them; "
+                "put labels on the Function)");
+  // The same document inside a manifest file is validated, and refused, too.
+  absl::StatusOr<std::vector<FunctionSpec>> fns = ParseManifests(
+      "apiVersion: ferry.dev/v1\nkind: SLO\nmetadata: {name: s, labels: {a: b}}\nspec: {}\n"
+      "---\napiVersion: ferry.dev/v1\nkind: Function\nmetadata: {name: f}\nspec: {runtime: echo}\n",
+      "both.yaml", dir_);
+  ASSERT_FALSE(fns.ok());
+  EXPECT_THAT(std::string(fns.status().message()),
+              HasSubstr("both.yaml document 1: metadata.labels: not allowed on a kind: SLO"));
+  // A latency percentile other than 99 would change nothing: refused with the field path.
+  fns = ParseManifests(
+      "apiVersion: ferry.dev/v1\nkind: Function\nmetadata: {name: f}\nspec:\n  runtime: echo\n"
+      "  slo: {latency: {percentile: 99.9, targetMillis: 5}}\n",
+      "f.yaml", dir_);
+  ASSERT_FALSE(fns.ok());
+  EXPECT_EQ(std::string(fns.status().message()),
+            "f.yaml: spec.slo.latency.percentile: got 99.9, expected 99 (the only percentile ferry "
+            "supports: the batcher steers every batch to targetMillis, and ferry usage reports p99 "
+            "against it)");
+  // 99 (the default) is accepted, written or not.
+  fns = ParseManifests(
+      "apiVersion: ferry.dev/v1\nkind: Function\nmetadata: {name: f}\nspec:\n  runtime: echo\n"
+      "  slo: {latency: {percentile: 99, targetMillis: 5}}\n",
+      "f.yaml", dir_);
+  ASSERT_TRUE(fns.ok()) << fns.status();
 }
 
 TEST_F(ManifestTest, SloFileMustHoldOneSloDocument) {

@@ -1,7 +1,7 @@
 """Autoscaling end to end on loopback: ferry-control with its gateway and two agents.
 
 - A function with minReplicas 0 and idleSeconds 1 starts with one replica, goes to zero after a
-  second without requests, and a burst of concurrent requests through the gateway is held while
+  second without requests (a client calling the agent directly then gets 503, not 404), and a burst of concurrent requests through the gateway is held while
   it scales from zero: every request succeeds.
 - A slow function (echo with delayMicros) scales up under concurrent load and back down under a
   light request loop: the replica removed drains first, and no request of either loop fails.
@@ -115,6 +115,15 @@ def test_scale_to_zero_then_burst_is_held_and_served(cluster):
     assert "DESIRED" in r.stdout and "idle 1s: to zero" in r.stdout, r.stdout
     wait_for(lambda: any("unloaded function 'cold'" in a.log() for a in cluster.agents), 10,
              "an agent unloaded cold")
+    # A client that called that agent directly learns the function moved (503 with the reason),
+    # not that it never existed (404).
+    agent = next(a for a in cluster.agents if "unloaded function 'cold'" in a.log())
+    req = urllib.request.Request(f"http://{agent.http_hostport}/v2/models/cold/infer", data=BODY,
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code == 503, e.value.code
+    assert "no longer served on this node" in json.loads(e.value.read())["error"]
 
     # A burst at zero: every request is held, then served.
     results = []

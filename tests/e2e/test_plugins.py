@@ -5,6 +5,7 @@ built for another ABI is reported failed with its reason while the other functio
 """
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -48,6 +49,14 @@ def plugin_dir():
 
 def gpu_present(agent_log):
     return "serving on CPU only" not in agent_log
+
+
+def skip_without_gpu(reason):
+    """Skips, or fails under FERRY_REQUIRE_GPU=1 (perf/device/run.sh sets it where nvidia-smi
+    works), so a GPU machine whose driver or build cannot use its GPU is not a green run."""
+    if os.environ.get("FERRY_REQUIRE_GPU") == "1":
+        pytest.fail(f"FERRY_REQUIRE_GPU=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -145,10 +154,10 @@ def test_agent_without_plugin_dir_refuses_plugins(tmp_path):
 def test_gpu_scale_runs_its_kernel_where_a_gpu_is(agent, tmp_path):
     lib = build_dir() / "plugins" / "libgpu_scale.so"
     if not lib.exists():
-        pytest.skip("gpu-scale is not built: this build has no CUDA")
+        skip_without_gpu("gpu-scale is not built: this build has no CUDA")
     if not gpu_present(agent.log()):
-        pytest.skip("no GPU on this machine: gpu-scale runs only where a GPU is "
-                    "(the agent reports: serving on CPU only)")
+        skip_without_gpu("no GPU on this machine: gpu-scale runs only where a GPU is "
+                         "(the agent reports: serving on CPU only)")
     shutil.copy(EXAMPLES / "gpu-scale.yaml", tmp_path / "gpu-scale.yaml")
     proc = AgentProcess(tmp_path / "gpu-scale.yaml", tmp_path / "gpu.log",
                         extra_args=("--plugin-dir", str(plugin_dir())))

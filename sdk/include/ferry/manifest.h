@@ -52,7 +52,10 @@ struct BatchingSpec {
   int64_t max_batch_tokens = 0;
   int64_t timeout_us = 0;  // timeoutMicros: default per-request timeout, 0 = none
   int64_t instances = 1;   // instances: concurrent executors, 1..64
-  AimdSpec aimd;           // aimd: {...}
+  // pipelineDepth: batches in flight at once through a staged (GPU) runtime's pipeline, 1..16;
+  // 1 = no overlap between batches. Ignored by runtimes without stages.
+  int64_t pipeline_depth = 2;
+  AimdSpec aimd;  // aimd: {...}
 };
 
 struct ScalingSpec {

@@ -13,6 +13,8 @@
 
 namespace ferry {
 
+class StagedRuntime;  // ferry/staged_runtime.h
+
 // One request of a batch. The runtime fills `response->outputs` (every declared output; the
 // agent filters to the requested ones) or sets `status` to fail only this request. Both pointers
 // are owned by the caller and outlive the Execute call.
@@ -39,12 +41,22 @@ class Runtime {
   virtual int64_t Cost(const InferenceRequest& request) const {
     return RequestCost(signature(), request);
   }
+  // The staged form of this runtime (ferry/staged_runtime.h), or nullptr. When non-null, the
+  // agent runs batches through its Pack/Launch/Unpack stages, overlapped across batches
+  // (batching/pipeline.h), instead of Execute. Owned by the runtime; fixed for its lifetime.
+  virtual StagedRuntime* staged() { return nullptr; }
 };
 
 // What hardware a runtime may use, as placed by the agent.
+class WeightCache;  // ferry/weight_cache.h
+
 struct RuntimeContext {
   bool use_gpu = false;  // the agent placed this replica on a GPU
   int gpu_index = 0;     // CUDA device ordinal when use_gpu
+  // The node's cache of prepared weights (not owned; outlives the runtime), or nullptr. A
+  // runtime that loads large weights looks them up there by WeightCache::FileKey so that a
+  // reload of the same files (scale to zero and back) skips reading and preparing them.
+  WeightCache* weight_cache = nullptr;
 };
 
 }  // namespace ferry

@@ -1,0 +1,58 @@
+// FP32 matrix products for the CPU BERT encoder with the weights packed once, at load.
+//
+// A dense layer multiplies a few token rows by a fixed weight matrix. A general BLAS call
+// (OpenBLAS sgemm) copies that weight matrix into its cache-friendly panel layout on every call,
+// which costs as much as the multiply itself when there are only a few rows (one short
+// sentence). PackedLinear does the copy once, at construction, and then runs an AVX2+FMA
+// register-tiled kernel straight over the packed panels. CPUs without AVX2+FMA fall back to
+// OpenBLAS on a plain copy of the weights.
+#ifndef FERRY_KERNELS_CPU_GEMM_H_
+#define FERRY_KERNELS_CPU_GEMM_H_
+
+#include <cstddef>
+#include <vector>
+
+namespace ferry::kernels {
+
+// True when this CPU runs the packed AVX2+FMA kernels (checked once).
+bool CpuHasAvx2Fma();
+
+// out = in · Wᵀ + bias for a weight W in PyTorch nn.Linear layout ([n, k], row-major).
+// Immutable after construction, so one instance may be used by many threads at once; Apply
+// blocks the calling thread only, allocates nothing and starts no threads.
+class PackedLinear {
+ public:
+  PackedLinear() = default;
+  // Copies `w` ([n, k]) and `bias` ([n], or null for none) into the packed layout.
+  // `force_portable` selects the OpenBLAS fallback even where AVX2+FMA exist (for tests).
+  PackedLinear(const float* w, const float* bias, int n, int k, bool force_portable = false);
+
+  // out[r, 0:n] = in[r, 0:k] · Wᵀ + bias for r in [0, rows): `in` has leading dimension
+  // `ld_in` (≥ k) and `out` has `ld_out` (≥ n), both in floats. `in` and `out` must not overlap.
+  void Apply(const float* in, int rows, int ld_in, float* out, int ld_out) const;
+
+  int n() const { return n_; }
+  int k() const { return k_; }
+
+ private:
+  int n_ = 0;
+  int k_ = 0;
+  bool packed_ = false;
+  // Packed: for each block of kKc rows of k, for each panel of 16 outputs (zero-padded), the
+  // block's kKc×16 weights with the 16 outputs contiguous. Portable: W as given.
+  std::vector<float> w_;
+  std::vector<float> bias_;  // [n] (zeros when there is none)
+};
+
+// Softmax attention of one head over one sequence's own `len` rows (no mask: packed rows carry
+// no padding). q, k, v: row r at q + r·ld (d floats each); ctx row r at ctx + r·ld_ctx.
+// scores = softmax(scale · q kᵀ) row by row; ctx = scores · v. `scratch` holds at least
+// AttentionScratchFloats(len, d) floats. Vectorised with AVX2+FMA where the CPU has them and d is
+// a multiple of 32. Blocks the caller only; thread-safe (all state is in the arguments).
+size_t AttentionScratchFloats(int len, int d);
+void AttentionHead(const float* q, const float* k, const float* v, int ld, int len, int d,
+                   float scale, float* ctx, int ld_ctx, float* scratch);
+
+}  // namespace ferry::kernels
+
+#endif  // FERRY_KERNELS_CPU_GEMM_H_
