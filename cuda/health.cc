@@ -1,6 +1,7 @@
 // The fault registry of health.h; compiled in every build (the CUDA probe lives in device.cc).
 #include "cuda/health.h"
 
+#include <atomic>
 #include <map>
 
 #include "absl/base/thread_annotations.h"
@@ -11,6 +12,9 @@ namespace ferry::cuda {
 namespace {
 
 struct Registry {
+  // True once any device has a fault: GpuHealth runs on every request of a GPU function, and a
+  // healthy process (the usual case) answers it from this flag without the lock.
+  std::atomic<bool> any_fault{false};
   absl::Mutex mu;
   std::map<int, std::string> faults ABSL_GUARDED_BY(mu);  // device -> first reason
   int64_t count ABSL_GUARDED_BY(mu) = 0;
@@ -28,10 +32,12 @@ void ReportGpuFault(int device, std::string_view reason) {
   absl::MutexLock lock(&r.mu);
   ++r.count;
   r.faults.emplace(device, std::string(reason));
+  r.any_fault.store(true, std::memory_order_release);
 }
 
 absl::Status GpuHealth(int device) {
   Registry& r = Get();
+  if (!r.any_fault.load(std::memory_order_acquire)) return absl::OkStatus();
   absl::MutexLock lock(&r.mu);
   auto it = r.faults.find(device);
   if (it == r.faults.end()) return absl::OkStatus();
@@ -75,6 +81,7 @@ void ResetGpuHealthForTest() {
   absl::MutexLock lock(&r.mu);
   r.faults.clear();
   r.count = 0;
+  r.any_fault.store(false, std::memory_order_release);
 }
 
 }  // namespace ferry::cuda

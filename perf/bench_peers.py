@@ -50,7 +50,8 @@ import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_agent import REPO_ROOT, start_agent, write_csv  # noqa: E402
-from bench_slo import SLO_MS, fmt_us, loadavg, run_loadgen, slo_metrics  # noqa: E402
+from bench_slo import (SLO_MS, add_priority_args, apply_priority, fmt_us,  # noqa: E402
+                       loadavg, run_loadgen, slo_metrics)
 
 PEERS_DIR = REPO_ROOT / "perf" / "peers"
 SYSTEMS = ["ferry", "mlserver", "rayserve", "pytriton", "bentoml"]
@@ -283,26 +284,10 @@ def main():
     p.add_argument("--server-cpus", default="0")
     p.add_argument("--loadgen-cpus", default="1")
     p.add_argument("--no-pin", action="store_true")
-    p.add_argument("--fifo", action="store_true",
-                   help="run the servers and ferry-loadgen under SCHED_FIFO (needs root)")
-    p.add_argument("--nice", type=int, default=0,
-                   help="run the servers and ferry-loadgen at this niceness (e.g. -10 on a "
-                        "machine shared with niced builds; negative needs root)")
+    add_priority_args(p)
     p.add_argument("--out", default=str(REPO_ROOT / "perf" / "results"))
     args = p.parse_args()
-    if args.nice:
-        try:
-            os.nice(args.nice)  # inherited by every process started below
-        except PermissionError:
-            sys.exit("--nice below 0 needs root (CAP_SYS_NICE)")
-    if args.fifo:
-        # Real-time priority 1, inherited by every process started below: on a machine shared
-        # with other work (builds), a woken server or client thread then runs at once instead of
-        # after a neighbour's time slice. The kernel's RT throttling still leaves others 5 %.
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-        except PermissionError:
-            sys.exit("--fifo needs root (CAP_SYS_NICE)")
+    apply_priority(args)
     args.rates = [int(r) for r in args.rates.split(",") if r]
 
     build = pathlib.Path(args.build_dir)

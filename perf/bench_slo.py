@@ -168,6 +168,32 @@ def batch_counters(base_url, name):
     return count, total
 
 
+def add_priority_args(p):
+    """--fifo and --nice, shared with bench_peers.py."""
+    p.add_argument("--fifo", action="store_true",
+                   help="run the servers and ferry-loadgen under SCHED_FIFO (needs root)")
+    p.add_argument("--nice", type=int, default=0,
+                   help="run the servers and ferry-loadgen at this niceness (e.g. -10 on a "
+                        "machine shared with niced builds; negative needs root)")
+
+
+def apply_priority(args):
+    """Applies --nice and --fifo to this process; every process started later inherits them."""
+    if args.nice:
+        try:
+            os.nice(args.nice)  # inherited by every process started below
+        except PermissionError:
+            sys.exit("--nice below 0 needs root (CAP_SYS_NICE)")
+    if args.fifo:
+        # Real-time priority 1, inherited by every process started below: on a machine shared
+        # with other work (builds), a woken server or client thread then runs at once instead of
+        # after a neighbour's time slice. The kernel's RT throttling still leaves others 5 %.
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        except PermissionError:
+            sys.exit("--fifo needs root (CAP_SYS_NICE)")
+
+
 def loadavg():
     return os.getloadavg()[0]
 
@@ -289,26 +315,10 @@ def main():
     p.add_argument("--agent-cpus", default="0")
     p.add_argument("--loadgen-cpus", default="1")
     p.add_argument("--no-pin", action="store_true", help="do not use taskset")
-    p.add_argument("--fifo", action="store_true",
-                   help="run the servers and ferry-loadgen under SCHED_FIFO (needs root)")
-    p.add_argument("--nice", type=int, default=0,
-                   help="run the servers and ferry-loadgen at this niceness (e.g. -10 on a "
-                        "machine shared with niced builds; negative needs root)")
+    add_priority_args(p)
     p.add_argument("--out", default=str(REPO_ROOT / "perf" / "results"))
     args = p.parse_args()
-    if args.nice:
-        try:
-            os.nice(args.nice)  # inherited by every process started below
-        except PermissionError:
-            sys.exit("--nice below 0 needs root (CAP_SYS_NICE)")
-    if args.fifo:
-        # Real-time priority 1, inherited by every process started below: on a machine shared
-        # with other work (builds), a woken server or client thread then runs at once instead of
-        # after a neighbour's time slice. The kernel's RT throttling still leaves others 5 %.
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-        except PermissionError:
-            sys.exit("--fifo needs root (CAP_SYS_NICE)")
+    apply_priority(args)
     fractions = [float(f) for f in args.fractions.split(",")]
     workloads = [args.only] if args.only else ["mlp", "slow"]
 

@@ -36,6 +36,7 @@
 #include "cuda/gpu_mlp.h"
 #include "cuda/graph_cache.h"
 #include "cuda/linear.h"
+#include "gpu_peaks.h"
 
 namespace {
 
@@ -147,36 +148,7 @@ using ferry::cuda::Precision;
 constexpr int64_t kSweepBatchSizes[] = {1, 8, 64, 256, 1024, 4096};
 constexpr double kSweepSecondsPerConfig = 0.15;
 
-// Dense (no sparsity) peak TFLOP/s by precision: fp32 (CUDA cores), tf32, bf16, fp16 (tensor
-// cores, FP32 accumulate), from NVIDIA's datasheets. Matched by substring of the device name,
-// most specific first. {0,...}: unknown card.
-struct Peak {
-  const char* name_part;
-  double fp32, tf32, bf16, fp16;
-};
-constexpr Peak kPeaks[] = {
-    {"H200", 67, 494.7, 989.4, 989.4}, {"H100 PCIe", 51, 378, 756, 756},
-    {"H100 NVL", 60, 417.5, 835, 835}, {"H100", 67, 494.7, 989.4, 989.4},
-    {"A100", 19.5, 156, 312, 312},     {"L40S", 91.6, 183, 362, 362},
-    {"L4", 30.3, 60, 121, 121},        {"A10", 31.2, 62.5, 125, 125},
-};
-
-double PeakTflops(const std::string& gpu_name, Precision p) {
-  for (const Peak& k : kPeaks) {
-    if (gpu_name.find(k.name_part) == std::string::npos) continue;
-    switch (p) {
-      case Precision::kFp32:
-        return k.fp32;
-      case Precision::kTf32:
-        return k.tf32;
-      case Precision::kBf16:
-        return k.bf16;
-      case Precision::kFp16:
-        return k.fp16;
-    }
-  }
-  return 0;
-}
+using ferry::perf::PeakTflops;
 
 struct SweepRow {
   std::string model;
