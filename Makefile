@@ -81,13 +81,15 @@ bench-peers: build examples
 SIM_SIZE ?= --nodes 1000 --functions 1000
 SIM_ARGS ?=
 bench-sim: build
-	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace gamma --cv 4 --duration 180 --warmup 60 --out $(BUILD_DIR)/sim/bursty $(SIM_ARGS)
-	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace gamma --cv 4 --duration 180 --warmup 60 --utilization 0.85 --policies ferry,fixed-replicas --out $(BUILD_DIR)/sim/bursty-85 $(SIM_ARGS)
+	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace gamma --cv 4 --duration 180 --warmup 60 --utilization 0.7 --out $(BUILD_DIR)/sim/bursty $(SIM_ARGS)
+	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace gamma --cv 4 --duration 180 --warmup 60 --utilization 0.85 --out $(BUILD_DIR)/sim/bursty-85 $(SIM_ARGS)
+	for z in 0 2 3; do $(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace gamma --cv 4 --duration 180 --warmup 60 --utilization 0.7 --policies ferry --burst_z $$z --out $(BUILD_DIR)/sim/bursty-z$$z $(SIM_ARGS); done
 	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace step --step_at 30 --step_factor 4 --duration 90 --policies ferry,fixed-replicas --out $(BUILD_DIR)/sim/step $(SIM_ARGS)
 	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace poisson --duration 120 --policies ferry --out $(BUILD_DIR)/sim/constant $(SIM_ARGS)
 	$(BUILD_DIR)/perf/sim/ferry-sim $(SIM_SIZE) --trace poisson --duration 90 --fail_fraction 0.05 --fail_at 30 --policies ferry --out $(BUILD_DIR)/sim/failure $(SIM_ARGS)
 	$(BUILD_DIR)/perf/sim/ferry-sim --oracle 1000 --out $(BUILD_DIR)/sim/oracle
 	for d in bursty bursty-85 step constant failure oracle; do $(BUILD_DIR)/venv/bin/python perf/sim/plot.py $(BUILD_DIR)/sim/$$d; done
+	$(BUILD_DIR)/venv/bin/python perf/sim/plot.py --tradeoff $(BUILD_DIR)/sim/tradeoff.png $(BUILD_DIR)/sim/bursty-z0 $(BUILD_DIR)/sim/bursty-z2 $(BUILD_DIR)/sim/bursty-z3 $(BUILD_DIR)/sim/bursty
 
 # Address + undefined-behaviour sanitizers over every unit and end-to-end test (CPU build).
 sanitize: deps examples

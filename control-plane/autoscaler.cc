@@ -33,6 +33,7 @@ AutoscalerSettings SettingsOf(const ScalingSpec& s) {
   out.panic_threshold = s.panic_threshold;
   out.max_scale_up_rate = s.max_scale_up_rate;
   out.max_scale_down_rate = s.max_scale_down_rate;
+  out.burst_z = s.burst_z;
   return out;
 }
 
@@ -159,12 +160,16 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
     const double mean = rps * window_s;
     return (mean + s.burst_z * std::sqrt(dispersion * mean)) / (per_replica_rps * window_s);
   };
-  auto want = [&](double rps, double conc) {
-    return CeilCount(std::max(raw_want(rps, conc), burst_raw(rps)));
+  // Wants are kept unrounded and in requests per second (replicas × one replica's throughput):
+  // the throughput a replica stands for changes when the function's replicas move to other
+  // hardware, and the window's maximum must not mix the two units; the controller places
+  // whole replicas on whatever hardware covers the unrounded need most cheaply.
+  auto want_raw = [&](double rps, double conc) {
+    return std::max(raw_want(rps, conc), burst_raw(rps));
   };
-  const int stable_want = want(stable_rps, stable_conc);
+  const double stable_raw = want_raw(stable_rps, stable_conc);
+  const int stable_want = CeilCount(stable_raw);
   const double panic_raw = raw_want(panic_rps, panic_conc);
-  const int panic_want = CeilCount(panic_raw);
 
   ScaleDecision d;
   d.stable_rps = stable_rps;
@@ -191,9 +196,9 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
   } else if (panic_since_us_ >= 0 && now - panic_last_hit_us_ >= stable_w) {
     panic_since_us_ = -1;
   }
-  stable_wants_.push_back({now, stable_want});
-  int window_max = 0;
-  for (const Want& w : stable_wants_) window_max = std::max(window_max, w.want);
+  stable_wants_.push_back({now, stable_raw * per_replica_rps});
+  double window_max_rps = 0;
+  for (const Want& w : stable_wants_) window_max_rps = std::max(window_max_rps, w.need_rps);
 
   std::string load = absl::StrFormat("%.4g rps / %.4g rps per replica at %g target", stable_rps,
                                      per_replica_rps, util);
@@ -201,10 +206,14 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
     absl::StrAppend(
         &load, absl::StrFormat("; bursts (dispersion %.3g) want %d", dispersion, d.burst_want));
   }
-  int desired;
+  // The need (requests per second of throughput within the SLO) behind `desired`; a rule that
+  // sets a count outright sets the need to that many replicas.
+  double need_units;  // in replicas of `per_replica_rps`, unrounded
   if (panic_since_us_ >= 0) {
     d.panic = true;
-    desired = std::max({panic_want, want(recent_rps, recent_conc), last_desired_});
+    need_units =
+        std::max({panic_raw, want_raw(recent_rps, recent_conc), last_need_rps_ / per_replica_rps,
+                  static_cast<double>(last_desired_ - 1) + 1e-6});
     d.reason = absl::StrFormat("panic: %.1fx load over %s window", panic_ratio, Seconds(panic_w));
     if (overloaded && panic_ratio < s.panic_threshold) {
       absl::StrAppend(&d.reason, "; above ", static_cast<int>(ready_base),
@@ -213,8 +222,11 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
   } else {
     // A window not yet observed in full cannot agree on a scale-down (a restarted control plane
     // does not drop the replicas it adopted before it has seen their load).
-    if (now - start_us_ < stable_w) window_max = std::max(window_max, last_desired_);
-    desired = window_max;
+    need_units = window_max_rps / per_replica_rps;
+    if (now - start_us_ < stable_w) {
+      need_units = std::max(need_units, static_cast<double>(last_desired_ - 1) + 1e-6);
+    }
+    const int window_max = CeilCount(need_units);
     if (window_max > stable_want) {
       d.reason = absl::StrCat("stable: ", load, "; holding ", window_max, " until the ",
                               Seconds(stable_w), " window agrees on ", stable_want);
@@ -222,17 +234,23 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
       d.reason = absl::StrCat("stable: ", load);
     }
   }
+  int desired = CeilCount(need_units);
+  // A count set outright by a rule below: its need is that many replicas.
+  auto set_count = [&](int count) {
+    desired = count;
+    need_units = count;
+  };
 
   // Rate limits per evaluation.
   const int up_cap = CeilCount(s.max_scale_up_rate * ready_base);
   if (desired > up_cap && desired > current) {
-    desired = std::max(current, up_cap);
+    set_count(std::max(current, up_cap));
     absl::StrAppend(&d.reason, " (limited by maxScaleUpRate ", s.max_scale_up_rate, ")");
   }
   const int down_floor =
       s.max_scale_down_rate > 0 ? static_cast<int>(std::floor(current / s.max_scale_down_rate)) : 0;
   if (desired < down_floor) {
-    desired = down_floor;
+    set_count(down_floor);
     absl::StrAppend(&d.reason, " (limited by maxScaleDownRate ", s.max_scale_down_rate, ")");
   }
 
@@ -240,7 +258,7 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
   if (desired == 0 && s.min_replicas == 0) {
     const int64_t idle_for = now - last_activity_us_;
     if (idle_for < s.idle_us && (current > 0 || demand_ || last_desired_ > 0)) {
-      desired = 1;
+      set_count(1);
       if (demand_ && current == 0) {
         d.reason = "scale from zero: a request is waiting";
       } else {
@@ -258,16 +276,20 @@ ScaleDecision Autoscaler::Decide(int current, int ready, double throughput_rps,
 
   // Bounds.
   if (desired < s.min_replicas) {
+    // The count rises, the need does not: the controller places minReplicas replicas but
+    // chooses their hardware for the load there is.
     desired = static_cast<int>(s.min_replicas);
     absl::StrAppend(&d.reason, " (raised to minReplicas ", s.min_replicas, ")");
   }
   if (desired > s.max_replicas) {
-    desired = static_cast<int>(s.max_replicas);
+    set_count(static_cast<int>(s.max_replicas));
     absl::StrAppend(&d.reason, " (capped at maxReplicas ", s.max_replicas, ")");
   }
   demand_ = false;
   last_desired_ = desired;
+  last_need_rps_ = need_units * per_replica_rps;
   d.desired = desired;
+  d.need_rps = last_need_rps_;
   return d;
 }
 

@@ -16,7 +16,9 @@
 // the in-flight samples in W: the arrival rate is the primary signal; a queue adds only the
 // replicas that would drain it within one stable window.
 //  - Stable mode: desired = the largest want(stable window) computed during the last stable
-//    window: up at once, down only once a whole stable window agrees (no flapping).
+//    window: up at once, down only once a whole stable window agrees (no flapping). The window
+//    keeps each want unrounded and in requests per second, so that a change of the hardware the
+//    replicas run on (and so of one replica's throughput) does not mix units in its maximum.
 //  - Panic mode: entered when the unrounded want(panic window) ≥ panicThreshold × max(1, ready
 //    replicas), or when the arrival rate over its newest sixth exceeds the ready replicas' full
 //    throughput while their queue grows (overload); desired = max(want(panic window), want(newest
@@ -78,7 +80,8 @@ struct AutoscalerSettings {
   // in panic mode spans at least two of them.
   int64_t report_interval_us = 0;
   // Burst headroom (see above): the standard deviations of one SLO window's arrivals that the
-  // replicas serve within it. 0 = off (rate / targetUtilization only). Not a manifest field yet.
+  // replicas serve within it. 0 = off (rate / targetUtilization only). The manifest's
+  // scaling.burstZ; the controller turns it off for a function without a latency target.
   // 4 is what 99.9 % within the SLO took in the simulator under Gamma CV 4 arrivals (docs/perf.md,
   // "Cluster simulator"); 3 gave 99.7 %.
   double burst_z = 4.0;
@@ -95,6 +98,13 @@ struct ScaleDecision {
   double stable_concurrency = 0;
   double dispersion = 0;  // index of dispersion D of the arrival counts (0 = not measured)
   int burst_want = 0;     // replicas the burst headroom alone wants (0 = off)
+  // The throughput within the SLO (requests per second) that `desired` stands for, unrounded:
+  // the load's need at the target utilisation, with burst headroom and backlog, or exactly
+  // desired × throughput_rps where a rule set the count outright (panic's hold, rate limits,
+  // maxReplicas, the last replica before idle). Below desired × throughput_rps when the count
+  // was rounded up or raised to minReplicas: the controller covers it with whole replicas of
+  // whatever hardware costs least (placement.h PlacementHints::needed_rps).
+  double need_rps = 0;
 };
 
 class Autoscaler {
@@ -136,7 +146,7 @@ class Autoscaler {
   };
   struct Want {
     int64_t at_us;
-    int want;
+    double need_rps;  // unrounded, in requests per second (see Decide)
   };
   void Prune(int64_t now_us);
 
@@ -151,6 +161,7 @@ class Autoscaler {
   int64_t panic_since_us_ = -1;     // -1 = not panicking
   int64_t panic_last_hit_us_ = -1;  // last evaluation at or above the threshold
   int last_desired_;
+  double last_need_rps_ = 0;
 };
 
 }  // namespace ferry::control

@@ -76,6 +76,53 @@ struct Sim {
   std::normal_distribution<double> gauss{0, 1};
 };
 
+TEST(AutoscalerTest, TheNeedIsUnroundedAndSurvivesAChangeOfHardware) {
+  AutoscalerSettings settings = Settings(1, 50);
+  settings.burst_z = 0;
+  FakeClock clock(0);
+  Autoscaler scaler(settings, &clock, 1);
+  ScaleDecision d;
+  // 100 rps on replicas of 50 rps within the SLO: 100 / (50 × 0.7) = 2.86 -> 3 replicas, and the
+  // need behind them is 100 / 0.7 = 142.9 rps, not 3 × 50.
+  for (int i = 0; i < 120; ++i) {
+    clock.AdvanceMicros(kTickUs);
+    scaler.Record(50, 0);
+    d = scaler.Decide(3, 3, 50, 0);
+  }
+  EXPECT_EQ(d.desired, 3);
+  EXPECT_NEAR(d.need_rps, 100 / 0.7, 1e-6);
+  // The replicas moved to hardware four times as fast (200 rps each): the same need is one
+  // replica at once. A window that kept counts would hold 3 of the new replicas (600 rps) for a
+  // whole stable window.
+  clock.AdvanceMicros(kTickUs);
+  scaler.Record(50, 0);
+  d = scaler.Decide(1, 1, 200, 0);
+  EXPECT_EQ(d.desired, 1);
+  EXPECT_NEAR(d.need_rps, 100 / 0.7, 1e-6);
+  // minReplicas raises the count, not the need.
+  AutoscalerSettings min3 = Settings(3, 50);
+  min3.burst_z = 0;
+  Autoscaler low(min3, &clock, 3);
+  for (int i = 0; i < 200; ++i) {
+    clock.AdvanceMicros(kTickUs);
+    low.Record(5, 0);  // 10 rps
+    d = low.Decide(3, 3, 100, 0);
+  }
+  EXPECT_EQ(d.desired, 3);
+  EXPECT_NEAR(d.need_rps, 10 / 0.7, 1e-6);
+  // maxReplicas caps both.
+  AutoscalerSettings max2 = Settings(1, 2);
+  max2.burst_z = 0;
+  Autoscaler high(max2, &clock, 1);
+  for (int i = 0; i < 20; ++i) {
+    clock.AdvanceMicros(kTickUs);
+    high.Record(500, 0);  // 1000 rps
+    d = high.Decide(2, 2, 100, 0);
+  }
+  EXPECT_EQ(d.desired, 2);
+  EXPECT_NEAR(d.need_rps, 200, 1e-6);
+}
+
 TEST(AutoscalerTest, SteadyLoadNeedsTargetUtilisationHeadroom) {
   Sim sim(Settings(1, 10), 1);
   // 120 rps at 100 rps per replica and 0.7 target: ceil(120 / 70) = 2.
@@ -446,7 +493,7 @@ metadata: {name: f}
 spec:
   runtime: echo
   scaling: {minReplicas: 0, maxReplicas: 5, idleSeconds: 2, targetUtilization: 0.5,
-            stableWindowSeconds: 4, panicThreshold: 3, maxScaleDownRate: 4}
+            stableWindowSeconds: 4, panicThreshold: 3, maxScaleDownRate: 4, burstZ: 2}
 )",
                             "f.yaml", "/");
   ASSERT_TRUE(fns.ok()) << fns.status();
@@ -461,6 +508,7 @@ spec:
   EXPECT_EQ(s.idle_us, 2'000'000);
   EXPECT_EQ(s.stable_window_us, 4'000'000);
   EXPECT_EQ(s.panic_window_us, 400'000);
+  EXPECT_DOUBLE_EQ(s.burst_z, 2);
 
   auto defaults = ParseManifests(
       "apiVersion: ferry.dev/v1\nkind: Function\nmetadata: {name: f}\nspec: {runtime: echo}\n",
@@ -470,6 +518,7 @@ spec:
   EXPECT_DOUBLE_EQ(defaults->front().scaling.stable_window_seconds, 60);
   EXPECT_DOUBLE_EQ(defaults->front().scaling.panic_window_seconds, 6);
   EXPECT_DOUBLE_EQ(defaults->front().scaling.panic_threshold, 2);
+  EXPECT_DOUBLE_EQ(defaults->front().scaling.burst_z, 4);
 
   const std::pair<const char*, const char*> bad[] = {
       {"targetUtilization: 1.5", "spec.scaling.targetUtilization: got 1.5"},
@@ -478,6 +527,8 @@ spec:
        "spec.scaling.panicWindowSeconds: got 20"},
       {"panicThreshold: 1", "spec.scaling.panicThreshold: got 1"},
       {"maxScaleDownRate: 0.5", "spec.scaling.maxScaleDownRate: got 0.5"},
+      {"burstZ: -1", "spec.scaling.burstZ: got -1"},
+      {"burstZ: 11", "spec.scaling.burstZ: got 11"},
       {"stableWindows: 3", "stableWindows"},
   };
   for (const auto& [field, want] : bad) {

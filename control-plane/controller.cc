@@ -417,6 +417,9 @@ std::vector<v1::Route> Controller::RoutesOfLocked(const std::string& function) {
     route.set_http_address(node.registration.http_address());
     route.set_grpc_address(node.registration.grpc_address());
     route.set_ready(r.state == v1::REPLICA_STATE_READY && r.draining_until_us == 0);
+    if (auto fit = functions_.find(function); fit != functions_.end()) {
+      route.set_throughput_rps(ThroughputLocked(fit->second, r));
+    }
     out.push_back(std::move(route));
   }
   return out;
@@ -796,6 +799,12 @@ void Controller::AutoscaleLocked(FunctionRecord& fn) {
     fn.scale_changed_us = clock_->NowMicros();
     dirty_ = true;
   }
+  // The need moves with every report; reconcile when it moved enough to change what covers it.
+  const double need = fn.last_decision.need_rps;
+  if (fn.need_rps < 0 || std::abs(need - fn.need_rps) > 0.05 * std::max(need, fn.need_rps)) {
+    dirty_ = true;
+  }
+  fn.need_rps = need;
 }
 
 absl::StatusOr<bool> Controller::DemandReplica(const std::string& function) {
@@ -823,6 +832,21 @@ absl::StatusOr<bool> Controller::DemandReplica(const std::string& function) {
 }
 
 // --- Reconcile -----------------------------------------------------------------------------------
+
+double Controller::ThroughputLocked(const FunctionRecord& fn, const ReplicaRecord& r) {
+  return CapacityOf(fn.profiles.Get(r.kind), fn.req).throughput_rps;
+}
+
+int Controller::MissingReplicas(const ReplicaTarget& target, int count, double have_rps,
+                                double planning_rps) {
+  if (!WantsAnother(target, count, have_rps)) return 0;
+  int missing = std::max(0, target.min_replicas - count);
+  if (planning_rps > 0) {
+    missing = std::max(
+        missing, static_cast<int>(std::ceil(Uncovered(target, have_rps) / planning_rps - 1e-9)));
+  }
+  return std::clamp(missing, 1, std::max(1, target.max_replicas - count));
+}
 
 Capacity Controller::PlanningCapacityLocked(const FunctionRecord& fn) {
   // The hardware kind most of its replicas run on; before any, the default for its accelerator.
@@ -876,53 +900,73 @@ void Controller::ReconcileLocked() {
   const int64_t now = clock_->NowMicros();
   const bool adopting = now < adopt_until_us_;
   for (auto& [name, fn] : functions_) {
-    // The autoscaler's count, never below what minRps needs, within maxReplicas.
-    const int for_min_rps = DesiredReplicaCount(fn.spec, PlanningCapacityLocked(fn).throughput_rps);
-    fn.desired = std::min<int>(std::max(fn.autoscaled, for_min_rps),
-                               static_cast<int>(fn.spec.scaling.max_replicas));
+    // The autoscaler's need, never below minRps, covered by whole replicas of whatever hardware
+    // placement finds cheapest (replica_target.h); the count stays within [minReplicas,
+    // maxReplicas]. Before the autoscaler's first decision its starting count on the planning
+    // hardware is the need.
+    const Capacity plan = PlanningCapacityLocked(fn);
+    const int max_replicas = static_cast<int>(fn.spec.scaling.max_replicas);
+    ReplicaTarget target;
+    target.max_replicas = max_replicas;
+    target.min_replicas = std::min(static_cast<int>(fn.spec.scaling.min_replicas), max_replicas);
+    target.need_rps = fn.need_rps >= 0 ? fn.need_rps : fn.autoscaled * plan.throughput_rps;
+    if (fn.autoscaled == 0) target.need_rps = 0;  // idle: to zero (or minReplicas)
+    target.need_rps = std::max(target.need_rps, fn.spec.slo.min_rps);
     std::vector<std::string> mine;  // live: not draining
     std::vector<std::string> draining;
+    double have = 0;
     for (const std::string& id : ReplicasOfLocked(name)) {
-      (replicas_.at(id).draining_until_us == 0 ? mine : draining).push_back(id);
+      const bool live = replicas_.at(id).draining_until_us == 0;
+      (live ? mine : draining).push_back(id);
+      if (live) have += ThroughputLocked(fn, replicas_.at(id));
     }
     // Scale down: not-ready replicas go at once (nothing routes to them), ready ones drain.
-    while (static_cast<int>(mine.size()) > fn.desired) {
-      auto worst =
-          std::max_element(mine.begin(), mine.end(),
-                           [&](const auto& a, const auto& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                             const ReplicaRecord& ra = replicas_[a];
-                             const ReplicaRecord& rb = replicas_[b];
-                             const bool a_ready = ra.state == v1::REPLICA_STATE_READY;
-                             const bool b_ready = rb.state == v1::REPLICA_STATE_READY;
-                             if (a_ready != b_ready)
-                               return a_ready;  // not-ready is "larger" (removed first)
-                             return ra.id < rb.id;
-                           });
-      ReplicaRecord& r = replicas_.at(*worst);
+    std::sort(mine.begin(), mine.end(),
+              [&](const auto& a, const auto& b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                const ReplicaRecord& ra = replicas_[a];
+                const ReplicaRecord& rb = replicas_[b];
+                const bool a_ready = ra.state == v1::REPLICA_STATE_READY;
+                const bool b_ready = rb.state == v1::REPLICA_STATE_READY;
+                if (a_ready != b_ready) return !a_ready;  // not-ready first
+                return ra.id > rb.id;
+              });
+    for (size_t i = 0; i < mine.size();) {
+      ReplicaRecord& r = replicas_.at(mine[i]);
+      const double rps = ThroughputLocked(fn, r);
+      if (!MayRemove(target, static_cast<int>(mine.size()), have, rps)) {
+        ++i;
+        continue;
+      }
+      have -= rps;
       if (r.state == v1::REPLICA_STATE_READY) {
         r.draining_until_us = now + options_.drain_ms * 1000;
         dirty_ = true;
       } else {
-        RemoveReplicaLocked(*worst);
+        RemoveReplicaLocked(mine[i]);
       }
-      mine.erase(worst);
+      mine.erase(mine.begin() + static_cast<std::ptrdiff_t>(i));
     }
     // Scale up: revive draining replicas (ready ones) before placing new ones.
-    while (static_cast<int>(mine.size()) < fn.desired && !draining.empty()) {
+    while (WantsAnother(target, static_cast<int>(mine.size()), have) && !draining.empty()) {
       replicas_.at(draining.back()).draining_until_us = 0;
+      have += ThroughputLocked(fn, replicas_.at(draining.back()));
       mine.push_back(draining.back());
       draining.pop_back();
       dirty_ = true;
     }
     fn.pending_reasons.clear();
-    if (static_cast<int>(mine.size()) < fn.desired && adopting) {
+    fn.desired = static_cast<int>(mine.size());
+    if (WantsAnother(target, fn.desired, have) && adopting) {
       fn.pending_reasons.push_back(
           absl::StrCat("waiting up to ", options_.lease_ms,
                        " ms for agents to re-register after a control-plane restart"));
+      fn.desired += MissingReplicas(target, fn.desired, have, plan.throughput_rps);
       continue;
     }
-    for (int i = static_cast<int>(mine.size()); i < fn.desired; ++i) {
-      const Decision d = PlaceOne(cluster_, fn.req, fn.profiles, HintsLocked(name));
+    while (WantsAnother(target, static_cast<int>(mine.size()), have)) {
+      PlacementHints hints = HintsLocked(name);
+      hints.needed_rps = Uncovered(target, have);
+      const Decision d = PlaceOne(cluster_, fn.req, fn.profiles, hints);
       if (!d.placed) {
         fn.pending_reasons.push_back(d.reason);
         break;
@@ -934,8 +978,14 @@ void Controller::ReconcileLocked() {
       r.device_index = d.device_index;
       r.kind = d.kind;
       r.cost_per_million = d.cost_per_million;
+      mine.push_back(r.id);
+      have += ThroughputLocked(fn, r);
       AddReplicaLocked(std::move(r));
     }
+    // What the function shows as desired: the replicas placed, plus as many of the planning
+    // hardware as the need still lacks where placement could not place them.
+    fn.desired = static_cast<int>(mine.size()) +
+                 MissingReplicas(target, static_cast<int>(mine.size()), have, plan.throughput_rps);
   }
   // Refresh predicted costs (profiles may have arrived).
   for (auto& [id, r] : replicas_) {

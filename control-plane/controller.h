@@ -15,8 +15,13 @@
 //
 // Autoscaling. Every autoscale_interval_ms (on Tick) each function's autoscaler
 // (autoscaler.h) is fed the requests that arrived at its replicas since the last evaluation (from
-// the agents' requests_total counters) and their in-flight requests, and sets the function's
-// desired count; the replica count also never falls below what the SLO's minRps needs. A
+// the agents' requests_total counters) and their in-flight requests, and states the function's
+// need: the throughput within the SLO its replicas must provide (ScaleDecision::need_rps, never
+// below the SLO's minRps). Reconcile covers it with whole replicas, each placed with the need
+// still uncovered as PlacementHints::needed_rps, so that placement chooses the hardware and the
+// count together (two T4 replicas or one A10G); the count stays within [minReplicas,
+// maxReplicas] (replica_target.h), and the desired count shown is the replicas placed plus those
+// placement could not place yet. A
 // scale-down drains: the replica chosen turns DRAINING (its route stops being ready, so the
 // gateway and route watchers stop sending to it), stays in its agent's desired set for drain_ms,
 // and is then removed (the agent's unload finishes its in-flight requests). A scale-up revives
@@ -39,6 +44,7 @@
 #include "absl/synchronization/mutex.h"
 #include "control-plane/autoscaler.h"
 #include "control-plane/placement.h"
+#include "control-plane/replica_target.h"
 #include "control-plane/state_store.h"
 #include "control-plane/usage.h"
 #include "ferry/clock.h"
@@ -134,6 +140,7 @@ class Controller {
     // Autoscaling (see the class comment).
     std::unique_ptr<Autoscaler> scaler;
     int autoscaled = 0;        // the autoscaler's last desired count
+    double need_rps = -1;      // its need behind that count; -1 before its first decision
     int64_t arrived = 0;       // requests counted since the last evaluation
     std::string scale_reason;  // of the last change of `autoscaled`
     int64_t scale_changed_us = 0;
@@ -190,6 +197,12 @@ class Controller {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // One replica's capacity on the hardware kind most of its replicas run on.
   Capacity PlanningCapacityLocked(const FunctionRecord& fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One replica's throughput within the SLO on its hardware (placement.h CapacityOf).
+  static double ThroughputLocked(const FunctionRecord& fn, const ReplicaRecord& r);
+  // Replicas of the planning hardware (at least 1 while one is wanted) that the target still
+  // lacks: what `ferry get functions` shows as pending.
+  static int MissingReplicas(const ReplicaTarget& target, int count, double have_rps,
+                             double planning_rps);
   PlacementHints HintsLocked(const std::string& function) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string NewReplicaIdLocked(const std::string& function) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::FunctionStatus StatusLocked(const FunctionRecord& fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

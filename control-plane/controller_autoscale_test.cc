@@ -2,6 +2,7 @@
 // scale-down drains (route withdrawn first, replica kept on its agent for drain_ms), scale to
 // zero after idleSeconds, and DemandReplica scales from zero at once.
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -248,6 +249,115 @@ TEST_F(ControllerAutoscaleTest, RestartAdoptsScaledUpReplicasWithoutDroppingThem
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(fresh.Desired().size(), 3u);
   EXPECT_EQ(Status().desired_replicas(), 3);
+}
+
+// The need, not a count, decides the hardware: 1000 rps at the 0.7 target needs 1429 rps of
+// throughput. One T4 replica serves 100 rps for $1/h and one A10G 200 rps for $1.5/h; the
+// function starts on a T4. Each replica is placed for the need still uncovered, so the bigger
+// GPU wins while the gap is large and the small one tops it up.
+TEST(ControllerNeedTest, TheUncoveredNeedChoosesTheHardwareOfTheNextReplica) {
+  const std::string dir = ::testing::TempDir() + "/ferry-need";
+  std::filesystem::remove_all(dir);
+  auto store = SqliteStateStore::Create({.path = dir + "/ferry.db"});
+  ASSERT_TRUE(store.ok()) << store.status();
+  FakeClock clock;
+  ControllerOptions o;
+  o.store = store->get();
+  o.clock = &clock;
+  o.autoscale_interval_ms = 100;
+  auto controller = Controller::Create(o);
+  ASSERT_TRUE(controller.ok()) << controller.status();
+  Controller& c = **controller;
+  struct Agent {
+    std::string name, gpu;
+    double price;
+    RecordingChannel channel;
+    int64_t session = 0;
+  };
+  Agent agents[2] = {{"t4", "T4", 1.0, {}, 0}, {"a10", "A10G", 1.5, {}, 0}};
+  for (Agent& a : agents) {
+    v1::Register r = Node(a.name);
+    auto* g = r.mutable_inventory()->add_gpus();
+    g->set_index(0);
+    g->set_name(a.gpu);
+    g->set_memory_bytes(int64_t{24} << 30);
+    g->set_compute_capability("8.6");
+    r.set_price_per_hour(a.price);
+    auto s = c.RegisterAgent(r, &a.channel);
+    ASSERT_TRUE(s.ok());
+    a.session = *s;
+  }
+  v1::ApplyRequest req;
+  auto* f = req.add_files();
+  f->set_path("/m/fn.yaml");
+  f->set_content(R"(
+apiVersion: ferry.dev/v1
+kind: Function
+metadata: {name: fn}
+spec:
+  runtime: echo
+  hardware: {accelerator: gpu, gpuMemoryMiB: 1024, cpuCores: 1, memoryMiB: 64}
+  batching: {maxBatchSize: 1}
+  scaling: {minReplicas: 1, maxReplicas: 20, stableWindowSeconds: 2}
+)");
+  ASSERT_TRUE(c.Apply(req).ok());
+  // Measured profiles: 10 ms per request on the T4, 5 ms on the A10G.
+  for (auto [kind, us] : {std::pair<const char*, double>{"T4", 10000}, {"A10G", 5000}}) {
+    v1::AgentMessage m;
+    m.mutable_profile()->set_function("fn");
+    m.mutable_profile()->set_hardware_kind(kind);
+    for (int n : {1, 2}) {
+      auto* p = m.mutable_profile()->add_points();
+      p->set_batch_size(n);
+      p->set_latency_us(us * n);
+    }
+    ASSERT_TRUE(c.HandleAgentMessage(agents[0].session, m).ok());
+  }
+  // The initial replica is on the T4 (the cheaper GPU before any profile); every request is
+  // counted on its node.
+  ASSERT_EQ(agents[0].channel.Desired().size(), 1u);
+  int64_t total = 0;
+  for (int i = 0; i < 40; ++i) {
+    clock.AdvanceMicros(100'000);
+    total += 100;  // 1000 rps
+    for (Agent& a : agents) {
+      v1::AgentMessage m;
+      for (const auto& id : a.channel.Desired()) {
+        auto* rs = m.mutable_heartbeat()->add_replicas();
+        rs->set_replica_id(id);
+        rs->set_function("fn");
+        rs->set_state(v1::REPLICA_STATE_READY);
+        rs->set_requests_total(&a == &agents[0] ? total : 0);  // per node and function
+      }
+      ASSERT_TRUE(c.HandleAgentMessage(a.session, m).ok());
+    }
+    c.Tick();
+  }
+  const v1::FunctionStatus st = *c.GetFunction("fn");
+  std::map<std::string, int> by_kind;
+  for (const auto& r : st.replicas()) {
+    if (r.state() != v1::REPLICA_STATE_DRAINING) ++by_kind[r.hardware_kind()];
+  }
+  const double have = 100.0 * by_kind["T4"] + 200.0 * by_kind["A10G"];
+  const double cost = 1.0 * by_kind["T4"] + 1.5 * by_kind["A10G"];
+  // The need is covered, by a cover within 5 % of the cheapest (7 A10G + 1 T4 = $11.5/h); counting
+  // replicas of the T4 the function started on would have asked for 15 ($15/h on T4s, $22.5/h on
+  // the A10Gs that are cheaper per request).
+  EXPECT_GE(have, 1000 / 0.7);
+  EXPECT_LE(cost, 11.5 * 1.05);
+  EXPECT_GT(by_kind["A10G"], 0);
+  EXPECT_EQ(st.desired_replicas(), by_kind["T4"] + by_kind["A10G"]);
+  EXPECT_NEAR(st.observed_rps(), 1000, 50);
+  // Routes carry each replica's throughput, for the gateway's weighted choice.
+  const v1::GetRoutesResponse routes = c.GetRoutes("fn");
+  ASSERT_FALSE(routes.routes().empty());
+  for (const v1::Route& r : routes.routes()) {
+    std::string kind;
+    for (const auto& rep : st.replicas()) {
+      if (rep.replica_id() == r.replica_id()) kind = rep.hardware_kind();
+    }
+    EXPECT_DOUBLE_EQ(r.throughput_rps(), kind == "T4" ? 100 : 200) << r.replica_id();
+  }
 }
 
 }  // namespace

@@ -99,9 +99,16 @@ struct Upstream {
   std::vector<std::vector<std::unique_ptr<beast::tcp_stream>>> idle;
 };
 
+// One node that serves a function, with the throughput within the SLO of the function's ready
+// replicas there (0 = unknown): the router weighs nodes whose hardware differs by it.
+struct Candidate {
+  std::shared_ptr<Upstream> upstream;
+  double throughput_rps = 0;
+};
+
 struct RouteTable {
   bool have_snapshot = false;
-  std::map<std::string, std::vector<std::shared_ptr<Upstream>>> by_function;
+  std::map<std::string, std::vector<Candidate>> by_function;
 };
 
 class ClientSession;
@@ -192,7 +199,7 @@ class GatewayImpl {
     if (!update.snapshot()) *next = *table_;
     next->have_snapshot = true;
     for (const auto& fr : update.functions()) {
-      std::vector<std::shared_ptr<Upstream>> ups;
+      std::vector<Candidate> ups;
       for (const auto& r : fr.routes()) {
         if (!r.ready() || r.http_address().empty()) continue;
         auto& up = upstreams_[r.http_address()];
@@ -200,7 +207,13 @@ class GatewayImpl {
           up = std::make_shared<Upstream>(r.http_address(), options_.num_threads);
           all_upstreams_.push_back(up);
         }
-        if (std::find(ups.begin(), ups.end(), up) == ups.end()) ups.push_back(up);
+        auto same = std::find_if(ups.begin(), ups.end(),
+                                 [&](const Candidate& c) { return c.upstream == up; });
+        if (same == ups.end()) {
+          ups.push_back({up, r.throughput_rps()});
+        } else {
+          same->throughput_rps += r.throughput_rps();  // replicas on one node share its queue
+        }
       }
       if (ups.empty()) {
         next->by_function.erase(fr.function());
@@ -223,7 +236,7 @@ class GatewayImpl {
     for (auto it = upstreams_.begin(); it != upstreams_.end();) {
       bool used = false;
       for (const auto& [fn, ups] : next->by_function) {
-        for (const auto& u : ups) used |= u == it->second;
+        for (const Candidate& c : ups) used |= c.upstream == it->second;
         if (used) break;
       }
       it = used ? std::next(it) : upstreams_.erase(it);
@@ -550,22 +563,25 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::shared_ptr<Upstream> Pick() {
     static thread_local std::mt19937_64 rng(std::random_device{}());
     const int64_t now = NowUs();
-    std::vector<Upstream*> fresh, all;
-    for (const auto& u : candidates_) {
-      if (std::find(failed_.begin(), failed_.end(), u.get()) != failed_.end()) continue;
-      all.push_back(u.get());
-      if (u->ejected_until_us.load(std::memory_order_relaxed) <= now) fresh.push_back(u.get());
+    std::vector<const Candidate*> fresh, all;
+    for (const Candidate& c : candidates_) {
+      if (std::find(failed_.begin(), failed_.end(), c.upstream.get()) != failed_.end()) continue;
+      all.push_back(&c);
+      if (c.upstream->ejected_until_us.load(std::memory_order_relaxed) <= now) {
+        fresh.push_back(&c);
+      }
     }
-    std::vector<Upstream*>& pool = fresh.empty() ? all : fresh;
+    std::vector<const Candidate*>& pool = fresh.empty() ? all : fresh;
     if (pool.empty()) return nullptr;
     std::vector<int64_t> loads;
+    std::vector<double> throughput;
     loads.reserve(pool.size());
-    for (Upstream* u : pool) loads.push_back(u->outstanding.load(std::memory_order_relaxed));
-    Upstream* chosen = pool[PickReplica(loads, rng)];
-    for (const auto& u : candidates_) {
-      if (u.get() == chosen) return u;
+    throughput.reserve(pool.size());
+    for (const Candidate* c : pool) {
+      loads.push_back(c->upstream->outstanding.load(std::memory_order_relaxed));
+      throughput.push_back(c->throughput_rps);
     }
-    return nullptr;
+    return pool[PickReplica(loads, throughput, rng)]->upstream;
   }
 
   void TryUpstream() {
@@ -758,7 +774,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::optional<asio::steady_timer> hold_timer_;
 
   std::string function_;
-  std::vector<std::shared_ptr<Upstream>> candidates_;
+  std::vector<Candidate> candidates_;
   std::vector<Upstream*> failed_;
   bool retried_ = false;
   std::string last_error_;

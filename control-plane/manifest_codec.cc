@@ -49,7 +49,8 @@ std::string CanonicalManifest(const FunctionSpec& spec) {
                   {"panicWindowSeconds", spec.scaling.panic_window_seconds},
                   {"panicThreshold", spec.scaling.panic_threshold},
                   {"maxScaleUpRate", spec.scaling.max_scale_up_rate},
-                  {"maxScaleDownRate", spec.scaling.max_scale_down_rate}};
+                  {"maxScaleDownRate", spec.scaling.max_scale_down_rate},
+                  {"burstZ", spec.scaling.burst_z}};
   const SloSpec& s = spec.slo;
   json slo = json::object();
   if (s.latency_target_ms > 0) {

@@ -35,7 +35,7 @@ spec:
     aimd: {additiveIncrease: 5, holdBand: 0.25, multiplicativeDecrease: 0.5}
   scaling: {minReplicas: 2, maxReplicas: 9, idleSeconds: 42, targetUtilization: 0.6,
             stableWindowSeconds: 30, panicWindowSeconds: 4, panicThreshold: 3,
-            maxScaleUpRate: 50, maxScaleDownRate: 4}
+            maxScaleUpRate: 50, maxScaleDownRate: 4, burstZ: 2.5}
   slo:
     latency: {percentile: 99, targetMillis: 12.5}
     throughput: {minRps: 250}
@@ -98,6 +98,8 @@ TEST(ManifestCodecTest, EveryFieldSurvivesTheCanonicalForm) {
   EXPECT_DOUBLE_EQ(s.panic_threshold, in.scaling.panic_threshold);
   EXPECT_DOUBLE_EQ(s.max_scale_up_rate, in.scaling.max_scale_up_rate);
   EXPECT_DOUBLE_EQ(s.max_scale_down_rate, in.scaling.max_scale_down_rate);
+  EXPECT_DOUBLE_EQ(s.burst_z, in.scaling.burst_z);
+  EXPECT_DOUBLE_EQ(s.burst_z, 2.5);
 
   EXPECT_DOUBLE_EQ(out.slo.latency_percentile, in.slo.latency_percentile);
   EXPECT_DOUBLE_EQ(out.slo.latency_target_ms, in.slo.latency_target_ms);

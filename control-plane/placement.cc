@@ -423,6 +423,8 @@ bool IsWarm(const PlacementHints& hints, int node) {
 constexpr double kCostWeight = 2;
 constexpr double kSpreadWeight = 1;
 constexpr double kWarmWeight = 1;
+// Candidates costing more than this factor of the cheapest are not scored at all.
+constexpr double kCostBand = 1.05;
 
 std::string ExplainNoFit(const Cluster& cluster, const CycleState& s) {
   const int total = static_cast<int>(cluster.nodes().size());
@@ -521,11 +523,15 @@ Decision PlaceOne(const Cluster& cluster, const Requirements& req, const Functio
     return out;
   }
 
-  // Score: weighted sum of normalised (0..100) plugin scores.
+  // Score: weighted sum of normalised (0..100) plugin scores, among the candidates within
+  // kCostBand of the cheapest. Spreading and warmth are worth a few percent of cost, never more:
+  // with the band left open, a second replica's spreading score (50 more than on a node that
+  // holds one) outbid a node 25 % cheaper, and across a cluster those choices add up.
   double best_score = -1;
   const Scored* winner = nullptr;
   double winner_free = 0;
   for (const Scored& f : feasible) {
+    if (std::isfinite(min_cost) && f.cost > min_cost * kCostBand) continue;
     const double cost_score =
         f.cost <= 0 || !std::isfinite(min_cost) ? 100.0 : 100.0 * min_cost / f.cost;
     // Warmth only counts where the function has no replica yet: a second replica on the same

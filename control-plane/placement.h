@@ -11,8 +11,10 @@
 // Scores (0..100 each, weighted sum): cost per request within the SLO (weight 2; with a known
 // need, PlacementHints::needed_rps, per request of that need served by whole replicas), spreading a
 // function's replicas across nodes (weight 1: 100 / (1 + its replicas on the node)), warm affinity
-// for nodes that hold the weights but run no replica of the function yet (weight 1). Ties go to the
-// node with more free CPU, then to the lower node index.
+// for nodes that hold the weights but run no replica of the function yet (weight 1). Only the
+// candidates whose cost is within 1.05x of the cheapest are scored: spreading and warmth choose
+// among near-equal prices and never buy a replica that costs more than 5 % over the cheapest.
+// Ties go to the node with more free CPU, then to the lower node index.
 //
 // Cost model. A replica's share of a node's price: price / number of GPUs for a GPU replica,
 // price × cpuCores / node cores for a CPU replica. Its throughput within the SLO comes from the

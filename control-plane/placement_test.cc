@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "control-plane/replica_target.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -271,6 +272,47 @@ TEST(PlacementTest, SpreadingBeatsWarmthForSecondReplica) {
   Decision d = PlaceOne(c, Cpu(), {}, hints);
   ASSERT_TRUE(d.placed);
   EXPECT_EQ(NodeOf(c, d), "b");
+}
+
+TEST(PlacementTest, SpreadingChoosesOnlyAmongNearEqualCosts) {
+  // One replica on "a" already. "b" costs 4 % more per hour: within the 5 % band, so spreading
+  // puts the second replica there. "c" instead costs 10 % more: the replica stays on "a".
+  Cluster near = MakeCluster({{"a", 8, 8 * kGiB, {}, 1.00}, {"b", 8, 8 * kGiB, {}, 1.04}});
+  Cluster far = MakeCluster({{"a", 8, 8 * kGiB, {}, 1.00}, {"c", 8, 8 * kGiB, {}, 1.10}});
+  PlacementHints hints;
+  hints.replicas_on_node = {{0, 1}};
+  Decision d = PlaceOne(near, Cpu(), {}, hints);
+  ASSERT_TRUE(d.placed);
+  EXPECT_EQ(NodeOf(near, d), "b");
+  d = PlaceOne(far, Cpu(), {}, hints);
+  ASSERT_TRUE(d.placed);
+  EXPECT_EQ(NodeOf(far, d), "a");
+  // Warmth does not buy a 10 % dearer node either.
+  PlacementHints warm;
+  warm.warm_nodes = {1};
+  d = PlaceOne(far, Cpu(), {}, warm);
+  ASSERT_TRUE(d.placed);
+  EXPECT_EQ(NodeOf(far, d), "a");
+}
+
+TEST(ReplicaTargetTest, CoversTheNeedWithinTheCountBounds) {
+  ReplicaTarget t{/*min_replicas=*/1, /*max_replicas=*/3, /*need_rps=*/250};
+  EXPECT_TRUE(WantsAnother(t, 0, 0));    // below minReplicas
+  EXPECT_TRUE(WantsAnother(t, 1, 200));  // 50 rps uncovered
+  EXPECT_DOUBLE_EQ(Uncovered(t, 200), 50);
+  EXPECT_FALSE(WantsAnother(t, 2, 250));  // covered exactly
+  EXPECT_FALSE(WantsAnother(t, 3, 240));  // maxReplicas, even uncovered
+  EXPECT_DOUBLE_EQ(Uncovered(t, 300), 0);
+  // A replica goes only when the rest still cover the need, never below minReplicas.
+  EXPECT_TRUE(MayRemove(t, 3, 400, 100));
+  EXPECT_FALSE(MayRemove(t, 3, 300, 100));
+  EXPECT_FALSE(MayRemove(t, 1, 1000, 100));
+  ReplicaTarget zero{0, 3, 0};
+  EXPECT_FALSE(WantsAnother(zero, 0, 0));
+  EXPECT_TRUE(MayRemove(zero, 1, 100, 100));
+  // Above maxReplicas (a lowered bound) a replica goes even if the need is then uncovered.
+  ReplicaTarget lowered{0, 1, 1000};
+  EXPECT_TRUE(MayRemove(lowered, 2, 200, 100));
 }
 
 TEST(PlacementTest, MeasuredProfileThatMissesTheSloFilters) {

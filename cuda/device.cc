@@ -54,21 +54,24 @@ const Nvml* LoadNvml() {
   return nvml;
 }
 
-// Free memory of CUDA device `device` through NVML, matched by PCI bus id (CUDA's ordinals follow
-// CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER, NVML's do not); -1 when unknown.
-int64_t FreeMemoryWithoutContext(int device) {
+// Memory of CUDA device `device` through NVML, matched by PCI bus id (CUDA's ordinals follow
+// CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER, NVML's do not); false when unknown.
+bool NvmlMemoryInfo(int device, Nvml::Memory* memory) {
   const Nvml* nvml = LoadNvml();
-  if (nvml == nullptr) return -1;
+  if (nvml == nullptr) return false;
   char bus_id[64] = {};
   if (cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), device) != cudaSuccess) {
     (void)cudaGetLastError();
-    return -1;
+    return false;
   }
   Nvml::Device handle = nullptr;
+  return nvml->by_pci_bus_id(bus_id, &handle) == 0 && nvml->memory_info(handle, memory) == 0;
+}
+
+// Free memory of CUDA device `device` through NVML; -1 when unknown.
+int64_t FreeMemoryWithoutContext(int device) {
   Nvml::Memory memory{};
-  if (nvml->by_pci_bus_id(bus_id, &handle) != 0 || nvml->memory_info(handle, &memory) != 0) {
-    return -1;
-  }
+  if (!NvmlMemoryInfo(device, &memory)) return -1;
   return static_cast<int64_t>(memory.free);
 }
 
@@ -105,6 +108,23 @@ absl::StatusOr<std::vector<GpuInfo>> ListGpus() {
     gpus.push_back(std::move(info));
   }
   return gpus;
+}
+
+absl::StatusOr<GpuMemoryInfo> GetGpuMemory(int device) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) return NoGpu(err);
+  if (device < 0 || device >= count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no GPU: device ", device, " is not one of the ", count, " visible"));
+  }
+  Nvml::Memory memory{};
+  if (!NvmlMemoryInfo(device, &memory)) {
+    return absl::UnavailableError(
+        absl::StrCat("GPU ", device, ": NVML (libnvidia-ml.so.1) does not report its memory"));
+  }
+  return GpuMemoryInfo{.total_bytes = static_cast<int64_t>(memory.total),
+                       .used_bytes = static_cast<int64_t>(memory.used)};
 }
 
 absl::Status CheckGpuAfterError(int device) {

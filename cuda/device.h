@@ -30,6 +30,19 @@ bool BuiltWithCuda();
 // only where a function is placed.
 absl::StatusOr<std::vector<GpuInfo>> ListGpus();
 
+// One GPU's memory as its driver reports it: the whole device, every process's allocations and
+// CUDA contexts included (not only this process's).
+struct GpuMemoryInfo {
+  int64_t total_bytes = 0;
+  int64_t used_bytes = 0;
+};
+
+// GPU `device`'s (CUDA ordinal) memory now, from NVML, like ListGpus's free memory: no CUDA
+// context is created. FailedPrecondition without a GPU (or a build without CUDA), Unavailable when
+// NVML is missing or does not answer for the device. Thread-safe; a few microseconds (meant to be
+// called on each /metrics scrape).
+absl::StatusOr<GpuMemoryInfo> GetGpuMemory(int device);
+
 }  // namespace ferry::cuda
 
 #endif  // FERRY_CUDA_DEVICE_H_

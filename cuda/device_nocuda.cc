@@ -11,6 +11,10 @@ absl::StatusOr<std::vector<GpuInfo>> ListGpus() {
   return absl::FailedPreconditionError("ferry was built without CUDA");
 }
 
+absl::StatusOr<GpuMemoryInfo> GetGpuMemory(int /*device*/) {
+  return absl::FailedPreconditionError("ferry was built without CUDA");
+}
+
 absl::Status CheckGpuAfterError(int /*device*/) { return absl::OkStatus(); }
 
 }  // namespace ferry::cuda

@@ -188,6 +188,31 @@ TEST(DeviceTest, DiscoveryReportsGpusOrWhyNot) {
   }
 }
 
+TEST(DeviceTest, MemoryInUseComesFromTheDriverOrSaysWhyNot) {
+  const auto gpus = ListGpus();
+  if (!gpus.ok()) {
+    const absl::StatusOr<GpuMemoryInfo> memory = GetGpuMemory(0);
+    ASSERT_FALSE(memory.ok());
+    EXPECT_EQ(memory.status().code(), absl::StatusCode::kFailedPrecondition) << memory.status();
+    GTEST_SKIP() << "no GPU: " << gpus.status();
+  }
+  EXPECT_EQ(GetGpuMemory(static_cast<int>(gpus->size())).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  for (const GpuInfo& g : *gpus) {
+    const absl::StatusOr<GpuMemoryInfo> memory = GetGpuMemory(g.index);
+    if (!memory.ok()) {
+      // Only a driver without NVML, which discovery then also reports as unknown free memory.
+      EXPECT_EQ(memory.status().code(), absl::StatusCode::kUnavailable) << memory.status();
+      EXPECT_EQ(g.free_memory_bytes, -1);
+      continue;
+    }
+    // NVML's total and CUDA's totalGlobalMem count reserved memory differently: same order only.
+    EXPECT_GE(memory->total_bytes, g.total_memory_bytes / 2) << g.index;
+    EXPECT_GE(memory->used_bytes, 0) << g.index;
+    EXPECT_LE(memory->used_bytes, memory->total_bytes) << g.index;
+  }
+}
+
 TEST(GpuTestUtilTest, RequireGpuIsReadFromTheEnvironment) {
   const char* old = std::getenv("FERRY_REQUIRE_GPU");
   const std::string saved = old != nullptr ? old : "";

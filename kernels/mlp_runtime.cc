@@ -168,10 +168,19 @@ absl::StatusOr<MlpRuntime::Options> MlpRuntime::ParseOptions(const FunctionSpec&
   return options;
 }
 
-absl::StatusOr<std::unique_ptr<MlpRuntime>> MlpRuntime::Create(const Options& options) {
-  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(options.model_path);
+int64_t MlpRuntime::Weights::bytes() const {
+  int64_t bytes = 0;
+  for (const Layer& l : layers) {
+    bytes += static_cast<int64_t>((l.weight.size() + l.bias.size()) * sizeof(float));
+  }
+  return bytes;
+}
+
+absl::StatusOr<std::unique_ptr<MlpRuntime::Weights>> MlpRuntime::LoadWeights(
+    const std::string& model_path) {
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::Open(model_path);
   if (!file.ok()) return file.status();
-  const std::string where = absl::StrCat("mlp model '", options.model_path, "': ");
+  const std::string where = absl::StrCat("mlp model '", model_path, "': ");
 
   std::map<int64_t, std::pair<const SafetensorsTensor*, const SafetensorsTensor*>> found;
   for (const SafetensorsTensor& t : (*file)->tensors()) {
@@ -197,25 +206,8 @@ absl::StatusOr<std::unique_ptr<MlpRuntime>> MlpRuntime::Create(const Options& op
       }
     }
   }
-  if (!options.activations.empty() &&
-      static_cast<int64_t>(options.activations.size()) != layer_count) {
-    return absl::InvalidArgumentError(absl::StrCat(where, "the model has ", layer_count,
-                                                   " layers but ", options.activations.size(),
-                                                   " activations are configured"));
-  }
-  for (size_t i = 0; i < options.activations.size(); ++i) {
-    if (options.activations[i] == Activation::kSoftmax &&
-        static_cast<int64_t>(i) + 1 != layer_count) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, "softmax is allowed only on the last layer"));
-    }
-  }
-  if (options.input_name.empty() || options.output_name.empty()) {
-    return absl::InvalidArgumentError("mlp: input and output names must not be empty");
-  }
 
-  std::unique_ptr<MlpRuntime> rt(new MlpRuntime());
-  rt->options_ = options;
+  auto weights = std::make_unique<Weights>();
   for (int64_t i = 0; i < layer_count; ++i) {
     const auto [weight, bias] = found[i];
     if (weight == nullptr) {
@@ -238,10 +230,10 @@ absl::StatusOr<std::unique_ptr<MlpRuntime>> MlpRuntime::Create(const Options& op
                        "]; expected [", layer.out, "] to match layers.", i, ".weight [", layer.out,
                        ",", layer.in, "]"));
     }
-    if (i > 0 && layer.in != rt->layers_.back().out) {
+    if (i > 0 && layer.in != weights->layers.back().out) {
       return absl::InvalidArgumentError(absl::StrCat(
           where, "layers.", i, ".weight takes ", layer.in, " inputs but layers.", i - 1,
-          " produces ", rt->layers_.back().out, " (weight shapes [out, in] must chain)"));
+          " produces ", weights->layers.back().out, " (weight shapes [out, in] must chain)"));
     }
     absl::StatusOr<std::vector<float>> w = (*file)->ReadFloat32(*weight);
     if (!w.ok()) return w.status();
@@ -249,30 +241,90 @@ absl::StatusOr<std::unique_ptr<MlpRuntime>> MlpRuntime::Create(const Options& op
     if (!b.ok()) return b.status();
     layer.weight = *std::move(w);
     layer.bias = *std::move(b);
-    if (options.activations.empty()) {
-      layer.activation = i + 1 == layer_count ? Activation::kNone : Activation::kRelu;
-    } else {
-      layer.activation = options.activations[i];
-    }
-    rt->layers_.push_back(std::move(layer));
+    weights->layers.push_back(std::move(layer));
   }
+  return weights;
+}
+
+absl::StatusOr<std::unique_ptr<MlpRuntime>> MlpRuntime::Create(const Options& options) {
+  // Without a cache the runtime owns the only copy (`owned`), which a GPU replica consumes; with
+  // one, `shared` is the cache's immutable copy, which a GPU replica copies from.
+  std::unique_ptr<Weights> owned;
+  std::shared_ptr<const Weights> shared;
+  absl::StatusOr<std::string> key =
+      options.weight_cache == nullptr
+          ? absl::StatusOr<std::string>(absl::NotFoundError("no weight cache"))
+          : WeightCache::FileKey("mlp", {options.model_path});
+  if (key.ok()) {
+    absl::StatusOr<std::shared_ptr<const Weights>> cached =
+        options.weight_cache->GetOrLoad<Weights>(
+            *key, [&]() -> absl::StatusOr<std::pair<std::shared_ptr<const Weights>, int64_t>> {
+              absl::StatusOr<std::unique_ptr<Weights>> loaded = LoadWeights(options.model_path);
+              if (!loaded.ok()) return loaded.status();
+              const int64_t bytes = (*loaded)->bytes();
+              return std::make_pair(std::shared_ptr<const Weights>(*std::move(loaded)), bytes);
+            });
+    if (!cached.ok()) return cached.status();
+    shared = *std::move(cached);
+  } else {
+    // No cache, or the file cannot be stat'ed (LoadWeights then reports it as the reader does).
+    absl::StatusOr<std::unique_ptr<Weights>> loaded = LoadWeights(options.model_path);
+    if (!loaded.ok()) return loaded.status();
+    owned = *std::move(loaded);
+  }
+  const Weights& weights = owned != nullptr ? *owned : *shared;
+  const std::string where = absl::StrCat("mlp model '", options.model_path, "': ");
+  const int64_t layer_count = static_cast<int64_t>(weights.layers.size());
+  if (!options.activations.empty() &&
+      static_cast<int64_t>(options.activations.size()) != layer_count) {
+    return absl::InvalidArgumentError(absl::StrCat(where, "the model has ", layer_count,
+                                                   " layers but ", options.activations.size(),
+                                                   " activations are configured"));
+  }
+  for (size_t i = 0; i < options.activations.size(); ++i) {
+    if (options.activations[i] == Activation::kSoftmax &&
+        static_cast<int64_t>(i) + 1 != layer_count) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "softmax is allowed only on the last layer"));
+    }
+  }
+  if (options.input_name.empty() || options.output_name.empty()) {
+    return absl::InvalidArgumentError("mlp: input and output names must not be empty");
+  }
+
+  std::unique_ptr<MlpRuntime> rt(new MlpRuntime());
+  rt->options_ = options;
+  rt->options_.weight_cache = nullptr;  // only Create uses it
+  for (int64_t i = 0; i < layer_count; ++i) {
+    if (options.activations.empty()) {
+      rt->activations_.push_back(i + 1 == layer_count ? Activation::kNone : Activation::kRelu);
+    } else {
+      rt->activations_.push_back(options.activations[i]);
+    }
+  }
+  rt->input_dim_ = weights.layers.front().in;
+  rt->output_dim_ = weights.layers.back().out;
 
   if (options.use_gpu) {
     if (options.gpu_max_rows < 1) {
       return absl::InvalidArgumentError("mlp: gpu_max_rows must be >= 1");
     }
     std::vector<cuda::GpuMlp::Layer> gpu_layers;
-    // The GPU keeps the only copy of the weights: the host vectors move into gpu_layers and are
-    // freed once uploaded (RunCpu never runs on an instance with a GPU).
-    for (Layer& layer : rt->layers_) {
+    // GpuMlp consumes host vectors: a private copy's are moved in (and freed once uploaded), the
+    // cache's are copied (the copy is freed once uploaded; the cache's stays immutable).
+    for (int64_t i = 0; i < layer_count; ++i) {
+      const Layer& layer = weights.layers[i];
       cuda::GpuMlp::Layer g;
-      g.weight = std::move(layer.weight);
-      g.bias = std::move(layer.bias);
-      layer.weight = {};
-      layer.bias = {};
+      if (owned != nullptr) {
+        g.weight = std::move(owned->layers[i].weight);
+        g.bias = std::move(owned->layers[i].bias);
+      } else {
+        g.weight = layer.weight;
+        g.bias = layer.bias;
+      }
       g.in = layer.in;
       g.out = layer.out;
-      switch (layer.activation) {
+      switch (rt->activations_[i]) {
         case Activation::kNone:
           g.act = cuda::Activation::kNone;
           break;
@@ -295,6 +347,12 @@ absl::StatusOr<std::unique_ptr<MlpRuntime>> MlpRuntime::Create(const Options& op
       }
       gpu_layers.push_back(std::move(g));
     }
+    // From here on gpu_layers (consumed by GpuMlp::Create) and then the device hold the weights:
+    // the host copy is freed (owned) or left to the cache, which keeps it idle within its budget
+    // for the next load of this file. `weights` must not be used past this point.
+    owned.reset();
+    shared.reset();
+    if (options.weight_cache != nullptr) options.weight_cache->Trim();
     if (options.gpu_slots < 1) return absl::InvalidArgumentError("mlp: gpu_slots must be >= 1");
     cuda::GpuMlp::Options gpu_options;
     gpu_options.device = options.gpu_index;
@@ -319,20 +377,23 @@ absl::StatusOr<std::unique_ptr<MlpRuntime>> MlpRuntime::Create(const Options& op
       return absl::Status(s.code(), absl::StrCat("mlp: warm-up batch on GPU ", options.gpu_index,
                                                  " failed: ", s.message()));
     }
+  } else {
+    rt->weights_ =
+        owned != nullptr ? std::shared_ptr<const Weights>(std::move(owned)) : std::move(shared);
   }
 
   rt->signature_.platform = "ferry_mlp";
   rt->signature_.batched = true;
   rt->signature_.inputs.push_back(
-      TensorSpec{options.input_name, DataType::kFp32, {-1, rt->layers_.front().in}});
+      TensorSpec{options.input_name, DataType::kFp32, {-1, rt->input_dim_}});
   rt->signature_.outputs.push_back(
-      TensorSpec{options.output_name, DataType::kFp32, {-1, rt->layers_.back().out}});
+      TensorSpec{options.output_name, DataType::kFp32, {-1, rt->output_dim_}});
   return rt;
 }
 
 absl::Status MlpRuntime::Execute(absl::Span<RuntimeCall> batch) {
-  const int64_t in = layers_.front().in;
-  const int64_t out = layers_.back().out;
+  const int64_t in = input_dim_;
+  const int64_t out = output_dim_;
   // Per-call row offsets into the stacked matrix; -1 marks a call that failed its own check.
   thread_local std::vector<int64_t> offsets;
   std::vector<float>& current = tls_current;
@@ -401,7 +462,7 @@ absl::Status MlpRuntime::Pack(int slot, absl::Span<RuntimeCall> batch) {
   if (gpu_ == nullptr || slot < 0 || slot >= static_cast<int>(slots_.size())) {
     return absl::FailedPreconditionError(absl::StrCat("mlp: no GPU slot ", slot));
   }
-  const int64_t in = layers_.front().in;
+  const int64_t in = input_dim_;
   SlotState& st = slots_[slot];
   st.offsets.assign(batch.size(), -1);
   st.counts.assign(batch.size(), 0);
@@ -451,7 +512,7 @@ absl::Status MlpRuntime::Launch(int slot, StageDone done) {
 
 absl::Status MlpRuntime::Unpack(int slot, absl::Span<RuntimeCall> batch) {
   const SlotState& st = slots_[slot];
-  const int64_t out = layers_.back().out;
+  const int64_t out = output_dim_;
   const float* pinned = st.rows > 0 ? gpu_->slot_output(st.gpu_slot) : nullptr;
   for (size_t c = 0; c < batch.size(); ++c) {
     if (st.offsets[c] < 0 || !batch[c].status.ok()) continue;
@@ -494,7 +555,8 @@ DeviceStageTimes MlpRuntime::StageTimes(int slot) {
 void MlpRuntime::RunCpu(int64_t total_rows) const {
   std::vector<float>& current = tls_current;
   std::vector<float>& next = tls_next;
-  for (const Layer& layer : layers_) {
+  for (size_t i = 0; i < weights_->layers.size(); ++i) {
+    const Layer& layer = weights_->layers[i];
     next.resize(static_cast<size_t>(total_rows * layer.out));
     for (int64_t r = 0; r < total_rows; ++r) {
       std::memcpy(next.data() + r * layer.out, layer.bias.data(), layer.out * sizeof(float));
@@ -504,7 +566,7 @@ void MlpRuntime::RunCpu(int64_t total_rows) const {
                 static_cast<blasint>(layer.out), static_cast<blasint>(layer.in), 1.0f,
                 current.data(), static_cast<blasint>(layer.in), layer.weight.data(),
                 static_cast<blasint>(layer.in), 1.0f, next.data(), static_cast<blasint>(layer.out));
-    Apply(layer.activation, next.data(), total_rows, layer.out);
+    Apply(activations_[i], next.data(), total_rows, layer.out);
     std::swap(current, next);
   }
 }
@@ -513,6 +575,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> CreateMlpRuntime(const FunctionSpec& sp
                                                           const RuntimeContext& context) {
   absl::StatusOr<MlpRuntime::Options> options = MlpRuntime::ParseOptions(spec);
   if (!options.ok()) return options.status();
+  options->weight_cache = context.weight_cache;
   options->use_gpu = context.use_gpu;
   options->gpu_index = context.gpu_index;
   options->gpu_max_rows = std::max<int64_t>(1, spec.batching.max_batch_size);

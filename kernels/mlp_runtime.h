@@ -3,6 +3,13 @@
 // PyTorch nn.Linear convention), i = 0..L-1; F32, F16, BF16 or F64 weights are converted to f32
 // at load. y = activation_i(x W_i^T + b_i). The CPU path uses OpenBLAS; the GPU path uses
 // cuda::GpuMlp (cuBLAS + fused bias/activation kernels).
+//
+// The FP32 host weights are immutable once loaded and, when the agent passes its WeightCache
+// (RuntimeContext::weight_cache), shared through it: keyed by the file's path, size and
+// modification time (WeightCache::FileKey), so a replica loaded again from the same file (scale
+// to zero and back, a second function on one file) skips reading and converting it, and a
+// replaced file is read afresh. Activations, names and precision are not part of the key: they
+// do not change the host weights.
 #ifndef FERRY_KERNELS_MLP_RUNTIME_H_
 #define FERRY_KERNELS_MLP_RUNTIME_H_
 
@@ -17,6 +24,7 @@
 #include "ferry/manifest.h"
 #include "ferry/runtime.h"
 #include "ferry/staged_runtime.h"
+#include "ferry/weight_cache.h"
 
 namespace ferry::kernels {
 
@@ -33,12 +41,19 @@ bool ActivationFromName(std::string_view name, Activation* out);
 // Execute.
 class MlpRuntime : public Runtime, public StagedRuntime {
  public:
+  // One dense layer as read from the model file, converted to FP32.
   struct Layer {
     int64_t in = 0;
     int64_t out = 0;
     std::vector<float> weight;  // [out, in], row-major
     std::vector<float> bias;    // [out]
-    Activation activation = Activation::kNone;
+  };
+  // Every layer of one model file: what the weight cache holds (as shared_ptr<const Weights>).
+  // Immutable once loaded, so any number of replicas and threads read one copy.
+  struct Weights {
+    std::vector<Layer> layers;
+    // Host bytes of the weights and biases (what the cache charges for the entry).
+    int64_t bytes() const;
   };
 
   struct Options {
@@ -60,15 +75,23 @@ class MlpRuntime : public Runtime, public StagedRuntime {
     // GPU only: independent GpuMlp slots (stream, pinned and device buffers), i.e. how many
     // batches the pipeline may have in flight (spec.batching.pipelineDepth), >= 1.
     int gpu_slots = 2;
+    // The node's weight cache (not owned; outlives the runtime), or nullptr to load privately.
+    WeightCache* weight_cache = nullptr;
   };
 
   // Reads spec.config (`activations`, `inputName`, `outputName`, `precision`) and
   // spec.model_path. Errors
   // name the manifest file and field.
   static absl::StatusOr<Options> ParseOptions(const FunctionSpec& spec);
-  // Loads and checks the model: every tensor is a layer weight or bias, layers contiguous from
-  // 0, dims chain (layer i's in == layer i-1's out), bias matches out, activations count. With
-  // use_gpu, FailedPrecondition when no usable GPU (or a build without CUDA).
+  // Reads and checks a model file: every tensor is a layer weight or bias, layers contiguous
+  // from 0, dims chain (layer i's in == layer i-1's out), bias matches out. InvalidArgument (or
+  // the reader's error) naming the file.
+  static absl::StatusOr<std::unique_ptr<Weights>> LoadWeights(const std::string& model_path);
+  // Gets the weights (from options.weight_cache when set, else LoadWeights), checks the
+  // activations against them and builds the runtime. A CPU replica keeps a reference to the
+  // shared weights; a GPU replica uploads from them and drops its reference, so the host copy
+  // stays only as an idle cache entry within the cache's budget. With use_gpu,
+  // FailedPrecondition when no usable GPU (or a build without CUDA).
   static absl::StatusOr<std::unique_ptr<MlpRuntime>> Create(const Options& options);
 
   const ModelSignature& signature() const override { return signature_; }
@@ -94,7 +117,9 @@ class MlpRuntime : public Runtime, public StagedRuntime {
   void Release(int slot) override;
   DeviceStageTimes StageTimes(int slot) override;
 
-  const std::vector<Layer>& layers() const { return layers_; }
+  // The host weights the CPU path runs (shared with the weight cache and other replicas of the
+  // same file); nullptr on a GPU, whose device holds them.
+  const Weights* weights() const { return weights_.get(); }
   bool on_gpu() const { return gpu_ != nullptr; }
 
  private:
@@ -103,7 +128,10 @@ class MlpRuntime : public Runtime, public StagedRuntime {
   void RunCpu(int64_t total_rows) const;
 
   Options options_;
-  std::vector<Layer> layers_;
+  std::shared_ptr<const Weights> weights_;  // CPU only; null on a GPU
+  std::vector<Activation> activations_;     // one per layer
+  int64_t input_dim_ = 0;
+  int64_t output_dim_ = 0;
   ModelSignature signature_;
   std::unique_ptr<cuda::GpuMlp> gpu_;  // set when running on a GPU
   // Per pipeline slot: the GpuMlp slot it holds between Pack and Release, and where each

@@ -21,6 +21,7 @@
 #include "cuda/gpu_test_util.h"
 #include "ferry/runtime_registry.h"
 #include "ferry/staged_runtime.h"
+#include "ferry/weight_cache.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/echo_runtime.h"
@@ -801,6 +802,87 @@ TEST(MlpTest, GpuPathRunsOrRefusesClearly) {
     ASSERT_TRUE(r2.ok()) << r2.status();
     CheckAgainstReference(**r2, layers, {a, "softmax"}, {4, 2}, 33, 1e-3f);
   }
+}
+
+// A function scaled to zero and back (or a second function on the same file) gets the host
+// weights from the agent's cache instead of reading the file again; a replaced file is a miss.
+TEST(MlpTest, ReloadFromTheWeightCacheSkipsLoadingAndAChangedFileDoesNot) {
+  const std::vector<RefLayer> layers = RandomLayers({5, 7, 4}, 41);
+  const std::string path = WriteModel("cached.safetensors", layers);
+  WeightCache cache(/*idle_budget_bytes=*/int64_t{1} << 30);
+  RuntimeContext context;
+  context.weight_cache = &cache;
+  const MlpRuntime::Weights* first = nullptr;
+  {
+    absl::StatusOr<std::unique_ptr<Runtime>> rt = CreateRuntime(MlpSpec(path), context);
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    first = static_cast<MlpRuntime&>(**rt).weights();
+    ASSERT_NE(first, nullptr);
+    EXPECT_EQ(cache.stats().misses, 1);
+    EXPECT_EQ(cache.stats().hits, 0);
+    EXPECT_EQ(cache.stats().idle_bytes, 0);  // in use while the runtime lives
+  }  // unloaded: the cache keeps the weights within its budget
+  cache.Trim();
+  EXPECT_EQ(cache.stats().entries, 1);
+  EXPECT_EQ(cache.stats().idle_bytes, int64_t{(5 * 7 + 7 + 7 * 4 + 4) * 4});
+
+  // Loaded again, with other activations (not part of the weights): the same host copy.
+  absl::StatusOr<std::unique_ptr<Runtime>> again =
+      CreateRuntime(MlpSpec(path, {{"activations", {"tanh", "sigmoid"}}}), context);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(cache.stats().hits, 1);
+  EXPECT_EQ(cache.stats().misses, 1);
+  EXPECT_EQ(static_cast<MlpRuntime&>(**again).weights(), first);
+  CheckAgainstReference(**again, layers, {"tanh", "sigmoid"}, {3, 2}, 42, 1e-4f);
+
+  // The file replaced by another model (its size and modification time change): loaded afresh
+  // and served with the new weights, while the old entry stays with the runtime that uses it.
+  const std::vector<RefLayer> replaced = RandomLayers({5, 9, 4}, 43);
+  ASSERT_EQ(WriteModel("cached.safetensors", replaced), path);
+  absl::StatusOr<std::unique_ptr<Runtime>> fresh = CreateRuntime(MlpSpec(path), context);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  EXPECT_EQ(cache.stats().hits, 1);
+  EXPECT_EQ(cache.stats().misses, 2);
+  EXPECT_EQ(cache.stats().entries, 2);
+  EXPECT_NE(static_cast<MlpRuntime&>(**fresh).weights(), first);
+  CheckAgainstReference(**fresh, replaced, {"relu", "none"}, {4}, 44, 1e-4f);
+  // The replica made before the change still serves the weights it loaded.
+  CheckAgainstReference(**again, layers, {"tanh", "sigmoid"}, {1}, 45, 1e-4f);
+
+  // A load that fails caches nothing (and is not a hit).
+  const std::string broken = TempPath("cached_broken.safetensors");
+  WriteFile(broken, "not a safetensors file");
+  EXPECT_FALSE(CreateRuntime(MlpSpec(broken), context).ok());
+  EXPECT_EQ(cache.stats().entries, 2);
+  EXPECT_EQ(cache.stats().hits, 1);
+}
+
+// A GPU replica uploads from the cached host weights and leaves them to the cache (idle, within
+// its budget): the next load of the same file, on a GPU or a CPU, skips reading it.
+TEST(MlpTest, GpuReplicaUploadsFromTheWeightCache) {
+  const std::vector<RefLayer> layers = RandomLayers({16, 32, 8}, 46);
+  const std::string path = WriteModel("gpu_cached.safetensors", layers);
+  WeightCache cache(/*idle_budget_bytes=*/int64_t{1} << 30);
+  RuntimeContext gpu;
+  gpu.use_gpu = true;
+  gpu.weight_cache = &cache;
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = CreateRuntime(MlpSpec(path), gpu);
+  FERRY_SKIP_WITHOUT_GPU();
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  ASSERT_TRUE(static_cast<MlpRuntime&>(**rt).on_gpu());
+  EXPECT_EQ(static_cast<MlpRuntime&>(**rt).weights(), nullptr);
+  EXPECT_EQ(cache.stats().misses, 1);
+  EXPECT_EQ(cache.stats().idle_bytes, int64_t{(16 * 32 + 32 + 32 * 8 + 8) * 4});
+  CheckAgainstReference(**rt, layers, {"relu", "none"}, {3, 5}, 47, 1e-3f);
+  absl::StatusOr<std::unique_ptr<Runtime>> second = CreateRuntime(MlpSpec(path), gpu);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(cache.stats().hits, 1);
+  CheckAgainstReference(**second, layers, {"relu", "none"}, {2}, 48, 1e-3f);
+  absl::StatusOr<std::unique_ptr<Runtime>> cpu =
+      CreateRuntime(MlpSpec(path), RuntimeContext{.weight_cache = &cache});
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  EXPECT_EQ(cache.stats().hits, 2);
+  CheckAgainstReference(**cpu, layers, {"relu", "none"}, {2}, 49, 1e-4f);
 }
 
 // The staged path (ferry/staged_runtime.h) the agent's pipeline drives: only on a GPU.

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "cuda/device.h"
 #include "cuda/health.h"
 #include "gtest/gtest.h"
 #include "node-agent/serving_core_impl.h"
@@ -273,6 +274,25 @@ TEST_F(AgentCoreGpuTest, APoisonedGpuMakesItsFunctionsUnreadyAndTheAgentNotLive)
   ASSERT_TRUE(core->LoadFunction(Spec(EchoOnGpu("later", 100)), true, 1).ok());
   EXPECT_EQ(core->LoadFunction(Spec(EchoOnGpu("later", 100)), true, 0).code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// GPU memory in use, per GPU of the agent, read from the driver at each scrape: the families are
+// declared on every agent (so /metrics has the same names with or without a GPU); a sample needs
+// a real GPU whose driver answers NVML.
+TEST_F(AgentCoreGpuTest, GpuMemoryIsReportedPerGpuFromTheDriver) {
+  auto core = Core({});
+  ASSERT_NE(core, nullptr);
+  const std::string metrics = core->MetricsText();
+  EXPECT_TRUE(absl::StrContains(metrics, "# TYPE ferry_gpu_memory_used_bytes gauge\n")) << metrics;
+  EXPECT_TRUE(absl::StrContains(metrics, "# TYPE ferry_gpu_memory_total_bytes gauge\n")) << metrics;
+  for (const int gpu : {0, 1}) {
+    const absl::StatusOr<cuda::GpuMemoryInfo> memory = cuda::GetGpuMemory(gpu);
+    const std::string used = absl::StrCat("ferry_gpu_memory_used_bytes{gpu=\"", gpu, "\"} ");
+    const std::string total = absl::StrCat("ferry_gpu_memory_total_bytes{gpu=\"", gpu, "\"} ");
+    // The made-up GPUs are real ones only where this machine has them; without, no samples.
+    EXPECT_EQ(absl::StrContains(metrics, used), memory.ok()) << metrics;
+    EXPECT_EQ(absl::StrContains(metrics, total), memory.ok()) << metrics;
+  }
 }
 
 }  // namespace

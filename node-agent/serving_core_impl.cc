@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "cuda/device.h"
 #include "cuda/health.h"
 #include "ferry/runtime.h"
 #include "ferry/runtime_registry.h"
@@ -51,6 +52,27 @@ std::string WeightCacheText(const WeightCache::Stats& s, const WeightCache& cach
       "# HELP ferry_weight_cache_evictions_total Idle weights dropped to stay within the "
       "budget.\n# TYPE ferry_weight_cache_evictions_total counter\n",
       "ferry_weight_cache_evictions_total ", s.evictions, "\n");
+}
+
+// Memory of each GPU this agent may use, as the driver (NVML) reports it at this scrape. Both
+// families are always declared, so a CPU-only agent shows them without samples; a GPU whose
+// driver does not answer NVML has no sample (no CUDA context is created to ask).
+std::string GpuMemoryText(const std::vector<int>& gpus) {
+  std::string used =
+      "# HELP ferry_gpu_memory_used_bytes Device memory in use on the GPU, by every process "
+      "(the driver's count, NVML).\n# TYPE ferry_gpu_memory_used_bytes gauge\n";
+  std::string total =
+      "# HELP ferry_gpu_memory_total_bytes Device memory of the GPU (NVML).\n"
+      "# TYPE ferry_gpu_memory_total_bytes gauge\n";
+  for (const int gpu : gpus) {
+    const absl::StatusOr<cuda::GpuMemoryInfo> memory = cuda::GetGpuMemory(gpu);
+    if (!memory.ok()) continue;
+    absl::StrAppend(&used, "ferry_gpu_memory_used_bytes{gpu=\"", gpu, "\"} ", memory->used_bytes,
+                    "\n");
+    absl::StrAppend(&total, "ferry_gpu_memory_total_bytes{gpu=\"", gpu, "\"} ", memory->total_bytes,
+                    "\n");
+  }
+  return used + total;
 }
 
 }  // namespace
@@ -224,13 +246,16 @@ void AgentCore::Drain() {
 
 std::string AgentCore::MetricsText() const {
   std::vector<std::shared_ptr<FunctionHost>> hosts;
+  std::vector<int> gpus;
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [name, host] : hosts_) hosts.push_back(host);
+    for (const NodeGpu& g : gpus_) gpus.push_back(g.index);
   }
   for (const auto& host : hosts) host->RefreshGauges();
   return metrics_.Serialize() + meter_.PrometheusText() +
-         WeightCacheText(weight_cache_->stats(), *weight_cache_) + cuda::GpuHealthPrometheusText();
+         WeightCacheText(weight_cache_->stats(), *weight_cache_) + cuda::GpuHealthPrometheusText() +
+         GpuMemoryText(gpus);
 }
 
 FunctionHost* AgentCore::host_for_test(const std::string& name) { return Host(name).get(); }

@@ -81,6 +81,7 @@ int RunOracle(int instances) {
            "ratio_need,oracle_replicas,ferry_replicas,ferry_need_replicas,combinations\n";
   }
   std::vector<double> ratios[2];
+  double sum_ferry[2] = {0, 0}, sum_best[2] = {0, 0};  // over the instances each placed
   int infeasible = 0, exhausted = 0;
   int ferry_failed[2] = {0, 0};
   for (int i = 0; i < instances; ++i) {
@@ -101,7 +102,11 @@ int RunOracle(int instances) {
     for (int k = 0; k < 2; ++k) {
       if (!ferry[k].feasible) ++ferry_failed[k];
       ratio[k] = ferry[k].feasible ? ferry[k].cost_per_hour / best.cost_per_hour : -1;
-      if (ferry[k].feasible) ratios[k].push_back(ratio[k]);
+      if (ferry[k].feasible) {
+        ratios[k].push_back(ratio[k]);
+        sum_ferry[k] += ferry[k].cost_per_hour;
+        sum_best[k] += best.cost_per_hour;
+      }
     }
     if (absl::GetFlag(FLAGS_oracle_verbose) && (ratio[0] > 1.05 || ratio[0] < 0)) {
       std::printf("seed %llu: ferry $%.3f/h (need hint $%.3f/h) vs optimum $%.3f/h\n",
@@ -157,12 +162,13 @@ int RunOracle(int instances) {
     const double n = r.empty() ? 1.0 : static_cast<double>(r.size());
     std::printf(
         "%s: refused a function the oracle placed in %d of %d; cost / cheapest over %zu: "
-        "optimal %.1f %%, within 1.05x %.1f %%; p50 %.3f, p90 %.3f, p99 %.3f, max %.3f\n",
-        k == 0 ? "PlaceOne (no need hint, as the controller calls it)"
-               : "PlaceOne with the need hint (needed_rps)",
+        "optimal %.1f %%, within 1.05x %.1f %%; p50 %.3f, p90 %.3f, p99 %.3f, max %.3f; "
+        "all instances together %.3f\n",
+        k == 0 ? "PlaceOne without the need (the controller before it passed one)"
+               : "PlaceOne with the need (needed_rps), as the controller calls it",
         ferry_failed[k], feasible, r.size(), 100.0 * static_cast<double>(exact) / n,
         100.0 * static_cast<double>(within) / n, q(0.5), q(0.9), q(0.99),
-        r.empty() ? 0.0 : r.back());
+        r.empty() ? 0.0 : r.back(), sum_best[k] > 0 ? sum_ferry[k] / sum_best[k] : 0.0);
   }
   return 0;
 }
@@ -247,7 +253,7 @@ int main(int argc, char** argv) {
                "step_ready_s_median,failed_nodes,events,wall_s,busy_utilization,"
                "slo_capacity_utilization,steady_arrivals,steady_slo_attainment";
     for (int c = 0; c < kMissCauses; ++c) summary << ",miss_" << c;
-    summary << "\n";
+    summary << ",cluster_gpu_memory_share,cluster_cpu_share,cluster_gpus_used_share\n";
   }
   std::printf("%-15s %9s %9s %10s %8s %8s %5s %5s %6s %7s %7s %6s %6s %6s %7s\n", "policy",
               "arrivals", "in-SLO%", "cost $", "rejected", "retried", "lost", "viol", "dec",
@@ -286,6 +292,11 @@ int main(int argc, char** argv) {
         "    utilisation of the ready replicas: busy %.1f %%, load / capacity within the SLO "
         "%.1f %% (%.0f replica-s ready)\n",
         100 * r->busy_utilization(), 100 * r->slo_capacity_utilization(), r->ready_replica_s);
+    std::printf(
+        "    the cluster (time average): %.1f %% of its GPU memory and %.1f %% of its CPU cores "
+        "held by replicas; %.1f %% of its GPUs hold one\n",
+        100 * r->cluster_gpu_memory_share, 100 * r->cluster_cpu_share,
+        100 * r->cluster_gpus_used_share);
     if (config.warmup_s > 0) {
       std::printf("    from %.0f s on (steady state): %lld arrivals, %.3f %% within the SLO\n",
                   config.warmup_s, static_cast<long long>(r->steady_arrivals),
@@ -335,7 +346,8 @@ int main(int argc, char** argv) {
               << r->busy_utilization() << ',' << r->slo_capacity_utilization() << ','
               << r->steady_arrivals << ',' << r->steady_attainment();
       for (int c = 0; c < kMissCauses; ++c) summary << ',' << r->misses[c];
-      summary << '\n';
+      summary << ',' << r->cluster_gpu_memory_share << ',' << r->cluster_cpu_share << ','
+              << r->cluster_gpus_used_share << '\n';
       if (absl::Status s = WriteCsv(*r, config, out); !s.ok()) {
         std::fprintf(stderr, "%s\n", s.ToString().c_str());
         return 1;

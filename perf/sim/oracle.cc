@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "control-plane/replica_target.h"
 
 namespace ferry::sim {
 namespace {
@@ -255,11 +256,14 @@ AssignmentCost FerryPlacement(const SimConfig& instance, bool pass_need) {
     std::vector<int> by_type(nt, 0);
     std::map<int, int> on_node;
     double have = 0;
-    const double need = Need(fc);
-    while (have + kEps < need) {
+    control::ReplicaTarget target;
+    target.max_replicas = 1 << 20;
+    target.need_rps = Need(fc);
+    int count = 0;
+    while (control::WantsAnother(target, count, have)) {
       control::PlacementHints hints;
       hints.replicas_on_node.assign(on_node.begin(), on_node.end());
-      if (pass_need) hints.needed_rps = need - have;
+      if (pass_need) hints.needed_rps = control::Uncovered(target, have);
       const control::Decision d = control::PlaceOne(cluster, fc.req, profiles, hints);
       if (!d.placed || d.throughput_rps <= 0) {
         out.feasible = false;
@@ -268,6 +272,7 @@ AssignmentCost FerryPlacement(const SimConfig& instance, bool pass_need) {
       cluster.Assign(d.node, d.device_index, fc.req);
       ++on_node[d.node];
       have += d.throughput_rps;
+      ++count;
       out.cost_per_hour += control::PriceShare(cluster.nodes()[d.node], d.device_index, fc.req);
       ++out.replicas;
       ++by_type[type_of[d.node]];

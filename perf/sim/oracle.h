@@ -46,8 +46,9 @@ AssignmentCost CheapestFeasible(const SimConfig& instance, int64_t max_combinati
 // ferry's placement: functions in order, each gets replicas from PlaceOne (accounted with
 // Cluster::Assign, spreading hints as the controller gives them) until their throughput within
 // the SLO reaches load / target utilisation. feasible = false when PlaceOne refuses first.
-// `pass_need`: each PlaceOne is told the throughput still wanted (PlacementHints::needed_rps);
-// else it is not (needed_rps 0, how the controller calls it today).
+// `pass_need`: each PlaceOne is told the throughput still wanted (PlacementHints::needed_rps),
+// as the controller does (replica_target.h); else it is not (needed_rps 0, how the controller
+// called it before it stated its need in requests per second).
 AssignmentCost FerryPlacement(const SimConfig& instance, bool pass_need);
 
 struct OracleOptions {

@@ -49,8 +49,8 @@ def plot_misses(d, rows):
 def plot_oracle(d):
     rows = read(os.path.join(d, "oracle.csv"))
     fig, ax = plt.subplots(figsize=(7, 4))
-    for col, label in (("ratio", "PlaceOne as the controller calls it"),
-                       ("ratio_need", "PlaceOne with the need hint")):
+    for col, label in (("ratio", "PlaceOne without the need (before)"),
+                       ("ratio_need", "PlaceOne with the need, as the controller calls it")):
         vals = sorted(float(r[col]) for r in rows if float(r[col]) > 0)
         n = len(vals)
         ax.plot(vals, [(i + 1) / n for i in range(n)], label=label)

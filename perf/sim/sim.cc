@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "control-plane/replica_target.h"
 #include "control-plane/router.h"
 #include "ferry/clock.h"
 
@@ -172,11 +173,13 @@ struct Fn {
   int64_t arrived_since = 0;
   uint64_t rr = 0;
   int desired = 0;
+  double need_rps = -1;  // the autoscaler's need behind `desired`; -1 before its first decision
   int last_direction = 0;
   int live_count_reported = -1;
   bool step_seen = false;
   FunctionResult result;
   std::vector<int64_t> load_scratch;
+  std::vector<double> rate_scratch;
 };
 
 class Simulator {
@@ -195,7 +198,8 @@ class Simulator {
   void TryDispatch(int r);
   void Heartbeat();
   void Reconcile(int f);
-  bool PlaceReplica(int f, bool ready_now);
+  // needed_rps: PlacementHints::needed_rps (0 = none).
+  bool PlaceReplica(int f, bool ready_now, double needed_rps = 0);
   void Drain(int r);
   void Remove(int r);
   void FailNode(int node);
@@ -375,6 +379,17 @@ absl::StatusOr<RunResult> Simulator::Run() {
     }
   }
   out_.end_s = static_cast<double>(clock_.NowMicros()) / 1e6;
+  if (!out_.timeline.empty()) {
+    for (const TimelinePoint& x : out_.timeline) {
+      out_.cluster_gpu_memory_share += x.gpu_memory_share;
+      out_.cluster_cpu_share += x.cpu_share;
+      out_.cluster_gpus_used_share += x.gpus_used_share;
+    }
+    const double n = static_cast<double>(out_.timeline.size());
+    out_.cluster_gpu_memory_share /= n;
+    out_.cluster_cpu_share /= n;
+    out_.cluster_gpus_used_share /= n;
+  }
   // Cost of what is still allocated at the end.
   for (Replica& r : replicas_) {
     EndReady(r);
@@ -472,7 +487,10 @@ void Simulator::Route(int f, Req req) {
   } else if (policy_.routing == Routing::kLeastOutstanding) {
     pick = control::PickLeastOutstanding(fn.load_scratch, rng_);
   } else {
-    pick = control::PickReplica(fn.load_scratch, rng_);
+    // As the gateway: power of two weighed by each replica's throughput on its hardware.
+    fn.rate_scratch.clear();
+    for (int r : fn.ready) fn.rate_scratch.push_back(replicas_[r].throughput_rps);
+    pick = control::PickReplica(fn.load_scratch, fn.rate_scratch, rng_);
   }
   const int r = fn.ready[pick];
   if (fn.load_scratch[pick] > 0 &&
@@ -617,9 +635,10 @@ control::Decision Simulator::ChooseBaseline(const Fn& fn,
   return best;
 }
 
-bool Simulator::PlaceReplica(int f, bool ready_now) {
+bool Simulator::PlaceReplica(int f, bool ready_now, double needed_rps) {
   Fn& fn = fns_[f];
   control::PlacementHints hints;
+  hints.needed_rps = needed_rps;
   std::map<int, int> on_node;
   for (int r : fn.replicas) ++on_node[replicas_[r].node];
   hints.replicas_on_node.assign(on_node.begin(), on_node.end());
@@ -750,23 +769,44 @@ void Simulator::DetectNode(int node) {
 void Simulator::Reconcile(int f) {
   Fn& fn = fns_[f];
   std::vector<int> live;
+  double have = 0;
   for (int r : fn.replicas) {
-    if (replicas_[r].state != RState::kDraining) live.push_back(r);
-  }
-  const int current = static_cast<int>(live.size());
-  if (fn.desired > current) {
-    for (int i = current; i < fn.desired; ++i) {
-      if (!PlaceReplica(f, false)) break;
+    if (replicas_[r].state != RState::kDraining) {
+      live.push_back(r);
+      have += replicas_[r].throughput_rps;
     }
-  } else if (fn.desired < current) {
-    // Starting replicas first (nothing to finish), then the least loaded.
-    std::sort(live.begin(), live.end(), [&](int a, int b) {
-      const bool sa = replicas_[a].state == RState::kStarting;
-      const bool sb = replicas_[b].state == RState::kStarting;
-      if (sa != sb) return sa;
-      return replicas_[a].outstanding() < replicas_[b].outstanding();
-    });
-    for (int i = 0; i < current - fn.desired; ++i) Drain(live[i]);
+  }
+  // As the controller reconciles (replica_target.h): the autoscaler's need covered by whole
+  // replicas, each placed for the need still uncovered. Without autoscaling the count is fixed.
+  control::ReplicaTarget target;
+  if (policy_.autoscale) {
+    target.min_replicas =
+        static_cast<int>(std::min(fn.cfg->scaling.min_replicas, fn.cfg->scaling.max_replicas));
+    target.max_replicas = static_cast<int>(fn.cfg->scaling.max_replicas);
+    target.need_rps =
+        fn.need_rps >= 0 ? fn.need_rps : fn.desired * PlanningCapacity(fn).throughput_rps;
+    if (fn.desired == 0) target.need_rps = 0;
+  } else {
+    target.min_replicas = target.max_replicas = fn.desired;
+  }
+  // Scale down: starting replicas first (nothing to finish), then the least loaded.
+  std::sort(live.begin(), live.end(), [&](int a, int b) {
+    const bool sa = replicas_[a].state == RState::kStarting;
+    const bool sb = replicas_[b].state == RState::kStarting;
+    if (sa != sb) return sa;
+    return replicas_[a].outstanding() < replicas_[b].outstanding();
+  });
+  int count = static_cast<int>(live.size());
+  for (int r : live) {
+    if (!control::MayRemove(target, count, have, replicas_[r].throughput_rps)) continue;
+    have -= replicas_[r].throughput_rps;
+    --count;
+    Drain(r);
+  }
+  while (control::WantsAnother(target, count, have)) {
+    if (!PlaceReplica(f, false, control::Uncovered(target, have))) break;
+    have += replicas_[fn.replicas.back()].throughput_rps;
+    ++count;
   }
   NoteReplicaCount(f);
 }
@@ -813,6 +853,7 @@ void Simulator::Heartbeat() {
         }
         fn.desired = d.desired;
       }
+      fn.need_rps = d.need_rps;
     }
     fn.arrived_since = 0;
     Reconcile(f);
@@ -828,9 +869,26 @@ void Simulator::Heartbeat() {
     out_.failure_replaced = out_.placements - placements_at_detect_;
     out_.failure_replaced_s = t_s - cfg_.fail_at_s;
   }
-  out_.timeline.push_back(
-      {t_s, total, ready_total, cost_rate,
-       static_cast<double>(arrivals_total_ - arrivals_last_hb_) / cfg_.heartbeat_s});
+  TimelinePoint point{t_s, total, ready_total, cost_rate,
+                      static_cast<double>(arrivals_total_ - arrivals_last_hb_) / cfg_.heartbeat_s};
+  double gpu_mem = 0, gpu_mem_used = 0, cores = 0, cores_used = 0, gpus = 0, gpus_used = 0;
+  for (size_t n = 0; n < cluster_.nodes().size(); ++n) {
+    if (node_failed_[n]) continue;
+    const control::NodeSpec& spec = cluster_.nodes()[n];
+    const control::NodeUsage& use = cluster_.usage()[n];
+    cores += spec.cpu_cores;
+    cores_used += use.cpu_cores;
+    for (size_t g = 0; g < spec.gpus.size(); ++g) {
+      gpu_mem += static_cast<double>(spec.gpus[g].memory_bytes);
+      gpu_mem_used += static_cast<double>(use.gpu_bytes[g]);
+      gpus += 1;
+      gpus_used += use.gpu_bytes[g] > 0 ? 1 : 0;
+    }
+  }
+  point.gpu_memory_share = gpu_mem > 0 ? gpu_mem_used / gpu_mem : 0;
+  point.cpu_share = cores > 0 ? cores_used / cores : 0;
+  point.gpus_used_share = gpus > 0 ? gpus_used / gpus : 0;
+  out_.timeline.push_back(point);
   arrivals_last_hb_ = arrivals_total_;
 }
 
@@ -1211,10 +1269,12 @@ absl::Status WriteCsv(const RunResult& r, const SimConfig& config, const std::st
       << x.panic << ',' << reason << '\n';
   }
   std::ofstream t(p + "timeline.csv");
-  t << "t_s,replicas,ready,cost_per_hour,arrivals_rps\n";
+  t << "t_s,replicas,ready,cost_per_hour,arrivals_rps,gpu_memory_share,cpu_share,"
+       "gpus_used_share\n";
   for (const TimelinePoint& x : r.timeline) {
     t << x.t_s << ',' << x.replicas << ',' << x.ready << ',' << x.cost_per_hour << ','
-      << x.arrivals_rps << '\n';
+      << x.arrivals_rps << ',' << x.gpu_memory_share << ',' << x.cpu_share << ','
+      << x.gpus_used_share << '\n';
   }
   std::ofstream rc(p + "replicas.csv");
   rc << "t_s,function,replicas\n";

@@ -170,6 +170,9 @@ struct TimelinePoint {
   int replicas, ready;
   double cost_per_hour;
   double arrivals_rps;
+  // How full the cluster is (live nodes): shares of its GPU memory and CPU cores held by
+  // replicas, and of its GPUs that hold at least one replica.
+  double gpu_memory_share = 0, cpu_share = 0, gpus_used_share = 0;
 };
 
 struct RunResult {
@@ -209,6 +212,8 @@ struct RunResult {
   double busy_utilization() const {
     return ready_replica_s > 0 ? busy_replica_s / ready_replica_s : 0;
   }
+  // Time averages of the timeline's cluster shares (TimelinePoint).
+  double cluster_gpu_memory_share = 0, cluster_cpu_share = 0, cluster_gpus_used_share = 0;
   double slo_capacity_utilization() const {
     return capacity_requests > 0 ? static_cast<double>(answered) / capacity_requests : 0;
   }

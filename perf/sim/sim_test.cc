@@ -200,15 +200,16 @@ TEST(OracleTest, FindsTheOptimumOfAHandCheckedInstance) {
   EXPECT_NEAR(best.cost_per_hour, 2.9, 1e-9);
   EXPECT_EQ(best.replicas_by_type,
             (std::vector<std::vector<int>>{{0, 1, 0}, {1, 0, 0}, {0, 0, 2}}));
-  // ferry without the need: A and B both take the A10G (cheaper per request at full throughput),
-  // and C's second replica spreads to the T4 node's CPU ($0.25): 1.5 + 1.5 + 0.2 + 0.25.
+  // ferry without the need: A and B both take the A10G (cheaper per request at full throughput);
+  // C's second replica stays on the CPU node: the T4 node's CPU ($0.25) is 25 % dearer, outside
+  // the 5 % band within which spreading may choose. 1.5 + 1.5 + 0.2 + 0.2.
   const AssignmentCost plain = FerryPlacement(c, /*pass_need=*/false);
   ASSERT_TRUE(plain.feasible);
-  EXPECT_NEAR(plain.cost_per_hour, 3.45, 1e-9);
-  // With the need, B's 60 rps fit one T4 ($1): only the spread of C is left, 2.95.
+  EXPECT_NEAR(plain.cost_per_hour, 3.4, 1e-9);
+  // With the need, B's 60 rps fit one T4 ($1): the optimum, 2.9.
   const AssignmentCost need = FerryPlacement(c, /*pass_need=*/true);
   ASSERT_TRUE(need.feasible);
-  EXPECT_NEAR(need.cost_per_hour, 2.95, 1e-9);
+  EXPECT_NEAR(need.cost_per_hour, 2.9, 1e-9);
   // A fourth function that fits nowhere makes the instance infeasible.
   SimConfig worse = c;
   FunctionConfig huge = c.functions[0];
@@ -245,6 +246,24 @@ TEST(RouterTest, PowerOfTwoChoicesPrefersTheLessLoaded) {
   // With many replicas the most loaded one is never chosen (it loses every comparison).
   const std::vector<int64_t> many = {1, 2, 3, 99};
   for (int i = 0; i < 200; ++i) EXPECT_NE(control::PickReplica(many, rng), 3);
+}
+
+TEST(RouterTest, PowerOfTwoWeighsReplicasByTheirThroughput) {
+  std::mt19937_64 rng(1);
+  // A replica three times as fast with two requests outstanding serves a new one sooner
+  // ((2 + 1) / 300 s) than a slow one with one ((1 + 1) / 100 s): it wins although busier.
+  const std::vector<int64_t> load = {2, 1};
+  const std::vector<double> rates = {300, 100};
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(control::PickReplica(load, rates, rng), 0);
+  // Equal throughputs decide as the unweighted rule does; unknown (0) or missing ones fall back
+  // to it.
+  const std::vector<double> equal = {100, 100};
+  const std::vector<double> unknown = {300, 0};
+  for (int i = 0; i < 50; ++i) {
+    EXPECT_EQ(control::PickReplica(load, equal, rng), 1);
+    EXPECT_EQ(control::PickReplica(load, unknown, rng), 1);
+    EXPECT_EQ(control::PickReplica(load, {}, rng), 1);
+  }
 }
 
 TEST(RouterTest, LeastOutstandingTakesTheMinimumAndSplitsTies) {

@@ -278,7 +278,7 @@ absl::Status ParseScaling(const FieldReader& spec, ScalingSpec* s) {
       FieldReader f,
       spec.Child("scaling", {"minReplicas", "maxReplicas", "idleSeconds", "targetUtilization",
                              "stableWindowSeconds", "panicWindowSeconds", "panicThreshold",
-                             "maxScaleUpRate", "maxScaleDownRate"}));
+                             "maxScaleUpRate", "maxScaleDownRate", "burstZ"}));
   constexpr int64_t kMaxReplicas = 10'000;
   FERRY_MANIFEST_RETURN_IF_ERROR(f.Int("minReplicas", 0, kMaxReplicas, &s->min_replicas));
   // Unless given, maxReplicas follows minReplicas up so that "minReplicas: 3" alone is valid.
@@ -301,6 +301,7 @@ absl::Status ParseScaling(const FieldReader& spec, ScalingSpec* s) {
       f.Number("maxScaleUpRate", 1, true, 10'000, false, &s->max_scale_up_rate));
   FERRY_MANIFEST_RETURN_IF_ERROR(
       f.Number("maxScaleDownRate", 1, true, 10'000, false, &s->max_scale_down_rate));
+  FERRY_MANIFEST_RETURN_IF_ERROR(f.Number("burstZ", 0, false, 10, false, &s->burst_z));
   return absl::OkStatus();
 }
 

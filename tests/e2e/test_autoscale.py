@@ -3,6 +3,7 @@
 - A function with minReplicas 0 and idleSeconds 1 starts with one replica, goes to zero after a
   second without requests (a client calling the agent directly then gets 503, not 404), and a burst of concurrent requests through the gateway is held while
   it scales from zero: every request succeeds.
+- An mlp scaled to zero and back comes back on the node that held it, from its weight cache.
 - A slow function (echo with delayMicros) scales up under concurrent load and back down under a
   light request loop: the replica removed drains first, and no request of either loop fails.
 
@@ -10,6 +11,7 @@ Windows and idle times are made small in the manifests; every wait polls state w
 """
 
 import json
+import struct
 import threading
 import time
 import urllib.error
@@ -158,6 +160,62 @@ def test_scale_to_zero_then_burst_is_held_and_served(cluster):
     assert 'ferry_function_ready_replicas{function="cold"}' in text
     held = [ln for ln in text.splitlines() if ln.startswith("ferry_gateway_held_requests_total")]
     assert held and float(held[0].split()[-1]) >= 1, held
+
+
+def write_mlp(path):
+    """A one-layer mlp in safetensors: y = [[1, 2]] x + [0.5] (x: [rows, 2])."""
+    header = {"layers.0.weight": {"dtype": "F32", "shape": [1, 2], "data_offsets": [0, 8]},
+              "layers.0.bias": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + struct.pack("<3f", 1.0, 2.0, 0.5))
+
+
+def weight_cache_lookups(agent):
+    """{"hit": n, "miss": n} from an agent's /metrics."""
+    with urllib.request.urlopen(f"http://{agent.http_hostport}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("ferry_weight_cache_lookups_total{"):
+            out[line.split('result="')[1].split('"')[0]] = float(line.split()[-1])
+    return out
+
+
+def test_an_mlp_scaled_to_zero_comes_back_from_the_weight_cache(cluster):
+    model = cluster.tmp / "cold_mlp.safetensors"
+    write_mlp(model)
+    cluster.apply("cold-mlp", f"""\
+apiVersion: ferry.dev/v1
+kind: Function
+metadata: {{name: cold-mlp}}
+spec:
+  runtime: mlp
+  model: {{uri: "file://{model}"}}
+  hardware: {{accelerator: cpu, cpuCores: 0.25, memoryMiB: 64}}
+  batching: {{maxBatchSize: 8, maxQueueDelayMicros: 100}}
+  scaling: {{minReplicas: 0, maxReplicas: 1, idleSeconds: 1, stableWindowSeconds: 1}}
+""")
+    wait_for(lambda: (f := cluster.function("cold-mlp")) and f.ready_replicas == 1, 15,
+             "cold-mlp: one ready replica")
+    wait_for(lambda: (f := cluster.function("cold-mlp")) and f.desired_replicas == 0
+             and len(f.replicas) == 0, 10, "cold-mlp: scaled to zero")
+    wait_for(lambda: any("unloaded function 'cold-mlp'" in a.log() for a in cluster.agents), 10,
+             "an agent unloaded cold-mlp")
+    agent = next(a for a in cluster.agents if "unloaded function 'cold-mlp'" in a.log())
+    before = weight_cache_lookups(agent)
+
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32",
+                                   "data": [3.0, 4.0]}]}).encode()
+    req = urllib.request.Request(f"{cluster.control.gateway_url}/v2/models/cold-mlp/infer",
+                                 data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        assert json.loads(resp.read())["outputs"][0]["data"] == [11.5]
+    # Scaled up from zero on the node that held it (warm affinity): its weights came from that
+    # agent's cache, not from the file.
+    after = weight_cache_lookups(agent)
+    assert after.get("hit", 0) == before.get("hit", 0) + 1, (before, after)
+    assert after.get("miss", 0) == before.get("miss", 0), (before, after)
 
 
 class Loop:

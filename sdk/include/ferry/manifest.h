@@ -69,6 +69,9 @@ struct ScalingSpec {
   double panic_threshold = 2.0;       // panicThreshold, (1, 100]: x ready replicas
   double max_scale_up_rate = 1000;    // maxScaleUpRate, (1, 10000]: x ready per decision
   double max_scale_down_rate = 2.0;   // maxScaleDownRate, (1, 10000]: / current per decision
+  // burstZ, [0, 10]: burst headroom in standard deviations of one SLO window's arrivals; only
+  // for a function with a latency target; 0 = off (control-plane/autoscaler.h).
+  double burst_z = 4.0;
 };
 
 struct SloSpec {
