@@ -1,9 +1,5 @@
 #include "kernels/bert_encoder.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -14,14 +10,6 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/safetensors.h"
 #include "nlohmann/json.hpp"
-
-// glibc >= 2.35 on x86-64 has a vector erf in libmvec (4 lanes, dispatching to the best ISA the
-// CPU has; the same few-ulp accuracy as erff at a fraction of the cost).
-#if defined(__x86_64__) && defined(__GLIBC__) && \
-    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
-#define FERRY_HAVE_LIBMVEC_ERF 1
-extern "C" __m128 _ZGVbN4v_erff(__m128 x);
-#endif
 
 namespace ferry::kernels {
 namespace {
@@ -34,7 +22,6 @@ struct Scratch {
   std::vector<float> tmp;   // [T, H]
   std::vector<float> ffn;   // [T, I]
   std::vector<float> attn;  // AttentionHead's scratch for the longest sequence
-  std::vector<float> erf;   // [I], one row of GELU
 };
 
 Scratch& ThreadScratch() {
@@ -45,71 +32,6 @@ Scratch& ThreadScratch() {
 template <typename T>
 void Grow(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
-}
-
-// out[r] = (row - mean) / sqrt(var + eps) * gamma + beta for a row whose sum is `sum`.
-inline void NormalizeRow(const float* row, float sum, const float* gamma, const float* beta, int n,
-                         float eps, float* o) {
-  const float mean = sum / static_cast<float>(n);
-  float var = 0.f;
-  for (int i = 0; i < n; ++i) {
-    const float d = row[i] - mean;
-    var += d * d;
-  }
-  const float inv = 1.f / std::sqrt(var / static_cast<float>(n) + eps);
-  for (int i = 0; i < n; ++i) o[i] = (row[i] - mean) * inv * gamma[i] + beta[i];
-}
-
-void LayerNorm(const float* in, const float* gamma, const float* beta, int rows, int n, float eps,
-               float* out) {
-  for (int r = 0; r < rows; ++r) {
-    const float* row = in + static_cast<size_t>(r) * n;
-    float sum = 0.f;
-    for (int i = 0; i < n; ++i) sum += row[i];
-    NormalizeRow(row, sum, gamma, beta, n, eps, out + static_cast<size_t>(r) * n);
-  }
-}
-
-// out[r] = LayerNorm(y[r] + bias + residual[r]) row by row (n columns); y is overwritten with
-// the sum. `out` may be `residual`: each residual row is read before its output row is written.
-void AddBiasResidualLayerNorm(float* y, const float* bias, const float* residual,
-                              const float* gamma, const float* beta, int rows, int n, float eps,
-                              float* out) {
-  for (int r = 0; r < rows; ++r) {
-    float* row = y + static_cast<size_t>(r) * n;
-    const float* res = residual + static_cast<size_t>(r) * n;
-    float sum = 0.f;
-    for (int i = 0; i < n; ++i) {
-      const float v = row[i] + bias[i] + res[i];
-      row[i] = v;
-      sum += v;
-    }
-    NormalizeRow(row, sum, gamma, beta, n, eps, out + static_cast<size_t>(r) * n);
-  }
-}
-
-// erf over n floats: 4 at a time through glibc's vector math library where it has erf (see the
-// top of the file), std::erf elsewhere.
-void ErfInPlace(float* v, int n) {
-  int i = 0;
-#ifdef FERRY_HAVE_LIBMVEC_ERF
-  for (; i + 4 <= n; i += 4) _mm_storeu_ps(v + i, _ZGVbN4v_erff(_mm_loadu_ps(v + i)));
-#endif
-  for (; i < n; ++i) v[i] = std::erf(v[i]);
-}
-
-// y = GELU(y + bias) with the exact (erf) form, row by row; `erf` holds n floats of scratch.
-void AddBiasGelu(float* y, const float* bias, int rows, int n, float* erf) {
-  constexpr float kInvSqrt2 = 0.70710678118654752440f;
-  for (int r = 0; r < rows; ++r) {
-    float* row = y + static_cast<size_t>(r) * n;
-    for (int i = 0; i < n; ++i) {
-      row[i] += bias[i];
-      erf[i] = row[i] * kInvSqrt2;
-    }
-    ErfInPlace(erf, n);
-    for (int i = 0; i < n; ++i) row[i] = 0.5f * row[i] * (1.f + erf[i]);
-  }
 }
 
 }  // namespace
@@ -333,16 +255,17 @@ absl::StatusOr<std::unique_ptr<BertEncoder>> BertEncoder::Create(const BertConfi
   e->config_ = config;
   e->weights_ = std::move(weights);
   // Pack once here so that no Embed call copies a weight matrix (OpenBLAS repacked them per
-  // call: 56% of the time at one 16-token sentence). QKV carries its bias in the product; the
-  // other biases stay in the fused bias+GELU and bias+residual+LayerNorm loops.
+  // call: 56% of the time at one 16-token sentence). Every product carries its bias, and the FFN's
+  // first one its GELU, in the product's store (no separate pass over the output).
   const int hi = config.hidden_size;
   const int ii = config.intermediate_size;
   e->packed_.reserve(e->weights_.layers.size());
   for (const BertLayerWeights& l : e->weights_.layers) {
-    e->packed_.push_back({PackedLinear(l.qkv_weight.data(), l.qkv_bias.data(), 3 * hi, hi),
-                          PackedLinear(l.attn_out_weight.data(), nullptr, hi, hi),
-                          PackedLinear(l.ffn_in_weight.data(), nullptr, ii, hi),
-                          PackedLinear(l.ffn_out_weight.data(), nullptr, hi, ii)});
+    e->packed_.push_back(
+        {PackedLinear(l.qkv_weight.data(), l.qkv_bias.data(), 3 * hi, hi),
+         PackedLinear(l.attn_out_weight.data(), l.attn_out_bias.data(), hi, hi),
+         PackedLinear(l.ffn_in_weight.data(), l.ffn_in_bias.data(), ii, hi, Activation::kGelu),
+         PackedLinear(l.ffn_out_weight.data(), l.ffn_out_bias.data(), hi, ii)});
   }
   return e;
 }
@@ -413,7 +336,6 @@ absl::Status BertEncoder::EmbedPacked(absl::Span<const std::vector<int32_t>> seq
   Grow(sc.tmp, th);
   Grow(sc.ffn, static_cast<size_t>(total) * inter);
   Grow(sc.attn, AttentionScratchFloats(longest, d));
-  Grow(sc.erf, static_cast<size_t>(inter));
   float* x = sc.x.data();
   float* qkv = sc.qkv.data();
   float* ctx = sc.ctx.data();
@@ -433,8 +355,8 @@ absl::Status BertEncoder::EmbedPacked(absl::Span<const std::vector<int32_t>> seq
         for (int i = 0; i < h; ++i) t[i] = we[i] + pe[i] + type0[i];
       }
     }
-    LayerNorm(tmp, weights_.embedding_ln_gamma.data(), weights_.embedding_ln_beta.data(), total, h,
-              eps, x);
+    ResidualLayerNorm(tmp, nullptr, weights_.embedding_ln_gamma.data(),
+                      weights_.embedding_ln_beta.data(), total, h, eps, x);
   }
 
   const float scale = 1.f / std::sqrt(static_cast<float>(d));
@@ -457,14 +379,11 @@ absl::Status BertEncoder::EmbedPacked(absl::Span<const std::vector<int32_t>> seq
     }
     // Attention output: x = LN(ctx Wo^T + bo + x).
     p.attn_out.Apply(ctx, total, h, tmp, h);
-    AddBiasResidualLayerNorm(tmp, l.attn_out_bias.data(), x, l.attn_ln_gamma.data(),
-                             l.attn_ln_beta.data(), total, h, eps, x);
-    // FFN: x = LN(GELU(x W1^T + b1) W2^T + b2 + x).
+    ResidualLayerNorm(tmp, x, l.attn_ln_gamma.data(), l.attn_ln_beta.data(), total, h, eps, x);
+    // FFN: x = LN(GELU(x W1^T + b1) W2^T + b2 + x), the bias and GELU in the products' store.
     p.ffn_in.Apply(x, total, h, ffn, inter);
-    AddBiasGelu(ffn, l.ffn_in_bias.data(), total, inter, sc.erf.data());
     p.ffn_out.Apply(ffn, total, inter, tmp, h);
-    AddBiasResidualLayerNorm(tmp, l.ffn_out_bias.data(), x, l.out_ln_gamma.data(),
-                             l.out_ln_beta.data(), total, h, eps, x);
+    ResidualLayerNorm(tmp, x, l.out_ln_gamma.data(), l.out_ln_beta.data(), total, h, eps, x);
   }
 
   // Mean pooling over each sequence's tokens, then L2 normalisation.

@@ -6,7 +6,8 @@
 // the dense layers (QKV, attention output, FFN; FP32 with weights packed once at load,
 // kernels/cpu_gemm.h) do no work on padding, and attention runs per sequence over its own rows
 // (which is what BERT's attention mask computes).
-// Bias+GELU and residual+bias+LayerNorm are fused loops.
+// Each product's bias (and the FFN's GELU) is applied in the product's store; residual+LayerNorm
+// is one vectorised kernel (kernels/cpu_gemm.h).
 #ifndef FERRY_KERNELS_BERT_ENCODER_H_
 #define FERRY_KERNELS_BERT_ENCODER_H_
 

@@ -16,13 +16,19 @@
 // also copies both operands per call (its prepacked brgemm path needs AVX-512), and its
 // `format_tag::any` weights resolve to the plain layout there. What the encoder needs is narrow
 // (C = A·Wᵀ + bias, FP32, W fixed), so a 6×16 register tile over weights packed at load, with
-// the bias folded into the first pass, is small enough to own.
+// the bias folded into the first pass and GELU (where asked) applied to each tile as soon as its
+// last pass stores it, is small enough to own.
 
-// glibc >= 2.35 on x86-64 has a vector expf in libmvec (see bert_encoder.cc).
+// glibc >= 2.35 on x86-64 has a vector expf and erff in libmvec: 4 lanes (SSE) and 8 lanes
+// (AVX2), each dispatching to the best code the CPU runs, with the same few-ulp accuracy as the
+// scalar expf/erff at a fraction of the cost. The 8-lane ones are called from AVX2 code only.
 #if defined(__x86_64__) && defined(__GLIBC__) && \
     (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
 #define FERRY_GEMM_HAVE_LIBMVEC 1
 extern "C" __m128 _ZGVbN4v_expf(__m128 x);
+extern "C" __m128 _ZGVbN4v_erff(__m128 x);
+extern "C" __m256 _ZGVdN8v_expf(__m256 x);
+extern "C" __m256 _ZGVdN8v_erff(__m256 x);
 #endif
 
 namespace ferry::kernels {
@@ -41,8 +47,77 @@ void ExpInPlace(float* v, int n) {
   for (; i < n; ++i) v[i] = std::exp(v[i]);
 }
 
+constexpr float kInvSqrt2 = 0.70710678118654752440f;
+
+// GELU, exact form, one float (the portable path and the ragged ends).
+inline float GeluScalar(float y) { return 0.5f * y * (1.f + std::erf(y * kInvSqrt2)); }
+
+void GeluPortable(float* v, int n) {
+  int i = 0;
+#ifdef FERRY_GEMM_HAVE_LIBMVEC
+  const __m128 half = _mm_set1_ps(0.5f), one = _mm_set1_ps(1.f), s = _mm_set1_ps(kInvSqrt2);
+  for (; i + 4 <= n; i += 4) {
+    const __m128 y = _mm_loadu_ps(v + i);
+    const __m128 e = _ZGVbN4v_erff(_mm_mul_ps(y, s));
+    _mm_storeu_ps(v + i, _mm_mul_ps(_mm_mul_ps(half, y), _mm_add_ps(one, e)));
+  }
+#endif
+  for (; i < n; ++i) v[i] = GeluScalar(v[i]);
+}
+
+void ResidualLayerNormPortable(const float* y, const float* residual, const float* gamma,
+                               const float* beta, int rows, int n, float eps, float* out) {
+  for (int r = 0; r < rows; ++r) {
+    const float* yr = y + static_cast<size_t>(r) * n;
+    const float* res = residual == nullptr ? nullptr : residual + static_cast<size_t>(r) * n;
+    float* o = out + static_cast<size_t>(r) * n;
+    float sum = 0.f;
+    for (int i = 0; i < n; ++i) {
+      const float v = res == nullptr ? yr[i] : yr[i] + res[i];
+      o[i] = v;
+      sum += v;
+    }
+    const float mean = sum / static_cast<float>(n);
+    float var = 0.f;
+    for (int i = 0; i < n; ++i) var += (o[i] - mean) * (o[i] - mean);
+    const float inv = 1.f / std::sqrt(var / static_cast<float>(n) + eps);
+    for (int i = 0; i < n; ++i) o[i] = (o[i] - mean) * inv * gamma[i] + beta[i];
+  }
+}
+
 #if defined(__x86_64__)
 #define FERRY_AVX2 __attribute__((target("avx2,fma")))
+
+// 8 lanes of erf (libmvec's AVX2 erff where glibc has it, std::erf otherwise).
+FERRY_AVX2 inline __m256 Erf8(__m256 x) {
+#ifdef FERRY_GEMM_HAVE_LIBMVEC
+  return _ZGVdN8v_erff(x);
+#else
+  alignas(32) float t[8];
+  _mm256_store_ps(t, x);
+  for (float& f : t) f = std::erf(f);
+  return _mm256_load_ps(t);
+#endif
+}
+
+// 8 lanes of exp (libmvec's AVX2 expf where glibc has it, std::exp otherwise); exp(-inf) = 0.
+FERRY_AVX2 inline __m256 Exp8(__m256 x) {
+#ifdef FERRY_GEMM_HAVE_LIBMVEC
+  return _ZGVdN8v_expf(x);
+#else
+  alignas(32) float t[8];
+  _mm256_store_ps(t, x);
+  for (float& f : t) f = std::exp(f);
+  return _mm256_load_ps(t);
+#endif
+}
+
+// 0.5·y·(1 + erf(y/√2)), in the order of GeluScalar.
+FERRY_AVX2 inline __m256 Gelu8(__m256 y) {
+  const __m256 e = Erf8(_mm256_mul_ps(y, _mm256_set1_ps(kInvSqrt2)));
+  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), y),
+                       _mm256_add_ps(_mm256_set1_ps(1.f), e));
+}
 
 // The row loops are unrolled by pragma: -O2 would otherwise keep the accumulator arrays on the
 // stack instead of in the 16 ymm registers.
@@ -105,11 +180,27 @@ using TileFn = void (*)(const float*, int, const float*, int, float*, int, const
 constexpr TileFn kTiles[kMr + 1] = {nullptr,  &Tile<1>, &Tile<2>, &Tile<3>,
                                     &Tile<4>, &Tile<5>, &Tile<6>};
 
+// GELU over a tile that the product's last k block has just stored (still in L1): rows × cols
+// (≤ 16) at c. As fast as applying it to the accumulators before the store (perf/bench_gemm.cc's
+// BM_PackedGelu), which forces a spill of all 12 around each libmvec call, and the tile kernel
+// stays free of it.
+FERRY_AVX2 void GeluTile(float* c, int ldc, int rows, int cols) {
+  for (int r = 0; r < rows; ++r) {
+    float* row = c + static_cast<size_t>(r) * ldc;
+    if (cols == kNr) {
+      _mm256_storeu_ps(row, Gelu8(_mm256_loadu_ps(row)));
+      _mm256_storeu_ps(row + 8, Gelu8(_mm256_loadu_ps(row + 8)));
+    } else {
+      for (int j = 0; j < cols; ++j) row[j] = GeluScalar(row[j]);
+    }
+  }
+}
+
 // Columns [p_begin·16, p_end·16) of the product: row blocks of kMc, then k blocks of kKc, then
 // the panels, so that a row block's activations stay in L2 across panels and each panel block in
 // L1 across the row tiles.
-void PackedApplyPanels(const float* w, const float* bias, int n, int k, const float* in, int rows,
-                       int ld_in, float* out, int ld_out, int p_begin, int p_end) {
+void PackedApplyPanels(const float* w, const float* bias, bool gelu, int n, int k, const float* in,
+                       int rows, int ld_in, float* out, int ld_out, int p_begin, int p_end) {
   const int panels = (n + kNr - 1) / kNr;
   const size_t n_pad = static_cast<size_t>(panels) * kNr;
   for (int m0 = 0; m0 < rows; m0 += kMc) {
@@ -117,6 +208,7 @@ void PackedApplyPanels(const float* w, const float* bias, int n, int k, const fl
     for (int k0 = 0; k0 < k; k0 += kKc) {
       const int kc = std::min(kKc, k - k0);
       const float* block = w + static_cast<size_t>(k0) * n_pad;
+      const bool last = k0 + kc >= k;
       for (int p = p_begin; p < p_end; ++p) {
         const float* panel = block + static_cast<size_t>(p) * kc * kNr;
         const int cols = std::min(kNr, n - p * kNr);
@@ -126,14 +218,15 @@ void PackedApplyPanels(const float* w, const float* bias, int n, int k, const fl
           const size_t row = static_cast<size_t>(m0 + i);
           kTiles[mr](in + row * ld_in + k0, ld_in, panel, kc, out + row * ld_out + p * kNr, ld_out,
                      init, cols);
+          if (gelu && last) GeluTile(out + row * ld_out + p * kNr, ld_out, mr, cols);
         }
       }
     }
   }
 }
 
-void PackedApply(const float* w, const float* bias, int n, int k, const float* in, int rows,
-                 int ld_in, float* out, int ld_out) {
+void PackedApply(const float* w, const float* bias, bool gelu, int n, int k, const float* in,
+                 int rows, int ld_in, float* out, int ld_out) {
   const int panels = (n + kNr - 1) / kNr;
   // Large products split their columns over the OpenMP threads (as many as the CPUs this process
   // may run on, or OMP_NUM_THREADS), in groups of 4 panels; small ones (a sentence or two) stay
@@ -147,7 +240,7 @@ void PackedApply(const float* w, const float* bias, int n, int k, const float* i
 #pragma omp parallel for schedule(static) if (macs >= 32e6 && groups > 1)
 #endif
   for (int g = 0; g < groups; ++g) {
-    PackedApplyPanels(w, bias, n, k, in, rows, ld_in, out, ld_out, g * kGroup,
+    PackedApplyPanels(w, bias, gelu, n, k, in, rows, ld_in, out, ld_out, g * kGroup,
                       std::min(panels, (g + 1) * kGroup));
   }
 }
@@ -160,9 +253,130 @@ FERRY_AVX2 inline float Sum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// AttentionHead for d a multiple of 32. Keys are transposed into [d, lp] so that scores come 16
-// at a time for 4 query rows (8 independent FMA chains: one chain would wait on FMA latency), and
-// context rows come 2 at a time as Σ_j p_j·v_j over 4 registers of 8 (8 chains again). No tiny
+// Horizontal max of 8 lanes.
+FERRY_AVX2 inline float Max8(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// row[j] = exp(row[j] − max) for j in [0, len), and 0 for j up to the next multiple of 8 (which
+// the row must have room for); returns Σ row[j].
+FERRY_AVX2 float ExpShiftedRow(float* row, int len) {
+  const int full = len & ~7;
+  const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  // Lanes of the last, partial group of 8 that are past len read as -inf.
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 tail = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(len - full), lane));
+  __m256 m = ninf;
+  for (int j = 0; j < full; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(row + j));
+  if (full < len) m = _mm256_max_ps(m, _mm256_blendv_ps(ninf, _mm256_loadu_ps(row + full), tail));
+  const __m256 vmax = _mm256_set1_ps(Max8(m));
+  __m256 sum = _mm256_setzero_ps();
+  for (int j = 0; j < len; j += 8) {
+    __m256 x = _mm256_loadu_ps(row + j);
+    if (j == full) x = _mm256_blendv_ps(ninf, x, tail);
+    const __m256 e = Exp8(_mm256_sub_ps(x, vmax));
+    _mm256_storeu_ps(row + j, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  return Sum8(sum);
+}
+
+// o[i:i+8] = y[i:i+8] (+ res[i:i+8] when res is set); returns the stored value.
+FERRY_AVX2 inline __m256 AddStore8(const float* y, const float* res, float* o, int i) {
+  __m256 v = _mm256_loadu_ps(y + i);
+  if (res != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(res + i));
+  _mm256_storeu_ps(o + i, v);
+  return v;
+}
+
+FERRY_AVX2 void ResidualLayerNormAvx2(const float* y, const float* residual, const float* gamma,
+                                      const float* beta, int rows, int n, float eps, float* out) {
+  const int full = n & ~7;
+  for (int r = 0; r < rows; ++r) {
+    const float* yr = y + static_cast<size_t>(r) * n;
+    const float* res = residual == nullptr ? nullptr : residual + static_cast<size_t>(r) * n;
+    float* o = out + static_cast<size_t>(r) * n;
+    // Pass 1: o = y + residual, and its sum (two chains of 8 lanes).
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= full; i += 16) {
+      s0 = _mm256_add_ps(s0, AddStore8(yr, res, o, i));
+      s1 = _mm256_add_ps(s1, AddStore8(yr, res, o, i + 8));
+    }
+    if (i < full) {
+      s0 = _mm256_add_ps(s0, AddStore8(yr, res, o, i));
+      i += 8;
+    }
+    float sum = Sum8(_mm256_add_ps(s0, s1));
+    for (; i < n; ++i) {
+      const float v = res == nullptr ? yr[i] : yr[i] + res[i];
+      o[i] = v;
+      sum += v;
+    }
+    const float mean = sum / static_cast<float>(n);
+    // Pass 2: the variance of the centred values.
+    const __m256 vmean = _mm256_set1_ps(mean);
+    s0 = s1 = _mm256_setzero_ps();
+    for (i = 0; i + 16 <= full; i += 16) {
+      const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(o + i), vmean);
+      const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(o + i + 8), vmean);
+      s0 = _mm256_fmadd_ps(d0, d0, s0);
+      s1 = _mm256_fmadd_ps(d1, d1, s1);
+    }
+    if (i < full) {
+      const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(o + i), vmean);
+      s0 = _mm256_fmadd_ps(d0, d0, s0);
+      i += 8;
+    }
+    float var = Sum8(_mm256_add_ps(s0, s1));
+    for (; i < n; ++i) var += (o[i] - mean) * (o[i] - mean);
+    const float inv = 1.f / std::sqrt(var / static_cast<float>(n) + eps);
+    // Pass 3: normalise, scale and shift, in the order of the portable loop.
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (i = 0; i < full; i += 8) {
+      const __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(o + i), vmean), vinv);
+      _mm256_storeu_ps(o + i,
+                       _mm256_fmadd_ps(t, _mm256_loadu_ps(gamma + i), _mm256_loadu_ps(beta + i)));
+    }
+    for (; i < n; ++i) o[i] = (o[i] - mean) * inv * gamma[i] + beta[i];
+  }
+}
+
+FERRY_AVX2 void GeluAvx2(float* v, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, Gelu8(_mm256_loadu_ps(v + i)));
+  for (; i < n; ++i) v[i] = GeluScalar(v[i]);
+}
+
+// Transposes the 8×8 block t (row r = t[r]) in registers.
+FERRY_AVX2 inline void Transpose8(__m256 t[8]) {
+  __m256 u[8], w[8];
+#pragma GCC unroll 4
+  for (int i = 0; i < 8; i += 2) {
+    u[i] = _mm256_unpacklo_ps(t[i], t[i + 1]);
+    u[i + 1] = _mm256_unpackhi_ps(t[i], t[i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 8; i += 4) {
+    w[i] = _mm256_shuffle_ps(u[i], u[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    w[i + 1] = _mm256_shuffle_ps(u[i], u[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    w[i + 2] = _mm256_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    w[i + 3] = _mm256_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm256_permute2f128_ps(w[i], w[i + 4], 0x20);
+    t[i + 4] = _mm256_permute2f128_ps(w[i], w[i + 4], 0x31);
+  }
+}
+
+// AttentionHead for d a multiple of 32. Keys are transposed (8×8 blocks in registers) into
+// [d, lp] so that scores come 16 at a time for 4 query rows (8 independent FMA chains: one chain
+// would wait on FMA latency); the softmax runs 8 lanes at a time; the same 4 rows' context comes
+// as Σ_j p_j·v_j, 16 columns at a time over 2 registers per row (8 chains again). No tiny
 // GEMM calls: at 16 tokens a BLAS call's setup costs more than its 16×16×32 multiply-adds.
 // Query rows past `len` in the last group of 4 repeat the last row and are not stored.
 FERRY_AVX2 void AttentionAvx2(const float* q, const float* k, const float* v, int ld, int len,
@@ -170,7 +384,19 @@ FERRY_AVX2 void AttentionAvx2(const float* q, const float* k, const float* v, in
   const int lp = (len + 15) & ~15;
   float* kt = scratch;     // [d, lp]
   float* s = kt + d * lp;  // [4, lp]: the scores of 4 query rows
-  for (int j = 0; j < len; ++j) {
+  // Blocks of 8 keys × 8 columns through an in-register transpose, the last < 8 keys one by one.
+  const int len8 = len & ~7;
+  for (int j0 = 0; j0 < len8; j0 += 8) {
+    for (int c0 = 0; c0 < d; c0 += 8) {
+      __m256 t[8];
+#pragma GCC unroll 8
+      for (int r = 0; r < 8; ++r) t[r] = _mm256_loadu_ps(k + static_cast<size_t>(j0 + r) * ld + c0);
+      Transpose8(t);
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) _mm256_storeu_ps(kt + (c0 + c) * lp + j0, t[c]);
+    }
+  }
+  for (int j = len8; j < len; ++j) {
     for (int c = 0; c < d; ++c) kt[c * lp + j] = k[static_cast<size_t>(j) * ld + c];
   }
   for (int c = 0; c < d; ++c) {
@@ -201,44 +427,32 @@ FERRY_AVX2 void AttentionAvx2(const float* q, const float* k, const float* v, in
       }
     }
     float inv[4];
-    for (int r = 0; r < 4; ++r) {
-      float* row = s + r * lp;
-      float m = row[0];
-      for (int j = 1; j < len; ++j) m = std::max(m, row[j]);
-      for (int j = 0; j < len; ++j) row[j] -= m;
-      ExpInPlace(row, len);
-      float sum = 0.f;
-      for (int j = 0; j < len; ++j) sum += row[j];
-      inv[r] = 1.f / sum;
-    }
-    for (int r0 = 0; r0 < 4 && i0 + r0 < len; r0 += 2) {
-      const float* p0 = s + r0 * lp;
-      const float* p1 = s + (r0 + 1) * lp;
-      for (int c0 = 0; c0 < d; c0 += 32) {
-        __m256 b0[4], b1[4];
+    for (int r = 0; r < 4; ++r) inv[r] = 1.f / ExpShiftedRow(s + r * lp, len);
+    // Context of the 4 rows, 16 columns at a time: per key, 2 loads of v and 4 broadcasts feed 8
+    // FMA chains (v is read once per 4 query rows and 16 columns).
+    const float* p[4] = {s, s + lp, s + 2 * lp, s + 3 * lp};
+    for (int c0 = 0; c0 < d; c0 += 16) {
+      __m256 b0[4], b1[4];
 #pragma GCC unroll 4
-        for (int g = 0; g < 4; ++g) b0[g] = b1[g] = _mm256_setzero_ps();
-        for (int j = 0; j < len; ++j) {
-          const __m256 w0 = _mm256_broadcast_ss(p0 + j);
-          const __m256 w1 = _mm256_broadcast_ss(p1 + j);
-          const float* vj = v + static_cast<size_t>(j) * ld + c0;
+      for (int r = 0; r < 4; ++r) b0[r] = b1[r] = _mm256_setzero_ps();
+      for (int j = 0; j < len; ++j) {
+        const float* vj = v + static_cast<size_t>(j) * ld + c0;
+        const __m256 x0 = _mm256_loadu_ps(vj);
+        const __m256 x1 = _mm256_loadu_ps(vj + 8);
 #pragma GCC unroll 4
-          for (int g = 0; g < 4; ++g) {
-            const __m256 x = _mm256_loadu_ps(vj + 8 * g);
-            b0[g] = _mm256_fmadd_ps(w0, x, b0[g]);
-            b1[g] = _mm256_fmadd_ps(w1, x, b1[g]);
-          }
+        for (int r = 0; r < 4; ++r) {
+          const __m256 w = _mm256_broadcast_ss(p[r] + j);
+          b0[r] = _mm256_fmadd_ps(w, x0, b0[r]);
+          b1[r] = _mm256_fmadd_ps(w, x1, b1[r]);
         }
-        const __m256 inv0 = _mm256_set1_ps(inv[r0]);
-        const __m256 inv1 = _mm256_set1_ps(inv[r0 + 1]);
-        float* c_0 = ctx + static_cast<size_t>(i0 + r0) * ld_ctx + c0;
+      }
 #pragma GCC unroll 4
-        for (int g = 0; g < 4; ++g) _mm256_storeu_ps(c_0 + 8 * g, _mm256_mul_ps(b0[g], inv0));
-        if (i0 + r0 + 1 < len) {
-          float* c_1 = c_0 + ld_ctx;
-#pragma GCC unroll 4
-          for (int g = 0; g < 4; ++g) _mm256_storeu_ps(c_1 + 8 * g, _mm256_mul_ps(b1[g], inv1));
-        }
+      for (int r = 0; r < 4; ++r) {
+        if (i0 + r >= len) break;
+        const __m256 vinv = _mm256_set1_ps(inv[r]);
+        float* c = ctx + static_cast<size_t>(i0 + r) * ld_ctx + c0;
+        _mm256_storeu_ps(c, _mm256_mul_ps(b0[r], vinv));
+        _mm256_storeu_ps(c + 8, _mm256_mul_ps(b1[r], vinv));
       }
     }
   }
@@ -284,8 +498,9 @@ bool CpuHasAvx2Fma() {
 #endif
 }
 
-PackedLinear::PackedLinear(const float* w, const float* bias, int n, int k, bool force_portable)
-    : n_(n), k_(k), packed_(CpuHasAvx2Fma() && !force_portable) {
+PackedLinear::PackedLinear(const float* w, const float* bias, int n, int k, Activation activation,
+                           bool force_portable)
+    : n_(n), k_(k), packed_(CpuHasAvx2Fma() && !force_portable), activation_(activation) {
   const int panels = (n + kNr - 1) / kNr;
   bias_.assign(static_cast<size_t>(panels) * kNr, 0.f);
   if (bias != nullptr) std::copy(bias, bias + n, bias_.begin());
@@ -313,7 +528,8 @@ void PackedLinear::Apply(const float* in, int rows, int ld_in, float* out, int l
   if (rows <= 0 || n_ == 0) return;
 #if defined(__x86_64__)
   if (packed_) {
-    PackedApply(w_.data(), bias_.data(), n_, k_, in, rows, ld_in, out, ld_out);
+    PackedApply(w_.data(), bias_.data(), activation_ == Activation::kGelu, n_, k_, in, rows, ld_in,
+                out, ld_out);
     return;
   }
 #endif
@@ -322,6 +538,9 @@ void PackedLinear::Apply(const float* in, int rows, int ld_in, float* out, int l
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n_, k_, 1.f, in, ld_in, w_.data(), k_,
               1.f, out, ld_out);
+  if (activation_ == Activation::kGelu) {
+    for (int r = 0; r < rows; ++r) GeluPortable(out + static_cast<size_t>(r) * ld_out, n_);
+  }
 }
 
 size_t AttentionScratchFloats(int len, int d) {
@@ -337,6 +556,28 @@ void AttentionHead(const float* q, const float* k, const float* v, int ld, int l
   }
 #endif
   AttentionPortable(q, k, v, ld, len, d, scale, ctx, ld_ctx, scratch);
+}
+
+void ResidualLayerNorm(const float* y, const float* residual, const float* gamma, const float* beta,
+                       int rows, int n, float eps, float* out) {
+  if (rows <= 0 || n <= 0) return;
+#if defined(__x86_64__)
+  if (CpuHasAvx2Fma()) {
+    ResidualLayerNormAvx2(y, residual, gamma, beta, rows, n, eps, out);
+    return;
+  }
+#endif
+  ResidualLayerNormPortable(y, residual, gamma, beta, rows, n, eps, out);
+}
+
+void GeluInPlace(float* v, int n) {
+#if defined(__x86_64__)
+  if (CpuHasAvx2Fma()) {
+    GeluAvx2(v, n);
+    return;
+  }
+#endif
+  GeluPortable(v, n);
 }
 
 }  // namespace ferry::kernels

@@ -5,7 +5,8 @@
 // which costs as much as the multiply itself when there are only a few rows (one short
 // sentence). PackedLinear does the copy once, at construction, and then runs an AVX2+FMA
 // register-tiled kernel straight over the packed panels. CPUs without AVX2+FMA fall back to
-// OpenBLAS on a plain copy of the weights.
+// OpenBLAS on a plain copy of the weights. The encoder's other per-token kernels (attention per
+// head, residual + LayerNorm, GELU) live here too, vectorised the same way.
 #ifndef FERRY_KERNELS_CPU_GEMM_H_
 #define FERRY_KERNELS_CPU_GEMM_H_
 
@@ -17,7 +18,12 @@ namespace ferry::kernels {
 // True when this CPU runs the packed AVX2+FMA kernels (checked once).
 bool CpuHasAvx2Fma();
 
-// out = in · Wᵀ + bias for a weight W in PyTorch nn.Linear layout ([n, k], row-major).
+// What PackedLinear applies to each output after the bias, tile by tile as the product stores it
+// (no separate pass over the output): nothing, or GELU in its exact form 0.5·y·(1 + erf(y/√2))
+// (BERT's "gelu").
+enum class Activation { kNone, kGelu };
+
+// out = act(in · Wᵀ + bias) for a weight W in PyTorch nn.Linear layout ([n, k], row-major).
 // Immutable after construction, so one instance may be used by many threads at once; Apply
 // blocks the calling thread only, allocates nothing and starts no threads.
 class PackedLinear {
@@ -25,9 +31,10 @@ class PackedLinear {
   PackedLinear() = default;
   // Copies `w` ([n, k]) and `bias` ([n], or null for none) into the packed layout.
   // `force_portable` selects the OpenBLAS fallback even where AVX2+FMA exist (for tests).
-  PackedLinear(const float* w, const float* bias, int n, int k, bool force_portable = false);
+  PackedLinear(const float* w, const float* bias, int n, int k,
+               Activation activation = Activation::kNone, bool force_portable = false);
 
-  // out[r, 0:n] = in[r, 0:k] · Wᵀ + bias for r in [0, rows): `in` has leading dimension
+  // out[r, 0:n] = act(in[r, 0:k] · Wᵀ + bias) for r in [0, rows): `in` has leading dimension
   // `ld_in` (≥ k) and `out` has `ld_out` (≥ n), both in floats. `in` and `out` must not overlap.
   void Apply(const float* in, int rows, int ld_in, float* out, int ld_out) const;
 
@@ -38,6 +45,7 @@ class PackedLinear {
   int n_ = 0;
   int k_ = 0;
   bool packed_ = false;
+  Activation activation_ = Activation::kNone;
   // Packed: for each block of kKc rows of k, for each panel of 16 outputs (zero-padded), the
   // block's kKc×16 weights with the 16 outputs contiguous. Portable: W as given.
   std::vector<float> w_;
@@ -52,6 +60,18 @@ class PackedLinear {
 size_t AttentionScratchFloats(int len, int d);
 void AttentionHead(const float* q, const float* k, const float* v, int ld, int len, int d,
                    float scale, float* ctx, int ld_ctx, float* scratch);
+
+// out[r] = LayerNorm(y[r] + residual[r]) · gamma + beta for r in [0, rows), each row n floats
+// (contiguous rows); `residual` may be null (none). The mean first, then the variance of the
+// centred values (no E[x²] − E[x]² cancellation), biased as in PyTorch. `out` may be `y` or
+// `residual` (the same pointer, not a shifted one): each element is read before it is
+// overwritten. AVX2 where the CPU has it; allocates nothing; thread-safe.
+void ResidualLayerNorm(const float* y, const float* residual, const float* gamma, const float* beta,
+                       int rows, int n, float eps, float* out);
+
+// v[i] = GELU(v[i]) (exact erf form) for i in [0, n): what Activation::kGelu applies, exposed for
+// tests and for callers outside a product.
+void GeluInPlace(float* v, int n);
 
 }  // namespace ferry::kernels
 

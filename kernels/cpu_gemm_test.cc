@@ -1,6 +1,7 @@
 #include "kernels/cpu_gemm.h"
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -32,13 +33,17 @@ const Shape kShapes[] = {{1, 16, 8, 8, 16},
                          // Over 32M multiply-adds: split over the OpenMP threads.
                          {200, 520, 384, 384, 520}};
 
-void CheckLinear(bool portable) {
+double GeluReference(double y) { return 0.5 * y * (1.0 + std::erf(y / std::sqrt(2.0))); }
+
+void CheckLinear(bool portable, Activation activation) {
+  const bool gelu = activation == Activation::kGelu;
   for (const Shape& s : kShapes) {
-    SCOPED_TRACE(testing::Message() << "rows " << s.rows << " n " << s.n << " k " << s.k);
+    SCOPED_TRACE(testing::Message()
+                 << "rows " << s.rows << " n " << s.n << " k " << s.k << (gelu ? " gelu" : ""));
     const std::vector<float> w = Random(size_t(s.n) * s.k, 1), bias = Random(s.n, 2),
                              in = Random(size_t(s.rows) * s.ld_in, 3);
     std::vector<float> out(size_t(s.rows) * s.ld_out, 12345.f);
-    const PackedLinear lin(w.data(), bias.data(), s.n, s.k, portable);
+    const PackedLinear lin(w.data(), bias.data(), s.n, s.k, activation, portable);
     EXPECT_EQ(lin.n(), s.n);
     EXPECT_EQ(lin.k(), s.k);
     lin.Apply(in.data(), s.rows, s.ld_in, out.data(), s.ld_out);
@@ -49,6 +54,8 @@ void CheckLinear(bool portable) {
         for (int c = 0; c < s.k; ++c) {
           want += double(in[size_t(r) * s.ld_in + c]) * w[size_t(j) * s.k + c];
         }
+        // GELU's slope is within [-0.13, 1.13]: the product's error passes through about as is.
+        if (gelu) want = GeluReference(want);
         worst = std::max(
             worst, std::abs(out[size_t(r) * s.ld_out + j] - want) / (1.0 + std::sqrt(double(s.k))));
       }
@@ -59,8 +66,88 @@ void CheckLinear(bool portable) {
   }
 }
 
-TEST(PackedLinearTest, MatchesDoubleReference) { CheckLinear(/*portable=*/false); }
-TEST(PackedLinearTest, PortableFallbackMatchesDoubleReference) { CheckLinear(/*portable=*/true); }
+TEST(PackedLinearTest, MatchesDoubleReference) {
+  CheckLinear(/*portable=*/false, Activation::kNone);
+}
+TEST(PackedLinearTest, PortableFallbackMatchesDoubleReference) {
+  CheckLinear(/*portable=*/true, Activation::kNone);
+}
+// GELU in the store of the last k block only (k > 256 has two blocks), every tile size, a
+// ragged last panel, the threaded split.
+TEST(PackedLinearTest, GeluEpilogueMatchesDoubleReference) {
+  CheckLinear(/*portable=*/false, Activation::kGelu);
+}
+TEST(PackedLinearTest, PortableGeluMatchesDoubleReference) {
+  CheckLinear(/*portable=*/true, Activation::kGelu);
+}
+
+// The vectorised erf behind GELU against std::erf in double, over [-8, 8] (both tails saturate)
+// at every lane position and ragged lengths: within a few float ulps of the exact value.
+TEST(GeluTest, MatchesDoublePrecisionErf) {
+  for (int n : {1, 3, 7, 8, 9, 15, 16, 17, 1536, 4001}) {
+    SCOPED_TRACE(testing::Message() << "n " << n);
+    std::vector<float> v(n);
+    for (int i = 0; i < n; ++i) v[i] = n == 1 ? 0.5f : -8.f + 16.f * float(i) / float(n - 1);
+    // Fresh random values too, scaled to the range where GELU bends.
+    const std::vector<float> extra = Random(n, 40 + n);
+    for (int i = 0; i < n; i += 2) v[i] = 3.f * extra[i];
+    std::vector<float> got = v;
+    GeluInPlace(got.data(), n);
+    for (int i = 0; i < n; ++i) {
+      const double want = GeluReference(v[i]);
+      // 4 ulps of the result, plus erf's own rounding near ±1 carried through 0.5·y·(1 + erf):
+      // for y ≪ 0, 1 + erf cancels, and an ulp of erf (≤ eps) becomes 0.5·|y|·eps absolute,
+      // which is also what the scalar float formula gets.
+      constexpr double kEps = std::numeric_limits<float>::epsilon();
+      const double tol = kEps * (4 * std::abs(want) + std::abs(v[i])) + 1e-37;
+      ASSERT_NEAR(got[i], want, tol) << "x " << v[i];
+    }
+  }
+}
+
+// Residual + LayerNorm against a double reference: ragged widths (vector body, 8-wide step and
+// scalar tail), with and without a residual, in place over the residual (as the encoder runs it)
+// and over y, and rows with a large common offset (the centred variance must not cancel).
+TEST(ResidualLayerNormTest, MatchesDoubleReference) {
+  for (int n : {1, 5, 8, 13, 16, 24, 37, 384}) {
+    for (bool with_residual : {false, true}) {
+      for (int alias = 0; alias < 3; ++alias) {  // 0: separate out, 1: out = residual, 2: out = y
+        if (alias == 1 && !with_residual) continue;
+        SCOPED_TRACE(testing::Message()
+                     << "n " << n << " residual " << with_residual << " alias " << alias);
+        const int rows = 3;
+        std::vector<float> y = Random(size_t(rows) * n, 50 + n);
+        std::vector<float> res = Random(size_t(rows) * n, 60 + n);
+        const std::vector<float> gamma = Random(n, 70 + n), beta = Random(n, 80 + n);
+        for (int i = 0; i < n; ++i) y[2 * n + i] += 100.f;  // row 2: mean far from zero
+        const std::vector<float> y0 = y, res0 = res;
+        std::vector<float> separate(size_t(rows) * n, -7.f);
+        float* out = alias == 0 ? separate.data() : alias == 1 ? res.data() : y.data();
+        const float eps = 1e-12f;
+        ResidualLayerNorm(y.data(), with_residual ? res.data() : nullptr, gamma.data(), beta.data(),
+                          rows, n, eps, out);
+        for (int r = 0; r < rows; ++r) {
+          std::vector<double> v(n);
+          double mean = 0, var = 0;
+          for (int i = 0; i < n; ++i) {
+            v[i] = double(y0[size_t(r) * n + i]) + (with_residual ? res0[size_t(r) * n + i] : 0.0);
+            mean += v[i];
+          }
+          mean /= n;
+          for (int i = 0; i < n; ++i) var += (v[i] - mean) * (v[i] - mean);
+          var /= n;
+          for (int i = 0; i < n; ++i) {
+            // n = 1: every value is its own mean, so only beta is left.
+            const double want = (v[i] - mean) / std::sqrt(var + eps) * gamma[i] + beta[i];
+            // Row 2's values are ~100: their float rounding (6e-6) over a std of ~0.6-0.8.
+            const double tol = r == 2 ? 5e-5 : 2e-6;
+            ASSERT_NEAR(out[size_t(r) * n + i], want, tol) << "row " << r << " col " << i;
+          }
+        }
+      }
+    }
+  }
+}
 
 TEST(PackedLinearTest, NoBiasMeansZeroBias) {
   const std::vector<float> w = Random(20 * 3, 4), in = Random(2 * 3, 5);
@@ -77,7 +164,8 @@ TEST(PackedLinearTest, NoBiasMeansZeroBias) {
 
 TEST(AttentionHeadTest, MatchesDoubleReference) {
   for (int d : {32, 64, 12}) {
-    for (int len : {1, 7, 8, 16, 33, 128}) {
+    // Every tail of the softmax's groups of 8 (lanes past len must not count).
+    for (int len : {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 33, 63, 100, 128}) {
       SCOPED_TRACE(testing::Message() << "d " << d << " len " << len);
       const int ld = 3 * d + 5, ld_ctx = d + 3;
       const std::vector<float> qkv = Random(size_t(len) * ld, 6 + len);

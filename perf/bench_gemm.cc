@@ -2,7 +2,8 @@
 // every call), oneDNN's matmul with `format_tag::any` weights reordered once (when libdnnl-dev is
 // installed; optional, nothing else uses it) and ferry's PackedLinear (kernels/cpu_gemm.h,
 // weights packed at load), at all-MiniLM-L6-v2's layer shapes and a few token counts; and one
-// attention head (two sgemm calls + softmax, as the encoder did, against AttentionHead).
+// attention head (two sgemm calls + softmax, as the encoder did, against AttentionHead); and the
+// FFN's GELU in the product's store against a separate pass.
 // Correctness is tested in kernels/cpu_gemm_test.cc; this only times them.
 //   OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 build/perf/bench_gemm [--benchmark_min_time=0.2]
 #include <cblas.h>
@@ -58,6 +59,24 @@ void BM_Packed(benchmark::State& state) {
       benchmark::Counter(2.0 * m * n * k, benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
 }
 
+// The FFN's first product with its GELU: in the product's store (Activation::kGelu, arg 1) or as
+// a second pass over the output (arg 0). Args: rows, fused.
+void BM_PackedGelu(benchmark::State& state) {
+  const int m = state.range(0), n = 1536, k = 384;
+  const bool fused = state.range(1) != 0;
+  const std::vector<float> a = Random(size_t(m) * k, 1), w = Random(size_t(n) * k, 2),
+                           bias = Random(n, 3);
+  std::vector<float> c(size_t(m) * n);
+  const ferry::kernels::PackedLinear lin(
+      w.data(), bias.data(), n, k,
+      fused ? ferry::kernels::Activation::kGelu : ferry::kernels::Activation::kNone);
+  for (auto _ : state) {
+    lin.Apply(a.data(), m, k, c.data(), n);
+    if (!fused) ferry::kernels::GeluInPlace(c.data(), m * n);
+    benchmark::DoNotOptimize(c.data());
+  }
+}
+
 #ifdef FERRY_BENCH_HAVE_DNNL
 void BM_OneDnnMatmul(benchmark::State& state) {
   using dnnl::memory;
@@ -105,6 +124,7 @@ BENCHMARK(BM_OpenBlas)->Apply(Shapes);
 BENCHMARK(BM_OneDnnMatmul)->Apply(Shapes);
 #endif
 BENCHMARK(BM_Packed)->Apply(Shapes);
+BENCHMARK(BM_PackedGelu)->ArgsProduct({{16, 128, 1024}, {0, 1}});
 
 // One head (d = 32) of a `len`-token sequence, rows strided as in the packed QKV matrix.
 void BM_AttentionSgemm(benchmark::State& state) {
