@@ -930,10 +930,18 @@ void Controller::ReconcileLocked() {
                 if (a_ready != b_ready) return !a_ready;  // not-ready first
                 return ra.id > rb.id;
               });
+    // A ready replica is not drained in favour of one still loading: the need counts the loading
+    // one, but until it is ready the function would have nothing to route to.
+    const bool loading = std::any_of(
+        mine.begin(), mine.end(), [&](const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          const v1::ReplicaState st = replicas_.at(id).state;
+          return st != v1::REPLICA_STATE_READY && st != v1::REPLICA_STATE_FAILED;
+        });
     for (size_t i = 0; i < mine.size();) {
       ReplicaRecord& r = replicas_.at(mine[i]);
       const double rps = ThroughputLocked(fn, r);
-      if (!MayRemove(target, static_cast<int>(mine.size()), have, rps)) {
+      if ((loading && r.state == v1::REPLICA_STATE_READY) ||
+          !MayRemove(target, static_cast<int>(mine.size()), have, rps)) {
         ++i;
         continue;
       }

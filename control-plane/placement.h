@@ -14,7 +14,10 @@
 // for nodes that hold the weights but run no replica of the function yet (weight 1). Only the
 // candidates whose cost is within 1.05x of the cheapest are scored: spreading and warmth choose
 // among near-equal prices and never buy a replica that costs more than 5 % over the cheapest.
-// Ties go to the node with more free CPU, then to the lower node index.
+// A GPU that already runs a replica is considered only when no idle GPU (or CPU, for `any`)
+// passes the filters; among shared GPUs one running k replicas is scored at 1 / (k + 1) of its
+// throughput (the replicas take turns on it). Ties go to the node with more free CPU, then to
+// the lower node index.
 //
 // Cost model. A replica's share of a node's price: price / number of GPUs for a GPU replica,
 // price × cpuCores / node cores for a CPU replica. Its throughput within the SLO comes from the
@@ -76,6 +79,7 @@ struct NodeUsage {
   double cpu_cores = 0;
   int64_t memory_bytes = 0;
   std::vector<int64_t> gpu_bytes;  // per GpuDevice, same order as NodeSpec::gpus
+  std::vector<int> gpu_replicas;   // replicas on each GpuDevice, same order
 };
 
 // What placement needs of a FunctionSpec.

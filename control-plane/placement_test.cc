@@ -315,6 +315,32 @@ TEST(ReplicaTargetTest, CoversTheNeedWithinTheCountBounds) {
   EXPECT_TRUE(MayRemove(lowered, 2, 200, 100));
 }
 
+TEST(PlacementTest, AnIdleGpuBeforeASharedOneAndSharingWhenNoneIsIdle) {
+  // "cheap" has one GPU at $1/h, "dear" one at $4/h. The first replica takes the cheap GPU; the
+  // second takes the idle dear GPU rather than a turn on the cheap one; with no idle GPU left, a
+  // third takes a turn where it costs least per request: half the cheap GPU for $1/h.
+  Cluster c = MakeCluster({{"cheap", 8, 8 * kGiB, {{"T4", 16 * kGiB, 75}}, 1.0},
+                           {"dear", 8, 8 * kGiB, {{"T4", 16 * kGiB, 75}}, 4.0}});
+  const Requirements r = Gpu(kGiB);
+  Decision d = PlaceOne(c, r, {}, {});
+  ASSERT_TRUE(d.placed);
+  EXPECT_EQ(NodeOf(c, d), "cheap");
+  c.Assign(d.node, d.device_index, r);
+  d = PlaceOne(c, r, {}, {});
+  ASSERT_TRUE(d.placed);
+  EXPECT_EQ(NodeOf(c, d), "dear");
+  c.Assign(d.node, d.device_index, r);
+  d = PlaceOne(c, r, {}, {});
+  ASSERT_TRUE(d.placed);
+  EXPECT_EQ(NodeOf(c, d), "cheap");
+  c.Assign(d.node, d.device_index, r);
+  // Two turns on the cheap GPU ($1/h at a third of it) against one more on the dear one ($4/h at
+  // half of it): still the cheap one.
+  d = PlaceOne(c, r, {}, {});
+  ASSERT_TRUE(d.placed);
+  EXPECT_EQ(NodeOf(c, d), "cheap");
+}
+
 TEST(PlacementTest, MeasuredProfileThatMissesTheSloFilters) {
   Cluster c = MakeCluster({{"slow", 8, 8 * kGiB, {}}});
   Requirements r = Cpu();

@@ -29,6 +29,9 @@ ABSL_FLAG(double, duration, 120, "seconds of arrivals");
 ABSL_FLAG(uint64_t, seed, 1, "random seed");
 ABSL_FLAG(int64_t, replica_queue_limit, 1024,
           "requests waiting per replica before 429 (the agent's maxQueueSize); 0 = unbounded");
+ABSL_FLAG(bool, gpu_time_slicing, true,
+          "replicas that share a GPU run one batch at a time on it, in turn (false: each has the "
+          "GPU to itself)");
 ABSL_FLAG(int64_t, batch_delay_us, 1000,
           "agent batcher delay budget (maxQueueDelayMicros) under aimd's adaptive delay; 0 = none");
 ABSL_FLAG(double, burst_z, -1,
@@ -216,6 +219,7 @@ int main(int argc, char** argv) {
     config.fail_fraction = absl::GetFlag(FLAGS_fail_fraction);
     config.replica_queue_limit = absl::GetFlag(FLAGS_replica_queue_limit);
     config.batch_delay_us = absl::GetFlag(FLAGS_batch_delay_us);
+    config.gpu_time_slicing = absl::GetFlag(FLAGS_gpu_time_slicing);
     config.warmup_s = absl::GetFlag(FLAGS_warmup);
     config.fail_at_s = absl::GetFlag(FLAGS_fail_at);
   }

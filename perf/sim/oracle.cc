@@ -130,10 +130,14 @@ class TypePacker {
           bool same = false;
           for (size_t h = 0; h < g && !same; ++h) same = s.gpu[h] == s.gpu[g];
           if (same) continue;
-          if (s.gpu[g] + r.gpu_memory_bytes > type_.gpu_memory_bytes) continue;
-          s.gpu[g] += r.gpu_memory_bytes;
+          // One replica per GPU: replicas that share a GPU take turns on it, so a second one
+          // would not add the throughput its cover counts on (placement.h prefers an idle GPU
+          // for the same reason). Occupied GPUs hold memory + 1, so that a replica without a
+          // memory request still occupies its GPU.
+          if (s.gpu[g] != 0 || r.gpu_memory_bytes > type_.gpu_memory_bytes) continue;
+          s.gpu[g] = r.gpu_memory_bytes + 1;
           const bool ok = Search(i + 1);
-          s.gpu[g] -= r.gpu_memory_bytes;
+          s.gpu[g] = 0;
           if (ok) return true;
         }
       }
@@ -265,7 +269,16 @@ AssignmentCost FerryPlacement(const SimConfig& instance, bool pass_need) {
       hints.replicas_on_node.assign(on_node.begin(), on_node.end());
       if (pass_need) hints.needed_rps = control::Uncovered(target, have);
       const control::Decision d = control::PlaceOne(cluster, fc.req, profiles, hints);
-      if (!d.placed || d.throughput_rps <= 0) {
+      // A replica that could only take a turn on a GPU another replica runs does not add the
+      // throughput its cover counts: the need is not served (as the oracle packs one per GPU).
+      bool shared = false;
+      const control::NodeSpec& node = cluster.nodes()[std::max(0, d.node)];
+      for (size_t g = 0; d.placed && d.device_index >= 0 && g < node.gpus.size(); ++g) {
+        if (node.gpus[g].index == d.device_index) {
+          shared = cluster.usage()[d.node].gpu_replicas[g] > 0;
+        }
+      }
+      if (!d.placed || d.throughput_rps <= 0 || shared) {
         out.feasible = false;
         break;
       }

@@ -9,7 +9,9 @@
 // replica's hardware kind), summed, reaches load / target utilisation. An assignment is feasible
 // when every replica passes placement's filters on an empty node of its type (accelerator,
 // compute capability, latency fit, cost cap: CandidateFits) and all replicas pack onto the
-// nodes (CPU cores, memory, GPU memory per device). Cost: the sum of the replicas' price shares
+// nodes (CPU cores, memory; one replica per GPU, within its memory: replicas on one GPU take
+// turns on it, so a shared GPU would not give each the throughput counted). Cost: the sum of the
+// replicas' price shares
 // per hour (PriceShare, placement's cost model), i.e. what the cluster bills for them.
 //
 // The oracle enumerates, per function, every minimal multiset of options that serves it (no

@@ -155,6 +155,7 @@ struct Replica {
   int64_t last_finish_us = -1;
   int64_t batches = 0;
   int32_t depart_token = 0;
+  bool waiting_gpu = false;  // a batch is due but its GPU runs another replica's batch
   int64_t placed_us = 0;
   int64_t ready_since_us = -1;  // -1 while starting or gone
   double share_per_hour = 0;
@@ -195,6 +196,15 @@ class Simulator {
   void BuildCluster();
   void Route(int f, Req req);
   void Dispatch(int r);
+  // GPU time slicing (SimConfig::gpu_time_slicing): who runs a batch on a GPU, who waits.
+  struct GpuTurns {
+    int owner = -1;
+    std::deque<int> waiting;
+  };
+  int64_t GpuKey(const Replica& r) const;
+
+  void ReleaseGpu(int r);
+  std::unordered_map<int64_t, GpuTurns> gpu_turns_;
   void TryDispatch(int r);
   void Heartbeat();
   void Reconcile(int f);
@@ -314,7 +324,11 @@ absl::StatusOr<RunResult> Simulator::Run() {
       }
       case kBatchDone: {
         Replica& r = replicas_[e.a];
-        if (r.epoch != e.b || r.dead) break;
+        const bool had_gpu = r.device >= 0 && cfg_.gpu_time_slicing;
+        if (r.epoch != e.b || r.dead) {
+          if (had_gpu) ReleaseGpu(e.a);
+          break;
+        }
         Fn& fn = fns_[r.fn];
         const int64_t exec_us = e.t_us - r.batch_start_us;
         fn.result.busy_replica_s += static_cast<double>(exec_us) / 1e6;
@@ -324,6 +338,7 @@ absl::StatusOr<RunResult> Simulator::Run() {
         r.executing.clear();
         r.last_finish_us = e.t_us;
         ++r.batches;
+        if (had_gpu) ReleaseGpu(e.a);
         if (!r.queue.empty()) {
           TryDispatch(e.a);
         } else if (r.state == RState::kDraining) {
@@ -533,7 +548,7 @@ void Simulator::Route(int f, Req req) {
 // batches were seen, or with a zero delay budget.
 void Simulator::TryDispatch(int ri) {
   Replica& r = replicas_[ri];
-  if (!r.executing.empty() || r.queue.empty()) return;
+  if (!r.executing.empty() || r.waiting_gpu || r.queue.empty()) return;
   ++r.depart_token;
   const int64_t now = clock_.NowMicros();
   const int64_t n = static_cast<int64_t>(r.queue.size());
@@ -564,6 +579,16 @@ void Simulator::Dispatch(int ri) {
       std::min<int64_t>(static_cast<int64_t>(r.queue.size()), fns_[r.fn].cfg->req.max_batch_size);
   if (n <= 0) return;
   ++r.depart_token;
+  if (r.device >= 0 && cfg_.gpu_time_slicing) {
+    GpuTurns& g = gpu_turns_[GpuKey(r)];
+    if (g.owner >= 0) {
+      // Its batch forms when its turn comes (requests keep joining the queue meanwhile).
+      r.waiting_gpu = true;
+      g.waiting.push_back(ri);
+      return;
+    }
+    g.owner = ri;
+  }
   for (int64_t i = 0; i < n; ++i) {
     r.executing.push_back(r.queue.front());
     r.queue.pop_front();
@@ -573,6 +598,26 @@ void Simulator::Dispatch(int ri) {
   const double lat = base * std::exp(cfg_.noise_sigma * noise_(rng_));
   Push(clock_.NowMicros() + std::max<int64_t>(1, static_cast<int64_t>(lat)), kBatchDone, ri,
        r.epoch);
+}
+
+int64_t Simulator::GpuKey(const Replica& r) const {
+  return static_cast<int64_t>(r.node) * 1024 + r.device;
+}
+
+void Simulator::ReleaseGpu(int ri) {
+  auto it = gpu_turns_.find(GpuKey(replicas_[ri]));
+  if (it == gpu_turns_.end() || it->second.owner != ri) return;
+  GpuTurns& g = it->second;
+  g.owner = -1;
+  // The replicas that waited go first, in turn; the one that just finished queues behind them.
+  while (g.owner < 0 && !g.waiting.empty()) {
+    const int next = g.waiting.front();
+    g.waiting.pop_front();
+    Replica& x = replicas_[next];
+    x.waiting_gpu = false;
+    if (x.state == RState::kGone || x.dead || !x.executing.empty()) continue;
+    Dispatch(next);
+  }
 }
 
 void Simulator::CheckAssignment(int node, int device, const control::Requirements& req, int f) {
@@ -603,36 +648,46 @@ void Simulator::CheckAssignment(int node, int device, const control::Requirement
 control::Decision Simulator::ChooseBaseline(const Fn& fn,
                                             const control::PlacementHints& hints) const {
   (void)hints;
-  control::Decision best;
-  double best_score = 0;
   const control::Requirements& req = fn.cfg->req;
-  for (int i = 0; i < static_cast<int>(cluster_.nodes().size()); ++i) {
-    const control::NodeSpec& n = cluster_.nodes()[i];
-    std::vector<std::pair<int, int>> cands;  // (device, kind)
-    if (req.accelerator != Accelerator::kGpu) cands.push_back({-1, control::kCpuKind});
-    if (req.accelerator != Accelerator::kCpu) {
-      for (const auto& g : n.gpus) cands.push_back({g.index, g.kind});
-    }
-    for (auto [device, kind] : cands) {
-      if (!control::CandidateFits(cluster_, req, fn.profiles, i, device)) continue;
-      double score = 0;
-      if (policy_.placement == PlacementPolicy::kFastest) {
-        const LatencyModel m = fn.profiles.Get(kind);
-        score = m.a_us + m.b_us;
-      } else {
-        score = control::PriceShare(n, device, req);
+  // Two passes, as placement.h does: idle GPUs (and CPUs) first, a turn on a GPU that runs a
+  // replica already only when nothing idle fits. The baselines differ from ferry in how they
+  // rank candidates, not in which they may use.
+  for (const bool allow_shared : {false, true}) {
+    control::Decision best;
+    double best_score = 0;
+    for (int i = 0; i < static_cast<int>(cluster_.nodes().size()); ++i) {
+      const control::NodeSpec& n = cluster_.nodes()[i];
+      std::vector<std::tuple<int, int, int>> cands;  // (device, kind, replicas on it)
+      if (req.accelerator != Accelerator::kGpu) cands.push_back({-1, control::kCpuKind, 0});
+      if (req.accelerator != Accelerator::kCpu) {
+        for (size_t g = 0; g < n.gpus.size(); ++g) {
+          cands.push_back({n.gpus[g].index, n.gpus[g].kind, cluster_.usage()[i].gpu_replicas[g]});
+        }
       }
-      if (!best.placed || score < best_score) {
-        best.placed = true;
-        best.node = i;
-        best.device_index = device;
-        best.kind = kind;
-        best_score = score;
+      for (auto [device, kind, on_gpu] : cands) {
+        if (on_gpu > 0 && !allow_shared) continue;
+        if (!control::CandidateFits(cluster_, req, fn.profiles, i, device)) continue;
+        double score = 0;
+        if (policy_.placement == PlacementPolicy::kFastest) {
+          const LatencyModel m = fn.profiles.Get(kind);
+          score = (m.a_us + m.b_us) * (1 + on_gpu);
+        } else {
+          score = control::PriceShare(n, device, req);
+        }
+        if (!best.placed || score < best_score) {
+          best.placed = true;
+          best.node = i;
+          best.device_index = device;
+          best.kind = kind;
+          best_score = score;
+        }
       }
     }
+    if (best.placed) return best;
   }
-  if (!best.placed) best.reason = "no candidate fits";
-  return best;
+  control::Decision none;
+  none.reason = "no candidate fits";
+  return none;
 }
 
 bool Simulator::PlaceReplica(int f, bool ready_now, double needed_rps) {
@@ -797,7 +852,13 @@ void Simulator::Reconcile(int f) {
     return replicas_[a].outstanding() < replicas_[b].outstanding();
   });
   int count = static_cast<int>(live.size());
+  // A ready replica is not drained in favour of one still starting: the need counts the starting
+  // one, but until it is ready the function would have nothing to route to.
+  const bool starting = std::any_of(live.begin(), live.end(), [&](int r) {
+    return replicas_[r].state == RState::kStarting && !replicas_[r].dead;
+  });
   for (int r : live) {
+    if (starting && replicas_[r].state == RState::kReady) continue;
     if (!control::MayRemove(target, count, have, replicas_[r].throughput_rps)) continue;
     have -= replicas_[r].throughput_rps;
     --count;
@@ -1071,6 +1132,7 @@ nlohmann::json ToJson(const SimConfig& c) {
   j["hold_queue"] = c.hold_queue;
   j["replica_queue_limit"] = c.replica_queue_limit;
   j["batch_delay_us"] = c.batch_delay_us;
+  j["gpu_time_slicing"] = c.gpu_time_slicing;
   j["hold_timeout_s"] = c.hold_timeout_s;
   j["fail_fraction"] = c.fail_fraction;
   j["fail_at_s"] = c.fail_at_s;
@@ -1128,6 +1190,7 @@ absl::StatusOr<SimConfig> ParseConfig(const nlohmann::json& j) {
     c.hold_queue = j.value("hold_queue", c.hold_queue);
     c.replica_queue_limit = j.value("replica_queue_limit", c.replica_queue_limit);
     c.batch_delay_us = j.value("batch_delay_us", c.batch_delay_us);
+    c.gpu_time_slicing = j.value("gpu_time_slicing", c.gpu_time_slicing);
     c.hold_timeout_s = j.value("hold_timeout_s", c.hold_timeout_s);
     c.fail_fraction = j.value("fail_fraction", c.fail_fraction);
     c.fail_at_s = j.value("fail_at_s", c.fail_at_s);

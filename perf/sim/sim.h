@@ -81,6 +81,10 @@ struct SimConfig {
   // The agent batcher's delay budget (manifest batching.maxQueueDelayMicros, default 1000) under
   // policy aimd's adaptive delay; 0 = a batch leaves as soon as the executor is free.
   int64_t batch_delay_us = 1000;
+  // Replicas that share a GPU take turns on it (time slicing, as CUDA contexts of several
+  // processes do without MPS): one batch at a time per GPU, the waiting replicas in turn. false =
+  // every replica has the GPU to itself.
+  bool gpu_time_slicing = true;
   double hold_timeout_s = 30;
   double fail_fraction = 0;  // nodes failing at fail_at_s (chosen at random)
   double fail_at_s = 60;
