@@ -4,9 +4,12 @@
 // (OpenBLAS sgemm) copies that weight matrix into its cache-friendly panel layout on every call,
 // which costs as much as the multiply itself when there are only a few rows (one short
 // sentence). PackedLinear does the copy once, at construction, and then runs an AVX2+FMA
-// register-tiled kernel straight over the packed panels. CPUs without AVX2+FMA fall back to
-// OpenBLAS on a plain copy of the weights. The encoder's other per-token kernels (attention per
-// head, residual + LayerNorm, GELU) live here too, vectorised the same way.
+// register-tiled kernel straight over the packed panels: a 12×32 tile in 24 zmm accumulators
+// where the CPU has AVX-512F (chosen at run time; the rest of the build stays AVX2), a 6×16 tile
+// in ymm registers where it has AVX2+FMA. CPUs without AVX2+FMA fall back to OpenBLAS on a plain
+// copy of the weights. FERRY_CPU_GEMM=avx2 in the environment (read once, at the first product
+// packed) keeps the AVX2 tile on an AVX-512 CPU, for comparison. The encoder's other per-token
+// kernels (attention per head, residual + LayerNorm, GELU) live here too, vectorised the same way.
 #ifndef FERRY_KERNELS_CPU_GEMM_H_
 #define FERRY_KERNELS_CPU_GEMM_H_
 
@@ -17,6 +20,19 @@ namespace ferry::kernels {
 
 // True when this CPU runs the packed AVX2+FMA kernels (checked once).
 bool CpuHasAvx2Fma();
+
+// The kernel a PackedLinear packs its weights for (the packed layout differs per kernel).
+enum class GemmKernel {
+  kPortable,  // OpenBLAS sgemm on a plain copy of the weights
+  kAvx2,      // 6×16 register tile, panels of 16 outputs (AVX2+FMA)
+  kAvx512,    // 12×32 register tile, panels of 32 outputs (AVX-512F)
+};
+
+// True when this CPU (and OS) runs the AVX-512F tile (checked once).
+bool CpuHasAvx512();
+
+// The best kernel this CPU runs, capped by FERRY_CPU_GEMM=avx2 or =portable when set (read once).
+GemmKernel DefaultGemmKernel();
 
 // What PackedLinear applies to each output after the bias, tile by tile as the product stores it
 // (no separate pass over the output): nothing, or GELU in its exact form 0.5·y·(1 + erf(y/√2))
@@ -30,9 +46,13 @@ class PackedLinear {
  public:
   PackedLinear() = default;
   // Copies `w` ([n, k]) and `bias` ([n], or null for none) into the packed layout.
-  // `force_portable` selects the OpenBLAS fallback even where AVX2+FMA exist (for tests).
+  // `force_portable` selects the OpenBLAS fallback even where AVX2+FMA exist (for tests);
+  // otherwise the kernel is DefaultGemmKernel().
   PackedLinear(const float* w, const float* bias, int n, int k,
                Activation activation = Activation::kNone, bool force_portable = false);
+  // Packs for `kernel`, or for the best one below it that this CPU runs (kernel() tells which).
+  PackedLinear(const float* w, const float* bias, int n, int k, Activation activation,
+               GemmKernel kernel);
 
   // out[r, 0:n] = act(in[r, 0:k] · Wᵀ + bias) for r in [0, rows): `in` has leading dimension
   // `ld_in` (≥ k) and `out` has `ld_out` (≥ n), both in floats. `in` and `out` must not overlap.
@@ -40,16 +60,18 @@ class PackedLinear {
 
   int n() const { return n_; }
   int k() const { return k_; }
+  GemmKernel kernel() const { return kernel_; }
 
  private:
   int n_ = 0;
   int k_ = 0;
-  bool packed_ = false;
+  GemmKernel kernel_ = GemmKernel::kPortable;
   Activation activation_ = Activation::kNone;
-  // Packed: for each block of kKc rows of k, for each panel of 16 outputs (zero-padded), the
-  // block's kKc×16 weights with the 16 outputs contiguous. Portable: W as given.
+  // Packed: for each block of kc rows of k, for each panel of nr outputs (zero-padded), the
+  // block's kc×nr weights with the nr outputs contiguous (kc, nr: 256, 16 for kAvx2; 512, 32 for
+  // kAvx512). Portable: W as given.
   std::vector<float> w_;
-  std::vector<float> bias_;  // [n] (zeros when there is none)
+  std::vector<float> bias_;  // [n] padded to whole panels (zeros when there is none)
 };
 
 // Softmax attention of one head over one sequence's own `len` rows (no mask: packed rows carry

@@ -1,6 +1,8 @@
 #include "kernels/cpu_gemm.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <iterator>
 #include <limits>
 #include <random>
 #include <vector>
@@ -35,17 +37,33 @@ const Shape kShapes[] = {{1, 16, 8, 8, 16},
 
 double GeluReference(double y) { return 0.5 * y * (1.0 + std::erf(y / std::sqrt(2.0))); }
 
-void CheckLinear(bool portable, Activation activation) {
+// For the AVX-512 tile (12×32, k blocks of 512, a row block's rows shared evenly over its
+// tiles): rows 1-13 give every tile height 1-12 (13 = 7 + 6), 25 = 9 + 8 + 8; n = 70 ends in a
+// 6-wide panel, n = 48 in a 16-wide one (the second zmm masked off), n = 17 in a 1-wide second
+// zmm; k = 512, 513 and 1100 hit the k-block edges (one block, one plus one float, 512+512+76).
+std::vector<Shape> Avx512Shapes() {
+  std::vector<Shape> shapes(std::begin(kShapes), std::end(kShapes));
+  for (int rows = 1; rows <= 13; ++rows) shapes.push_back({rows, 70, 1100, 1101, 75});
+  for (int k : {512, 513}) shapes.push_back({25, 48, k, k, 48});
+  shapes.push_back({12, 17, 513, 514, 19});
+  // Row blocks of 96 (8 tiles of 12), 96 and 8; the threaded split in groups of 2 panels.
+  shapes.push_back({200, 1540, 384, 384, 1540});
+  return shapes;
+}
+
+void CheckLinear(GemmKernel kernel, Activation activation,
+                 const std::vector<Shape>& shapes = {std::begin(kShapes), std::end(kShapes)}) {
   const bool gelu = activation == Activation::kGelu;
-  for (const Shape& s : kShapes) {
+  for (const Shape& s : shapes) {
     SCOPED_TRACE(testing::Message()
                  << "rows " << s.rows << " n " << s.n << " k " << s.k << (gelu ? " gelu" : ""));
     const std::vector<float> w = Random(size_t(s.n) * s.k, 1), bias = Random(s.n, 2),
                              in = Random(size_t(s.rows) * s.ld_in, 3);
     std::vector<float> out(size_t(s.rows) * s.ld_out, 12345.f);
-    const PackedLinear lin(w.data(), bias.data(), s.n, s.k, activation, portable);
+    const PackedLinear lin(w.data(), bias.data(), s.n, s.k, activation, kernel);
     EXPECT_EQ(lin.n(), s.n);
     EXPECT_EQ(lin.k(), s.k);
+    ASSERT_EQ(lin.kernel(), kernel);
     lin.Apply(in.data(), s.rows, s.ld_in, out.data(), s.ld_out);
     double worst = 0;
     for (int r = 0; r < s.rows; ++r) {
@@ -66,19 +84,77 @@ void CheckLinear(bool portable, Activation activation) {
   }
 }
 
+#define SKIP_WITHOUT_AVX2() \
+  if (!CpuHasAvx2Fma()) GTEST_SKIP() << "this CPU lacks AVX2+FMA: the packed tiles are not run"
+#define SKIP_WITHOUT_AVX512()                                           \
+  if (!CpuHasAvx512())                                                  \
+  GTEST_SKIP() << "this CPU lacks AVX-512F: the 12x32 tile is not run " \
+                  "(the AVX2 tests cover the packed path)"
+
 TEST(PackedLinearTest, MatchesDoubleReference) {
-  CheckLinear(/*portable=*/false, Activation::kNone);
+  SKIP_WITHOUT_AVX2();
+  CheckLinear(GemmKernel::kAvx2, Activation::kNone);
 }
 TEST(PackedLinearTest, PortableFallbackMatchesDoubleReference) {
-  CheckLinear(/*portable=*/true, Activation::kNone);
+  CheckLinear(GemmKernel::kPortable, Activation::kNone);
 }
 // GELU in the store of the last k block only (k > 256 has two blocks), every tile size, a
 // ragged last panel, the threaded split.
 TEST(PackedLinearTest, GeluEpilogueMatchesDoubleReference) {
-  CheckLinear(/*portable=*/false, Activation::kGelu);
+  SKIP_WITHOUT_AVX2();
+  CheckLinear(GemmKernel::kAvx2, Activation::kGelu);
 }
 TEST(PackedLinearTest, PortableGeluMatchesDoubleReference) {
-  CheckLinear(/*portable=*/true, Activation::kGelu);
+  CheckLinear(GemmKernel::kPortable, Activation::kGelu);
+}
+TEST(PackedLinearTest, Avx512MatchesDoubleReference) {
+  SKIP_WITHOUT_AVX512();
+  CheckLinear(GemmKernel::kAvx512, Activation::kNone, Avx512Shapes());
+}
+TEST(PackedLinearTest, Avx512GeluEpilogueMatchesDoubleReference) {
+  SKIP_WITHOUT_AVX512();
+  CheckLinear(GemmKernel::kAvx512, Activation::kGelu, Avx512Shapes());
+}
+
+// Both tiles start each output from its bias and add one FMA per k in order (the stores and
+// reloads between k blocks are exact) and run the same GELU code, so they agree to the bit: an
+// encoder gives the same embeddings whichever tile the CPU picks.
+TEST(PackedLinearTest, Avx512AndAvx2AgreeBitwise) {
+  SKIP_WITHOUT_AVX512();
+  for (Activation activation : {Activation::kNone, Activation::kGelu}) {
+    for (const Shape& s : Avx512Shapes()) {
+      SCOPED_TRACE(testing::Message() << "rows " << s.rows << " n " << s.n << " k " << s.k);
+      const std::vector<float> w = Random(size_t(s.n) * s.k, 7), bias = Random(s.n, 8),
+                               in = Random(size_t(s.rows) * s.ld_in, 9);
+      std::vector<float> a(size_t(s.rows) * s.ld_out, 1.f), b(a.size(), 2.f);
+      PackedLinear(w.data(), bias.data(), s.n, s.k, activation, GemmKernel::kAvx2)
+          .Apply(in.data(), s.rows, s.ld_in, a.data(), s.ld_out);
+      PackedLinear(w.data(), bias.data(), s.n, s.k, activation, GemmKernel::kAvx512)
+          .Apply(in.data(), s.rows, s.ld_in, b.data(), s.ld_out);
+      for (int r = 0; r < s.rows; ++r) {
+        for (int j = 0; j < s.n; ++j) {
+          ASSERT_EQ(a[size_t(r) * s.ld_out + j], b[size_t(r) * s.ld_out + j])
+              << "row " << r << " col " << j;
+        }
+      }
+    }
+  }
+}
+
+// The default kernel is the best one the CPU runs, unless FERRY_CPU_GEMM caps it (read once per
+// process: ctest runs this binary without it).
+TEST(PackedLinearTest, DefaultKernelIsTheBestTheCpuRuns) {
+  const char* cap = std::getenv("FERRY_CPU_GEMM");
+  if (cap != nullptr) GTEST_SKIP() << "FERRY_CPU_GEMM=" << cap << " is set";
+  const GemmKernel want = CpuHasAvx512()    ? GemmKernel::kAvx512
+                          : CpuHasAvx2Fma() ? GemmKernel::kAvx2
+                                            : GemmKernel::kPortable;
+  EXPECT_EQ(DefaultGemmKernel(), want);
+  const std::vector<float> w(4 * 3, 1.f);
+  EXPECT_EQ(PackedLinear(w.data(), nullptr, 4, 3).kernel(), want);
+  EXPECT_EQ(
+      PackedLinear(w.data(), nullptr, 4, 3, Activation::kNone, /*force_portable=*/true).kernel(),
+      GemmKernel::kPortable);
 }
 
 // The vectorised erf behind GELU against std::erf in double, over [-8, 8] (both tails saturate)

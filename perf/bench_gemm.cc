@@ -1,7 +1,8 @@
 // The CPU BERT encoder's matrix products on one thread: OpenBLAS sgemm (repacks the weights on
 // every call), oneDNN's matmul with `format_tag::any` weights reordered once (when libdnnl-dev is
 // installed; optional, nothing else uses it) and ferry's PackedLinear (kernels/cpu_gemm.h,
-// weights packed at load), at all-MiniLM-L6-v2's layer shapes and a few token counts; and one
+// weights packed at load; BM_Packed with the tile this CPU picks, BM_PackedAvx2 with the AVX2
+// one), at all-MiniLM-L6-v2's layer shapes and a few token counts; and one
 // attention head (two sgemm calls + softmax, as the encoder did, against AttentionHead); and the
 // FFN's GELU in the product's store against a separate pass.
 // Correctness is tested in kernels/cpu_gemm_test.cc; this only times them.
@@ -41,22 +42,32 @@ void BM_OpenBlas(benchmark::State& state) {
                 1.f, c.data(), n);
     benchmark::DoNotOptimize(c.data());
   }
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(2.0 * m * n * k, benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * m * n * k, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
-void BM_Packed(benchmark::State& state) {
+// PackedLinear with the tile the CPU picks (the 12×32 AVX-512 one where it has AVX-512F) or,
+// for BM_PackedAvx2, the 6×16 AVX2 one.
+void PackedBench(benchmark::State& state, ferry::kernels::GemmKernel kernel) {
   const int m = state.range(0), n = state.range(1), k = state.range(2);
   const std::vector<float> a = Random(size_t(m) * k, 1), w = Random(size_t(n) * k, 2),
                            bias = Random(n, 3);
   std::vector<float> c(size_t(m) * n);
-  const ferry::kernels::PackedLinear lin(w.data(), bias.data(), n, k);
+  const ferry::kernels::PackedLinear lin(w.data(), bias.data(), n, k,
+                                         ferry::kernels::Activation::kNone, kernel);
+  state.SetLabel(lin.kernel() == ferry::kernels::GemmKernel::kAvx512 ? "avx512 12x32"
+                 : lin.kernel() == ferry::kernels::GemmKernel::kAvx2 ? "avx2 6x16"
+                                                                     : "openblas");
   for (auto _ : state) {
     lin.Apply(a.data(), m, k, c.data(), n);
     benchmark::DoNotOptimize(c.data());
   }
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(2.0 * m * n * k, benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * m * n * k, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+void BM_Packed(benchmark::State& state) { PackedBench(state, ferry::kernels::DefaultGemmKernel()); }
+void BM_PackedAvx2(benchmark::State& state) {
+  PackedBench(state, ferry::kernels::GemmKernel::kAvx2);
 }
 
 // The FFN's first product with its GELU: in the product's store (Activation::kGelu, arg 1) or as
@@ -107,8 +118,8 @@ void BM_OneDnnMatmul(benchmark::State& state) {
     benchmark::DoNotOptimize(c.data());
   }
   state.SetLabel(pd.impl_info_str());
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(2.0 * m * n * k, benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      2.0 * m * n * k, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 #endif
 
@@ -124,6 +135,7 @@ BENCHMARK(BM_OpenBlas)->Apply(Shapes);
 BENCHMARK(BM_OneDnnMatmul)->Apply(Shapes);
 #endif
 BENCHMARK(BM_Packed)->Apply(Shapes);
+BENCHMARK(BM_PackedAvx2)->Apply(Shapes);
 BENCHMARK(BM_PackedGelu)->ArgsProduct({{16, 128, 1024}, {0, 1}});
 
 // One head (d = 32) of a `len`-token sequence, rows strided as in the packed QKV matrix.
