@@ -518,10 +518,15 @@ Decision PlaceOne(const Cluster& cluster, const Requirements& req, const Functio
       double d = 0;
       if (RunFilters(s, c, &d) != kNumFilters) return true;
       const double cost = s.ScoredCost(c, hints.needed_rps);
-      // Among one node's GPUs, prefer the cheapest, then the one with the most free memory.
-      if (!any || cost < best.cost ||
-          (cost == best.cost && c.gpu != nullptr && best.c.gpu != nullptr &&
-           c.gpu->memory_bytes - c.gpu_used > best.c.gpu->memory_bytes - best.c.gpu_used)) {
+      // Among one node's GPUs, prefer an idle one (below, a busy GPU counts only where no idle
+      // one fits anywhere), then the cheapest, then the one with the most free memory.
+      const bool shared = c.gpu != nullptr && c.gpu_replicas > 0;
+      const bool best_shared = any && best.c.gpu != nullptr && best.c.gpu_replicas > 0;
+      if (!any || (best_shared && !shared) ||
+          (shared == best_shared &&
+           (cost < best.cost ||
+            (cost == best.cost && c.gpu != nullptr && best.c.gpu != nullptr &&
+             c.gpu->memory_bytes - c.gpu_used > best.c.gpu->memory_bytes - best.c.gpu_used)))) {
         best.c = c;
         best.cost = cost;
         any = true;

@@ -341,6 +341,24 @@ TEST(PlacementTest, AnIdleGpuBeforeASharedOneAndSharingWhenNoneIsIdle) {
   EXPECT_EQ(NodeOf(c, d), "cheap");
 }
 
+TEST(PlacementTest, AnIdleGpuOnANodeWithABusyFasterOneStillCountsAsIdle) {
+  // "a" ($2/h, two GPUs: $1/h each) has a fast GPU that runs a replica and an idle slow one; "b"
+  // has one idle slow GPU at $1.5/h. A turn on a's fast GPU scores cheaper than a's idle slow
+  // GPU, but an idle GPU comes first: a's slow GPU, not b's dearer one.
+  Cluster c =
+      MakeCluster({{"a", 8, 8 * kGiB, {{"fast", 16 * kGiB, 90}, {"slow", 16 * kGiB, 75}}, 2.0},
+                   {"b", 8, 8 * kGiB, {{"slow", 16 * kGiB, 75}}, 1.5}});
+  FunctionProfiles p;
+  p.Set(c.kinds().Find("fast"), {100, 0, true});
+  p.Set(c.kinds().Find("slow"), {300, 0, true});
+  const Requirements r = Gpu(kGiB);
+  c.Assign(0, 0, r);
+  const Decision d = PlaceOne(c, r, p, {});
+  ASSERT_TRUE(d.placed);
+  EXPECT_EQ(NodeOf(c, d), "a");
+  EXPECT_EQ(d.device_index, 1);
+}
+
 TEST(PlacementTest, MeasuredProfileThatMissesTheSloFilters) {
   Cluster c = MakeCluster({{"slow", 8, 8 * kGiB, {}}});
   Requirements r = Cpu();
