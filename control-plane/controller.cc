@@ -418,7 +418,7 @@ std::vector<v1::Route> Controller::RoutesOfLocked(const std::string& function) {
     route.set_grpc_address(node.registration.grpc_address());
     route.set_ready(r.state == v1::REPLICA_STATE_READY && r.draining_until_us == 0);
     if (auto fit = functions_.find(function); fit != functions_.end()) {
-      route.set_throughput_rps(ThroughputLocked(fit->second, r));
+      route.set_throughput_rps(ReplicaThroughput(fit->second, r));
     }
     out.push_back(std::move(route));
   }
@@ -833,7 +833,7 @@ absl::StatusOr<bool> Controller::DemandReplica(const std::string& function) {
 
 // --- Reconcile -----------------------------------------------------------------------------------
 
-double Controller::ThroughputLocked(const FunctionRecord& fn, const ReplicaRecord& r) {
+double Controller::ReplicaThroughput(const FunctionRecord& fn, const ReplicaRecord& r) {
   return CapacityOf(fn.profiles.Get(r.kind), fn.req).throughput_rps;
 }
 
@@ -918,7 +918,7 @@ void Controller::ReconcileLocked() {
     for (const std::string& id : ReplicasOfLocked(name)) {
       const bool live = replicas_.at(id).draining_until_us == 0;
       (live ? mine : draining).push_back(id);
-      if (live) have += ThroughputLocked(fn, replicas_.at(id));
+      if (live) have += ReplicaThroughput(fn, replicas_.at(id));
     }
     // Scale down: not-ready replicas go at once (nothing routes to them), ready ones drain.
     std::sort(mine.begin(), mine.end(),
@@ -939,7 +939,7 @@ void Controller::ReconcileLocked() {
         });
     for (size_t i = 0; i < mine.size();) {
       ReplicaRecord& r = replicas_.at(mine[i]);
-      const double rps = ThroughputLocked(fn, r);
+      const double rps = ReplicaThroughput(fn, r);
       if ((loading && r.state == v1::REPLICA_STATE_READY) ||
           !MayRemove(target, static_cast<int>(mine.size()), have, rps)) {
         ++i;
@@ -957,7 +957,7 @@ void Controller::ReconcileLocked() {
     // Scale up: revive draining replicas (ready ones) before placing new ones.
     while (WantsAnother(target, static_cast<int>(mine.size()), have) && !draining.empty()) {
       replicas_.at(draining.back()).draining_until_us = 0;
-      have += ThroughputLocked(fn, replicas_.at(draining.back()));
+      have += ReplicaThroughput(fn, replicas_.at(draining.back()));
       mine.push_back(draining.back());
       draining.pop_back();
       dirty_ = true;
@@ -987,7 +987,7 @@ void Controller::ReconcileLocked() {
       r.kind = d.kind;
       r.cost_per_million = d.cost_per_million;
       mine.push_back(r.id);
-      have += ThroughputLocked(fn, r);
+      have += ReplicaThroughput(fn, r);
       AddReplicaLocked(std::move(r));
     }
     // What the function shows as desired: the replicas placed, plus as many of the planning

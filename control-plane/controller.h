@@ -198,7 +198,7 @@ class Controller {
   // One replica's capacity on the hardware kind most of its replicas run on.
   Capacity PlanningCapacityLocked(const FunctionRecord& fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // One replica's throughput within the SLO on its hardware (placement.h CapacityOf).
-  static double ThroughputLocked(const FunctionRecord& fn, const ReplicaRecord& r);
+  static double ReplicaThroughput(const FunctionRecord& fn, const ReplicaRecord& r);
   // Replicas of the planning hardware (at least 1 while one is wanted) that the target still
   // lacks: what `ferry get functions` shows as pending.
   static int MissingReplicas(const ReplicaTarget& target, int count, double have_rps,
